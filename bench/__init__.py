@@ -1,0 +1,1 @@
+"""Benchmarks of the smarter-edge programs beside the reference implementations."""

@@ -1,0 +1,1 @@
+"""The README's demo: a simulated gateway with all three plugins."""

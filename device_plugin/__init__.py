@@ -1,0 +1,4 @@
+"""smarter-device-manager.
+
+kubelet device plugin: /dev devices and remote cores as extended resources.
+"""

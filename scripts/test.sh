@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install everything (scripts/setup.sh), then lint, type-check and run the whole test suite.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+scripts/setup.sh
+PACKAGES=(smarter_common cni device_plugin runtime_handler sim demo)
+echo "==> ruff" >&2
+.venv/bin/ruff check "${PACKAGES[@]}" tests bench scripts
+echo "==> mypy --strict" >&2
+.venv/bin/mypy --strict "${PACKAGES[@]}"
+echo "==> pytest" >&2
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,39 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from smarter_common.atomic import remove_durably, write_atomic
+
+
+def test_write_atomic_creates_file_with_content_and_mode(tmp_path: Path) -> None:
+    target = tmp_path / "record"
+    write_atomic(target, "10.0.0.2 pod\n", mode=0o600)
+    assert target.read_text() == "10.0.0.2 pod\n"
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_write_atomic_replaces_whole_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "record"
+    target.write_text("old content that is longer than the new one\n")
+    inode_before = target.stat().st_ino
+    write_atomic(target, b"new\n")
+    assert target.read_bytes() == b"new\n"
+    assert target.stat().st_ino != inode_before, "a rename, not an in-place rewrite"
+    assert os.listdir(tmp_path) == ["record"]
+
+
+def test_write_atomic_failure_keeps_old_content_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "record"
+    target.write_text("old\n")
+    with pytest.raises(TypeError):
+        write_atomic(target, 42)  # type: ignore[arg-type]
+    assert target.read_text() == "old\n"
+    assert os.listdir(tmp_path) == ["record"]
+
+
+def test_remove_durably_reports_whether_it_removed(tmp_path: Path) -> None:
+    target = tmp_path / "record"
+    target.write_text("x")
+    assert remove_durably(target) is True
+    assert remove_durably(target) is False
