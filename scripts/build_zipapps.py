@@ -1,0 +1,212 @@
+"""Build the host-side programs as single-file zipapps run by the host's python3.
+
+containerd executes `smarter-cni` and `smarter-hybrid-runtime` on the host, outside every
+container, so each ships as one executable file: our packages plus their pure-Python
+dependencies, copied from this environment's site-packages. The archives are deterministic
+(sorted entries, fixed timestamps, unchecked-hash bytecode), so the same tree gives the same bytes.
+
+Usage: python scripts/build_zipapps.py [--out DIR]   (default: out/host/)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import io
+import marshal
+import os
+import re
+import stat
+import sys
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+REPO = Path(__file__).resolve().parent.parent
+SHEBANG = b"#!/usr/bin/env python3\n"
+# 1980-01-01, the earliest time a zip entry can hold: no build time leaks into the archive.
+FIXED_DATE = (1980, 1, 1, 0, 0, 0)
+# Never shipped to the host: compiled extensions, or not needed there.
+FORBIDDEN_TOP_LEVEL = frozenset({"grpc", "grpc_tools", "google", "yaml", "_yaml", "watchdog"})
+
+
+@dataclass(frozen=True)
+class Program:
+    """One zipapp: its file name, entry module, our packages and third-party distributions."""
+
+    name: str
+    entry_module: str
+    packages: tuple[str, ...]
+    distributions: tuple[str, ...]
+
+
+PROGRAMS = (
+    Program(
+        name="smarter-cni",
+        entry_module="cni.__main__",
+        packages=("cni", "smarter_common"),
+        distributions=("pyroute2", "structlog"),
+    ),
+    Program(
+        name="smarter-hybrid-runtime",
+        entry_module="runtime_handler.__main__",
+        packages=("runtime_handler", "smarter_common"),
+        distributions=("pyelftools", "structlog"),
+    ),
+)
+
+
+class BuildError(Exception):
+    """The zipapps cannot be built from this tree or environment."""
+
+
+def build_all(out_dir: Path) -> list[Path]:
+    """Build every program into `out_dir`; the paths of the written files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [build(program, out_dir / program.name) for program in PROGRAMS]
+
+
+def build(program: Program, target: Path) -> Path:
+    """Write `program` as an executable zipapp at `target` (replaced atomically)."""
+    entries: dict[str, bytes] = {}
+    for package in program.packages:
+        entries.update(_package_files(package))
+    for distribution in _with_requirements(program.distributions):
+        entries.update(_distribution_files(distribution))
+    entries["__main__.py"] = (
+        f'"""{program.name}: runs {program.entry_module}.main()."""\n'
+        "import sys\n\n"
+        f"from {program.entry_module} import main\n\n"
+        "sys.exit(main())\n"
+    ).encode()
+    leaked = {name.split("/", 1)[0] for name in entries} & FORBIDDEN_TOP_LEVEL
+    if leaked:
+        raise BuildError(
+            f"{program.name} would ship {sorted(leaked)}, which must not reach the host"
+        )
+    archive = _zip_bytes(entries)
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_bytes(SHEBANG + archive)
+    temporary.chmod(0o755)
+    os.replace(temporary, target)
+    return target
+
+
+def _zip_bytes(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    files = _with_bytecode(entries)
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=FIXED_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            archive.writestr(info, files[name])
+    return buffer.getvalue()
+
+
+def _with_bytecode(entries: dict[str, bytes]) -> dict[str, bytes]:
+    """`entries` plus a `.pyc` beside each module, so the host does not compile on every exec.
+
+    zipimport reads `mod.pyc` next to `mod.py` (not `__pycache__`); an unchecked-hash pyc is
+    used as is by the interpreter version it was made for and ignored by any other.
+    """
+    result = dict(entries)
+    for name, source in entries.items():
+        if name.endswith(".py"):
+            result[name + "c"] = _pyc(source, name)
+    return result
+
+
+def _pyc(source: bytes, name: str) -> bytes:
+    code = compile(source, name, "exec", dont_inherit=True, optimize=0)
+    flags = 0b01  # hash-based, check_source off
+    source_hash = importlib.util.source_hash(source)
+    header = importlib.util.MAGIC_NUMBER + flags.to_bytes(4, "little") + source_hash
+    return header + marshal.dumps(code)
+
+
+def _package_files(package: str) -> Iterator[tuple[str, bytes]]:
+    root = REPO / package
+    if not (root / "__init__.py").is_file():
+        raise BuildError(f"package {package} not found in {REPO}")
+    yield from _tree(root, PurePosixPath(package))
+
+
+def _tree(root: Path, prefix: PurePosixPath) -> Iterator[tuple[str, bytes]]:
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if path.is_dir() or _skipped(relative.parts):
+            continue
+        yield str(prefix / relative.as_posix()), path.read_bytes()
+
+
+def _skipped(parts: Iterable[str]) -> bool:
+    return any(
+        part == "__pycache__" or part.endswith((".pyc", ".pyo", ".so")) or part.startswith(".")
+        for part in parts
+    )
+
+
+def _with_requirements(names: Iterable[str]) -> list[importlib.metadata.Distribution]:
+    """The distributions `names` and every requirement they have on this interpreter."""
+    seen: dict[str, importlib.metadata.Distribution] = {}
+    pending = list(names)
+    while pending:
+        name = _normalise(pending.pop())
+        if name in seen:
+            continue
+        try:
+            distribution = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError as error:
+            raise BuildError(f"{name} is not installed: run scripts/setup.sh") from error
+        seen[name] = distribution
+        pending.extend(_applicable_requirements(distribution.requires or []))
+    return [seen[name] for name in sorted(seen)]
+
+
+def _applicable_requirements(requirements: Iterable[str]) -> Iterator[str]:
+    from packaging.requirements import Requirement
+
+    for text in requirements:
+        requirement = Requirement(text)
+        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+            yield requirement.name
+
+
+def _distribution_files(
+    distribution: importlib.metadata.Distribution,
+) -> Iterator[tuple[str, bytes]]:
+    for file in distribution.files or []:
+        parts = PurePosixPath(str(file)).parts
+        if not parts or parts[0] == ".." or parts[0].endswith((".dist-info", ".egg-info")):
+            continue
+        if _skipped(parts):
+            continue
+        path = Path(str(distribution.locate_file(file)))
+        if path.is_file():
+            yield "/".join(parts), path.read_bytes()
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "out" / "host", help="output directory (out/host/)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        for path in build_all(args.out):
+            print(f"{path} ({path.stat().st_size // 1024} KiB)")
+    except BuildError as error:
+        print(f"build_zipapps: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The host-side zipapps run under Debian's python3 alone, and the CNI fast path stays stdlib."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from smarter_common import __version__
+
+REPO = Path(__file__).resolve().parents[2]
+HOST_PYTHON = "/usr/bin/python3"
+PROGRAMS = ("smarter-cni", "smarter-hybrid-runtime")
+# What the host has: no venv, no site-packages of ours on the path.
+HOST_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+@pytest.fixture(scope="module")
+def zipapps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("host")
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts/build_zipapps.py"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_zipapp_answers_version_under_the_host_python(zipapps: Path, program: str) -> None:
+    result = subprocess.run(
+        [HOST_PYTHON, "-I", str(zipapps / program), "--version"],
+        capture_output=True,
+        text=True,
+        env=HOST_ENV,
+        cwd="/",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{program} {__version__}"
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_zipapp_is_an_executable_file_with_the_env_shebang(zipapps: Path, program: str) -> None:
+    path = zipapps / program
+    assert path.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    assert path.stat().st_mode & 0o111 == 0o111
+    result = subprocess.run(
+        [str(path), "--version"], capture_output=True, text=True, env=HOST_ENV, cwd="/"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("program", "needed"),
+    [
+        ("smarter-cni", {"cni", "smarter_common", "pyroute2", "structlog"}),
+        ("smarter-hybrid-runtime", {"runtime_handler", "smarter_common", "elftools", "structlog"}),
+    ],
+)
+def test_zipapp_holds_its_packages_and_never_grpc(
+    zipapps: Path, program: str, needed: set[str]
+) -> None:
+    with zipfile.ZipFile(zipapps / program) as archive:
+        top_level = {name.split("/", 1)[0] for name in archive.namelist()}
+    assert needed <= top_level
+    assert not top_level & {"grpc", "google", "yaml", "_yaml", "watchdog"}
+
+
+@pytest.mark.parametrize(
+    ("program", "modules"),
+    [
+        ("smarter-cni", "pyroute2.iproute, structlog"),
+        ("smarter-hybrid-runtime", "elftools.elf.elffile, structlog"),
+    ],
+)
+def test_dependencies_import_from_the_zipapp_alone(
+    zipapps: Path, program: str, modules: str
+) -> None:
+    probe = f"import sys; sys.path.insert(0, {str(zipapps / program)!r}); import {modules}"
+    result = subprocess.run(
+        [HOST_PYTHON, "-I", "-c", probe], capture_output=True, text=True, env=HOST_ENV, cwd="/"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_build_is_deterministic(zipapps: Path, tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts/build_zipapps.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    for program in PROGRAMS:
+        assert (tmp_path / program).read_bytes() == (zipapps / program).read_bytes(), program
+
+
+def test_cni_version_command_imports_only_the_standard_library(zipapps: Path) -> None:
+    result = subprocess.run(
+        [HOST_PYTHON, "-I", "-X", "importtime", str(zipapps / "smarter-cni")],
+        input=json.dumps({"cniVersion": "1.0.0", "name": "smarter", "type": "smarter-cni"}),
+        capture_output=True,
+        text=True,
+        env={**HOST_ENV, "CNI_COMMAND": "VERSION"},
+        cwd="/",
+    )
+    assert result.returncode == 0, f"CNI VERSION failed: {result.stdout} {result.stderr}"
+    assert result.stdout.strip(), (
+        "smarter-cni printed nothing for CNI_COMMAND=VERSION (cni/ incomplete)"
+    )
+    answer = json.loads(result.stdout)
+    assert "1.0.0" in answer["supportedVersions"], answer
+    imported = {
+        line.rsplit("|", 1)[-1].strip().split(".", 1)[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line and "cumulative" not in line
+    }
+    ours = {"cni", "smarter_common", "__main__"}
+    foreign = sorted(m for m in imported - ours if m not in sys.stdlib_module_names)
+    assert not foreign, f"the CNI VERSION path imports non-stdlib modules: {foreign}"
