@@ -1,0 +1,236 @@
+"""A containerd of our own: its config, its process, and what it leaves on the machine.
+
+Every path it uses (root, state, sockets, runc state, CNI dirs) is under one work directory, so
+it never touches the system's containerd. What cannot be moved (the shims' sockets live under
+/run/containerd/s/, named by a hash that includes our socket path) is removed by the shims.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from demo.processes import Processes, Started
+from smarter_common.errors import SmarterError
+from smarter_common.logs import get_logger
+
+log = get_logger("demo.containerd")
+
+K8S_NAMESPACE = "k8s.io"
+HYBRID_HANDLER = "hybrid"
+
+
+class ContainerdError(SmarterError):
+    """containerd could not be configured, started or told to import an image."""
+
+
+@dataclass(frozen=True)
+class ContainerdLayout:
+    """Where one containerd keeps everything, all under `base`."""
+
+    base: Path
+
+    @property
+    def config(self) -> Path:
+        return self.base / "config.toml"
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    @property
+    def state(self) -> Path:
+        return self.base / "state"
+
+    @property
+    def socket(self) -> Path:
+        return self.base / "containerd.sock"
+
+    @property
+    def runc_root(self) -> Path:
+        return self.base / "runc"
+
+    @property
+    def cni_bin_dir(self) -> Path:
+        return self.base / "cni-bin"
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        return self.base / "net.d"
+
+    @property
+    def pod_logs(self) -> Path:
+        return self.base / "pod-logs"
+
+
+def render_config(
+    layout: ContainerdLayout,
+    *,
+    sandbox_image: str,
+    hybrid_runtime: Path,
+    runc: Path,
+    snapshotter: str = "overlayfs",
+) -> str:
+    """containerd's config (version 2) for the gateway: CRI with our CNI and the hybrid runtime."""
+
+    def q(value: object) -> str:
+        return json.dumps(str(value))  # a TOML basic string is a JSON string
+
+    cri = '[plugins."io.containerd.grpc.v1.cri"'
+    runtimes = f'{cri[:-1]}".containerd.runtimes'
+    return "\n".join(
+        [
+            "version = 2",
+            f"root = {q(layout.root)}",
+            f"state = {q(layout.state)}",
+            # Plugins that would otherwise create directories outside our tree.
+            'disabled_plugins = ["io.containerd.snapshotter.v1.aufs",'
+            ' "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",'
+            ' "io.containerd.snapshotter.v1.devmapper"]',
+            "",
+            "[grpc]",
+            f"  address = {q(layout.socket)}",
+            "",
+            '[plugins."io.containerd.internal.v1.opt"]',
+            f"  path = {q(layout.base / 'opt')}",
+            "",
+            f"{cri}]",
+            f"  sandbox_image = {q(sandbox_image)}",
+            "  restrict_oom_score_adj = true",
+            "  netns_mounts_under_state_dir = true",
+            "  disable_apparmor = true",
+            '  stream_server_address = "127.0.0.1"',
+            '  stream_server_port = "0"',
+            "",
+            f'{cri[:-1]}".cni]',
+            f"  bin_dir = {q(layout.cni_bin_dir)}",
+            f"  conf_dir = {q(layout.cni_conf_dir)}",
+            "  max_conf_num = 1",
+            "",
+            f'{cri[:-1]}".containerd]',
+            f"  snapshotter = {q(snapshotter)}",
+            '  default_runtime_name = "runc"',
+            "",
+            f"{runtimes}.runc]",
+            '  runtime_type = "io.containerd.runc.v2"',
+            f"{runtimes}.runc.options]",
+            f"  BinaryName = {q(runc)}",
+            f"  Root = {q(layout.runc_root)}",
+            "",
+            f"{runtimes}.{HYBRID_HANDLER}]",
+            '  runtime_type = "io.containerd.runc.v2"',
+            f"{runtimes}.{HYBRID_HANDLER}.options]",
+            f"  BinaryName = {q(hybrid_runtime)}",
+            f"  Root = {q(layout.runc_root)}",
+            "",
+        ]
+    )
+
+
+def overlay_works(directory: Path) -> bool:
+    """Whether an overlay filesystem can be mounted on `directory`'s filesystem."""
+    probe = directory / ".overlay-probe"
+    parts = {name: probe / name for name in ("lower", "upper", "work", "merged")}
+    for path in parts.values():
+        path.mkdir(parents=True, exist_ok=True)
+    options = f"lowerdir={parts['lower']},upperdir={parts['upper']},workdir={parts['work']}"
+    mounted = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(parts["merged"])],
+        capture_output=True,
+    )
+    if mounted.returncode == 0:
+        subprocess.run(["umount", str(parts["merged"])], capture_output=True)
+    subprocess.run(["rm", "-rf", str(probe)], capture_output=True)
+    return mounted.returncode == 0
+
+
+class Containerd:
+    """One containerd process inside the node's network namespace."""
+
+    def __init__(self, layout: ContainerdLayout, processes: Processes) -> None:
+        self.layout = layout
+        self._processes = processes
+        self._started: Started | None = None
+
+    def start(self, *, netns: str, env: dict[str, str], timeout: float = 60.0) -> None:
+        self._started = self._processes.start(
+            "containerd",
+            ["containerd", "--config", self.layout.config, "--log-level", "info"],
+            netns=netns,
+            env=env,
+        )
+        self._processes.wait_for(
+            self._started, self.layout.socket.exists, timeout=timeout, what="open its socket"
+        )
+
+    def check_alive(self) -> None:
+        if self._started is not None:
+            self._started.check_alive()
+
+    def ctr(self, *args: str, timeout: float = 120.0) -> str:
+        command = [
+            "ctr",
+            "--address",
+            str(self.layout.socket),
+            "--namespace",
+            K8S_NAMESPACE,
+            *args,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise ContainerdError(f"`ctr {' '.join(args)}` failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def import_image(self, tarball: Path, snapshotter: str) -> None:
+        self.ctr("images", "import", "--snapshotter", snapshotter, str(tarball))
+
+    def shim_pids(self) -> list[int]:
+        """PIDs of the runc shims this containerd started (they outlive it if left running)."""
+        needle = f"-address\0{self.layout.socket}\0".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"containerd-shim" in cmdline.split(b"\0", 1)[0] and needle in cmdline:
+                found.append(int(entry.name))
+        return found
+
+    def stop(self) -> None:
+        if self._started is not None:
+            self._processes.stop(self._started, grace=20)
+            self._started = None
+        for pid in self.shim_pids():
+            log.warning("killing leftover shim", pid=pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+
+
+def mounts_under(directory: Path) -> list[Path]:
+    """Mount points at or below `directory`, deepest first (the order to unmount them)."""
+    prefix = str(directory.resolve())
+    points: list[Path] = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point = fields[4].encode().decode("unicode_escape")
+        if point == prefix or point.startswith(prefix + "/"):
+            points.append(Path(point))
+    return sorted(points, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_all(directory: Path) -> list[Path]:
+    """Lazily unmount everything below `directory`; the mount points that were there."""
+    points = mounts_under(directory)
+    for point in points:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+    return points
+
