@@ -1,20 +1,113 @@
-"""Entry point of `smarter-device-manager`."""
+"""Entry point of `smarter-device-manager`: serve /dev devices and remote cores to the kubelet,
+or with `--list` print what would be served and exit."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
+from pathlib import Path
 
-from smarter_common.cli import add_common_arguments
+from device_plugin.rules import Rule, load_rules
+from device_plugin.sources import Offer
+from smarter_common.cli import add_common_arguments, configure_logging_from, host_root_from
+from smarter_common.errors import SmarterError
+from smarter_common.hostroot import HostRoot
+
+DEFAULT_RULES = Path("/etc/smarter-device-manager/conf.yaml")
+EXIT_CONFIG = 2
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smarter-device-manager",
         description="kubelet device plugin: /dev devices and remote cores as extended resources.",
     )
     add_common_arguments(parser)
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--rules",
+        metavar="FILE",
+        type=Path,
+        default=DEFAULT_RULES,
+        help=f"YAML rules file, re-read when it changes (default {DEFAULT_RULES})",
+    )
+    parser.add_argument(
+        "--plugin-dir",
+        metavar="DIR",
+        type=Path,
+        help="kubelet device plugin directory (default <host root>/var/lib/kubelet/device-plugins)",
+    )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="print the resources, device IDs and paths this host would get, then exit",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        configure_logging_from(args)
+    except ValueError as exc:
+        print(f"smarter-device-manager: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    host = host_root_from(args)
+    plugin_dir: Path = args.plugin_dir or host.device_plugins
+    try:
+        rules = load_rules(args.rules)
+    except SmarterError as exc:
+        print(f"smarter-device-manager: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.list:
+        print(format_offers(_offers(host, args.rules)), end="")
+        return 0
+    return asyncio.run(_serve(host, args.rules, plugin_dir, rules))
+
+
+def _offers(host: HostRoot, rules_file: Path) -> list[Offer]:
+    from device_plugin.dev_source import DevSource
+    from device_plugin.remoteproc_source import RemoteprocSource
+
+    return [*DevSource(host, load_rules(rules_file)).scan(), *RemoteprocSource(host).scan()]
+
+
+def format_offers(offers: list[Offer]) -> str:
+    """One line per resource: name, device IDs, paths (`container=host` when they differ), envs."""
+    rows = [("RESOURCE", "IDS", "PATHS", "ENV")]
+    for offer in offers:
+        if len(offer.ids) > 2:
+            ids = f"{offer.ids[0]}..{offer.ids[-1]} ({len(offer.ids)})"
+        else:
+            ids = ",".join(offer.ids)
+        paths = ",".join(
+            node.container_path
+            if node.container_path == node.host_path
+            else f"{node.container_path}={node.host_path}"
+            for node in offer.nodes
+        )
+        envs = ",".join(f"{key}={value}" for key, value in sorted(offer.envs.items()))
+        rows.append((offer.resource, ids, paths or "-", envs or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
+        + "  "
+        + row[3]
+        + "\n"
+        for row in rows
+    )
+
+
+async def _serve(host: HostRoot, rules_file: Path, plugin_dir: Path, rules: list[Rule]) -> int:
+    from device_plugin.daemon import Daemon
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    daemon = Daemon(host, rules_file, rules, plugin_dir)
+    await daemon.run(stop)
     return 0
 
 

@@ -1,0 +1,59 @@
+"""The remote-core source: each `/sys/class/remoteproc/remoteprocN` is resource
+`smarter-devices/rprocN`, exclusive, whose container learns which core it holds from its env."""
+
+from __future__ import annotations
+
+import os
+
+from device_plugin.dev_source import resolve_link
+from device_plugin.rules import RESOURCE_DOMAIN
+from device_plugin.sources import DeviceNode, Offer
+from smarter_common.hostroot import HostRoot
+from smarter_common.logs import get_logger
+from smarter_common.remoteproc import RemoteCore, console_device, discover_cores
+
+ENV_RPROC = "SMARTER_RPROC"
+ENV_RPROC_NAME = "SMARTER_RPROC_NAME"
+
+_log = get_logger("smarter-device-manager", source="remoteproc")
+
+
+class RemoteprocSource:
+    """One exclusive resource per remote core, with the core's console when it has one."""
+
+    name = "remoteproc"
+
+    def __init__(self, host: HostRoot) -> None:
+        self.host = host
+        self._unreachable_consoles: set[str] = set()
+
+    def scan(self) -> list[Offer]:
+        return [self._offer(core) for core in discover_cores(self.host)]
+
+    def _offer(self, core: RemoteCore) -> Offer:
+        envs = {ENV_RPROC: core.device_id, ENV_RPROC_NAME: core.name}
+        return Offer(
+            resource=f"{RESOURCE_DOMAIN}/{core.resource_suffix}",
+            ids=(core.device_id,),
+            nodes=self._console(core),
+            envs=envs,
+        )
+
+    def _console(self, core: RemoteCore) -> tuple[DeviceNode, ...]:
+        console = console_device(self.host, core)
+        if console is None:
+            return ()
+        container_path = str(self.host.to_host(console))
+        real = console
+        if os.path.islink(console):
+            resolved = resolve_link(self.host, console)
+            if resolved is None:
+                if core.device_id not in self._unreachable_consoles:
+                    _log.warning(
+                        "console_outside_dev", core=core.device_id, console=container_path
+                    )
+                    self._unreachable_consoles.add(core.device_id)
+                return ()
+            real = self.host.dev / resolved
+        host_path = str(self.host.to_host(real))
+        return (DeviceNode(container_path=container_path, host_path=host_path),)
