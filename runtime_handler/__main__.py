@@ -1,21 +1,100 @@
-"""Entry point of `smarter-hybrid-runtime`."""
+"""Entry point of `smarter-hybrid-runtime`: route runc's command line to runc or to firmware.
+
+Called by containerd's runc shim in runc's place. A call about a firmware container is handled
+here; every other call is replaced by runc with the same arguments. Deciding costs one stat
+(or, at `create`, one read of config.json and of the entrypoint's first bytes).
+"""
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 
-from smarter_common.cli import add_common_arguments
+from runtime_handler import cli, passthrough
+from runtime_handler.errors import FirmwareRefusedError, RuntimeCallError, report
+
+PROGRAM = "smarter-hybrid-runtime"
+USAGE = f"""usage: {PROGRAM} [runc global options] COMMAND [options] [ID ...]
+
+OCI runtime for the Kubernetes RuntimeClass "hybrid": containers whose entrypoint is
+microcontroller firmware (an ARM Cortex-M/R ELF) run on a remote core through remoteproc;
+every other container is handed to runc with the same arguments.
+
+Takes runc's command line (global --root, --log, --log-format, --systemd-cgroup, --debug;
+create, start, state, kill, delete, features, ps, pause, resume, update, exec, run...).
+
+environment:
+  SMARTER_HOST_ROOT      directory standing for the host's / (default /)
+  SMARTER_RUNC           runc to hand other containers to (default /usr/sbin/runc)
+  SMARTER_START_TIMEOUT  seconds a core may take to reach state running (default 10)
+  SMARTER_LOG_LEVEL      level of the supervisor's entries in the runtime log (default info)
+"""
+
+_FIRMWARE_COMMANDS = frozenset(
+    {
+        "start", "state", "kill", "delete", "ps", "update", "pause", "resume", "exec",
+        "events", "checkpoint", "restore",
+    }
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="smarter-hybrid-runtime",
-        description="OCI runtime for RuntimeClass hybrid: firmware on remote cores, rest to runc",
-    )
-    add_common_arguments(parser)
-    parser.parse_args(argv)
-    return 0
+    words = sys.argv[1:] if argv is None else argv
+    invocation = cli.parse(words)
+    command = invocation.command
+    if command is None:
+        if _asks(words, ("--version", "-v")):
+            from smarter_common import __version__
+
+            print(f"{PROGRAM} {__version__}")
+            return 0
+        if _asks(words, ("--help", "-h")) or not words:
+            print(USAGE, end="")
+            return 0
+    elif command == "create":
+        return _create(invocation, words)
+    elif command in _FIRMWARE_COMMANDS and invocation.container_id:
+        container_dir = os.path.join(invocation.root, "smarter-hybrid", invocation.container_id)
+        if os.path.isdir(container_dir):
+            return _firmware_command(invocation)
+    passthrough.exec_runc([PROGRAM, *words])
+    return 127
+
+
+def _create(invocation: cli.Invocation, words: list[str]) -> int:
+    from runtime_handler import bundle, elf_check
+
+    try:
+        loaded = bundle.load(invocation.option("bundle") or ".")
+        facts = elf_check.classify(loaded)
+    except FirmwareRefusedError as error:
+        return report(error, log=invocation.log, log_format=invocation.log_format)
+    except RuntimeCallError:
+        # An unreadable bundle is runc's to report, in its own words.
+        facts = None
+    if facts is None:
+        passthrough.exec_runc([PROGRAM, *words])
+        return 127
+    from runtime_handler import firmware
+
+    try:
+        return firmware.create(invocation, loaded, facts)
+    except RuntimeCallError as error:
+        return report(error, log=invocation.log, log_format=invocation.log_format)
+
+
+def _firmware_command(invocation: cli.Invocation) -> int:
+    from runtime_handler import firmware
+
+    handler = firmware.COMMANDS[invocation.command or ""]
+    try:
+        return handler(invocation)
+    except RuntimeCallError as error:
+        return report(error, log=invocation.log, log_format=invocation.log_format)
+
+
+def _asks(words: list[str], flags: tuple[str, ...]) -> bool:
+    return any(word in flags for word in words)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,173 @@
+"""An OCI bundle's `config.json`, read once at `create`, and its entrypoint found in the rootfs.
+
+Stdlib only: every `create` (pod sandboxes included) reads the bundle to decide whether the
+container is firmware, and most are not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+
+from runtime_handler.errors import RuntimeCallError
+
+ANNOTATION_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
+ANNOTATION_IMAGE_NAME = "io.kubernetes.cri.image-name"
+ANNOTATION_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
+# Where a required board can be named. Image labels do not reach the bundle; containerd copies
+# pod annotations listed in its runtime's `pod_annotations` into config.json.
+BOARD_ANNOTATIONS = ("smarter-edge.io/board", "board")
+FIRMWARE_SUFFIX = ".elf"
+RPROC_ENV = "SMARTER_RPROC"
+
+ELF_MAGIC = b"\x7fELF"
+_ELFCLASS32 = 1
+_EM_ARM = 40
+_MAX_SYMLINKS = 40
+
+
+class Bundle:
+    """What the runtime needs from a bundle: the process, its environment, annotations, rootfs."""
+
+    __slots__ = ("annotations", "args", "cwd", "env", "oci_version", "path", "rootfs", "terminal")
+
+    def __init__(self, path: str, config: dict[str, object]) -> None:
+        self.path = path
+        process = _mapping(config.get("process"))
+        root = _mapping(config.get("root"))
+        self.oci_version = str(config.get("ociVersion") or "1.0.2")
+        self.args: list[str] = [str(arg) for arg in _sequence(process.get("args"))]
+        self.cwd = str(process.get("cwd") or "/")
+        self.terminal = bool(process.get("terminal"))
+        self.env: dict[str, str] = {}
+        for item in _sequence(process.get("env")):
+            name, _, value = str(item).partition("=")
+            self.env[name] = value
+        self.annotations: dict[str, str] = {
+            str(key): str(value) for key, value in _mapping(config.get("annotations")).items()
+        }
+        root_path = str(root.get("path") or "rootfs")
+        self.rootfs = os.path.normpath(os.path.join(path, root_path))
+
+    @property
+    def board(self) -> str | None:
+        """The board the container asks for, if any."""
+        for key in BOARD_ANNOTATIONS:
+            value = self.annotations.get(key, "").strip()
+            if value:
+                return value
+        return None
+
+    @property
+    def requested_core(self) -> str | None:
+        """The core the device manager gave the container (`SMARTER_RPROC`), if any."""
+        return self.env.get(RPROC_ENV) or None
+
+    @property
+    def entrypoint(self) -> str | None:
+        return self.args[0] if self.args else None
+
+    @property
+    def declares_firmware(self) -> bool:
+        """Whether the container says it is firmware even before its entrypoint is checked.
+
+        Firmware images name their ELF `/firmware.elf`; a board annotation says the same. Such
+        a container is refused with a reason when its entrypoint is not runnable firmware,
+        rather than handed to runc.
+        """
+        entry = self.entrypoint or ""
+        return entry.endswith(FIRMWARE_SUFFIX) or self.board is not None
+
+    def entrypoint_path(self) -> str | None:
+        """The host path of the entrypoint inside the rootfs, None when it does not exist."""
+        entry = self.entrypoint
+        if not entry:
+            return None
+        if "/" in entry:
+            found = resolve_in_rootfs(self.rootfs, posixpath.join(self.cwd, entry))
+            return found if found and os.path.isfile(found) else None
+        for directory in self.env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":"):
+            found = resolve_in_rootfs(self.rootfs, posixpath.join("/", directory, entry))
+            if found and os.path.isfile(found):
+                return found
+        return None
+
+
+def load(bundle_dir: str) -> Bundle:
+    """Read `<bundle_dir>/config.json`."""
+    path = os.path.abspath(bundle_dir)
+    config_path = os.path.join(path, "config.json")
+    try:
+        with open(config_path, "rb") as stream:
+            config = json.load(stream)
+    except OSError as error:
+        raise RuntimeCallError(
+            f"cannot read bundle config {config_path}: {error.strerror}"
+        ) from None
+    except ValueError as error:
+        raise RuntimeCallError(f"bundle config {config_path} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise RuntimeCallError(f"bundle config {config_path} is not a JSON object")
+    return Bundle(path, config)
+
+
+def resolve_in_rootfs(rootfs: str, container_path: str) -> str | None:
+    """The host path of `container_path` with symlinks followed as the container would see them.
+
+    Absolute link targets are taken relative to `rootfs`, and `..` never climbs above it.
+    None when a component is missing or links loop.
+    """
+    pending = [part for part in container_path.split("/") if part and part != "."]
+    resolved: list[str] = []
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(rootfs, *resolved, part)
+        try:
+            target = os.readlink(candidate)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            # Not a link (EINVAL) or not a directory on the way (ENOTDIR).
+            if not os.path.lexists(candidate):
+                return None
+            resolved.append(part)
+            continue
+        links += 1
+        if links > _MAX_SYMLINKS:
+            return None
+        target_parts = [p for p in target.split("/") if p and p != "."]
+        if target.startswith("/"):
+            resolved = []
+        pending = target_parts + pending
+    return os.path.join(rootfs, *resolved)
+
+
+def peek_elf(path: str) -> tuple[bool, bool]:
+    """(is an ELF, is a 32-bit ARM ELF) from the first 20 bytes, without parsing the file."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(20)
+    except OSError:
+        return False, False
+    if head[:4] != ELF_MAGIC:
+        return False, False
+    if len(head) < 20:
+        return True, False
+    little = head[5] == 1
+    machine = int.from_bytes(head[18:20], "little" if little else "big")
+    return True, head[4] == _ELFCLASS32 and machine == _EM_ARM
+
+
+def _mapping(value: object) -> dict[str, object]:
+    return value if isinstance(value, dict) else {}
+
+
+def _sequence(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+

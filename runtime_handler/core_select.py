@@ -1,0 +1,123 @@
+"""Which remote core a firmware container gets, decided from a snapshot of the cores (pure).
+
+The rules: a core named by `SMARTER_RPROC` (the device manager's allocation) must exist, be
+free and run the firmware's architecture; without it, the first free core that runs it. A core
+is free when no container holds its reservation and it is not running (`offline`, or `crashed`
+after a previous container's firmware faulted). A board the container asks for must be the
+devicetree's model or one of its compatible strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from runtime_handler.errors import FirmwareRefusedError
+from smarter_common.firmware_elf import ElfFacts, FirmwareError, check_fits
+
+_FREE_STATES = ("offline", "crashed")
+
+
+@dataclass(frozen=True)
+class CoreView:
+    """One core as seen at `create`."""
+
+    device_id: str
+    cpu: str | None
+    state: str
+    reserved: bool
+    firmware: str = ""
+
+    def describe(self) -> str:
+        return f"{self.device_id} ({self.cpu or 'unknown cpu'})"
+
+    @property
+    def free(self) -> bool:
+        return not self.reserved and self.state in _FREE_STATES
+
+    def why_busy(self) -> str:
+        if self.reserved:
+            return f"{self.device_id} is reserved by another container"
+        running = f" firmware {self.firmware}" if self.firmware else ""
+        current = self.state or "in an unknown state"
+        return f"{self.device_id} is {current}{running}, expected offline"
+
+
+@dataclass(frozen=True)
+class BoardView:
+    """The board as the devicetree names it."""
+
+    model: str
+    compatible: tuple[str, ...]
+
+
+def check_board(wanted: str | None, board: BoardView) -> None:
+    """FirmwareRefusedError unless `wanted` names this board (None: any board will do).
+
+    `stm32mp157c-dk2` matches the compatible string `st,stm32mp157c-dk2`; the model matches
+    whole, ignoring case.
+    """
+    if wanted is None:
+        return
+    want = wanted.strip().lower()
+    names = {board.model.strip().lower()}
+    for value in board.compatible:
+        names.add(value.lower())
+        names.add(value.lower().partition(",")[2])
+    if want in names:
+        return
+    found = ", ".join(board.compatible) or "no compatible strings"
+    raise FirmwareRefusedError(
+        f"firmware is for board {wanted!r}, but this board is {board.model or 'unnamed'!r}"
+        f" ({found})",
+        hint="schedule the pod on a node with that board (nodeSelector) or rebuild the firmware",
+    )
+
+
+def choose_core(
+    facts: ElfFacts, cores: Sequence[CoreView], requested: str | None = None
+) -> CoreView:
+    """The core for `facts`' firmware; FirmwareRefusedError says what was expected and found."""
+    if requested is not None:
+        return _check_requested(facts, cores, requested)
+    if not cores:
+        raise FirmwareRefusedError(
+            "no remote cores on this host (nothing under /sys/class/remoteproc)",
+            hint="run firmware containers on a node with remote cores",
+        )
+    reasons = []
+    for core in cores:
+        fits = _fit_problem(facts, core)
+        if fits is None and core.free:
+            return core
+        reasons.append(fits if fits is not None else core.why_busy())
+    raise FirmwareRefusedError(
+        f"no free core runs {facts.path} (built for {facts.describe()}): " + "; ".join(reasons)
+    )
+
+
+def _check_requested(facts: ElfFacts, cores: Sequence[CoreView], requested: str) -> CoreView:
+    for core in cores:
+        if core.device_id == requested:
+            break
+    else:
+        present = ", ".join(core.device_id for core in cores) or "none"
+        raise FirmwareRefusedError(
+            f"SMARTER_RPROC={requested} names a core that does not exist;"
+            f" this host's cores: {present}",
+            hint="the device manager sets SMARTER_RPROC; request smarter-devices/rprocN",
+        )
+    problem = _fit_problem(facts, core)
+    if problem is not None:
+        raise FirmwareRefusedError(problem)
+    if not core.free:
+        raise FirmwareRefusedError(core.why_busy())
+    return core
+
+
+def _fit_problem(facts: ElfFacts, core: CoreView) -> str | None:
+    try:
+        check_fits(facts, core.cpu)
+    except FirmwareError as error:
+        return f"{core.device_id}: {error.message}"
+    return None

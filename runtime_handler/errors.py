@@ -1,0 +1,65 @@
+"""Errors as runc reports them: a line in the `--log` file, the message on stderr, exit 1.
+
+The runc shim shows the user the last `error` entry of `<bundle>/log.json`, written in runc's
+JSON log format (`{"level":"error","msg":...,"time":...}`) or logrus' text format.
+Stdlib only: refusals happen on the hot path.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from smarter_common.errors import SmarterError
+
+
+class RuntimeCallError(SmarterError):
+    """A runtime command cannot be carried out; the message is what the shim shows the user."""
+
+
+class ContainerNotFoundError(RuntimeCallError):
+    def __init__(self) -> None:
+        super().__init__("container does not exist")
+
+
+class FirmwareRefusedError(RuntimeCallError):
+    """A firmware container cannot be created as asked (wrong firmware, no core, busy core)."""
+
+
+def log_line(message: str, *, level: str = "error", log_format: str = "text") -> str:
+    """One entry of runc's log in `log_format` (`json` or logrus `text`), newline included."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if log_format == "json":
+        import json
+
+        return json.dumps({"level": level, "msg": message, "time": stamp}) + "\n"
+    quoted = message.replace("\\", "\\\\").replace('"', '\\"')
+    return f'time="{stamp}" level={level} msg="{quoted}"\n'
+
+
+def append_log(path: str | None, message: str, *, level: str, log_format: str) -> None:
+    """Append one entry to the runtime log at `path` (stderr when None), as runc does."""
+    line = log_line(message, level=level, log_format=log_format)
+    if path is None:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def report(error: BaseException, *, log: str | None, log_format: str) -> int:
+    """Write `error` where runc would (log file, and stderr when logging to a file); exit code."""
+    message = str(error)
+    try:
+        append_log(log, message, level="error", log_format=log_format)
+    except OSError as log_error:
+        sys.stderr.write(f"smarter-hybrid-runtime: cannot write log {log}: {log_error}\n")
+    if log is not None:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    return 1

@@ -1,0 +1,361 @@
+"""runc's commands for firmware containers: create, start, state, kill, delete, ps, and the rest.
+
+Each command reads our record under `<--root>/smarter-hybrid/<id>/`, acts, and returns an exit
+status; failures are RuntimeCallError, reported by the caller in runc's log format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from runtime_handler import state
+from runtime_handler.bundle import Bundle
+from runtime_handler.cli import Invocation
+from runtime_handler.core_select import BoardView, CoreView, check_board, choose_core
+from runtime_handler.errors import ContainerNotFoundError, FirmwareRefusedError, RuntimeCallError
+from runtime_handler.supervisor import STOP_TIMEOUT, Supervisor, start_timeout, stop_core
+from smarter_common.atomic import write_atomic
+from smarter_common.errors import LockBusyError
+from smarter_common.firmware_elf import ElfFacts
+from smarter_common.hostroot import HostRoot
+from smarter_common.locks import FileLock, is_locked
+from smarter_common.remoteproc import core_by_id, discover_cores
+
+FIRMWARE_PREFIX = "smarter-"
+_LOCKS_SUBDIR = "smarter-hybrid/cores"
+_WAIT_POLL = 0.01
+
+
+def lock_path(host: HostRoot, device_id: str) -> Path:
+    """The reservation lock of a core: under the host's /run, shared by every --root."""
+    return host.run / _LOCKS_SUBDIR / f"{device_id}.lock"
+
+
+def firmware_dir(host: HostRoot) -> Path:
+    """Where the firmware loader looks first: the `firmware_class.path` parameter, else
+    /lib/firmware (both as host paths under the host root)."""
+    try:
+        custom = host.firmware_search_path_param.read_text().strip()
+    except OSError:
+        custom = ""
+    return host.path(custom) if custom else host.lib_firmware
+
+
+def observe_cores(host: HostRoot) -> list[CoreView]:
+    views = []
+    for core in discover_cores(host):
+        views.append(
+            CoreView(
+                device_id=core.device_id,
+                cpu=core.cpu,
+                state=core.state(),
+                reserved=is_locked(lock_path(host, core.device_id)),
+                firmware=core.firmware(),
+            )
+        )
+    return views
+
+
+def observe_board(host: HostRoot) -> BoardView:
+    base = host.devicetree_base
+    try:
+        model = (base / "model").read_bytes().rstrip(b"\0").decode(errors="replace")
+    except OSError:
+        model = ""
+    try:
+        raw = (base / "compatible").read_bytes()
+    except OSError:
+        raw = b""
+    compatible = tuple(item.decode(errors="replace") for item in raw.split(b"\0") if item)
+    return BoardView(model=model, compatible=compatible)
+
+
+def create(invocation: Invocation, bundle: Bundle, facts: ElfFacts) -> int:
+    """Reserve a core, record the container, fork its supervisor and write the pid file."""
+    container_id = invocation.container_id
+    if not container_id:
+        raise RuntimeCallError('"create" requires exactly 1 argument')
+    directory = Path(state.container_dir(invocation.root, container_id))
+    if directory.exists() or os.path.exists(os.path.join(invocation.root, container_id)):
+        raise RuntimeCallError(f"container with id exists: {container_id}")
+    if bundle.terminal:
+        raise FirmwareRefusedError(
+            "firmware containers have no terminal: set tty: false (process.terminal)"
+        )
+    host = HostRoot.from_env()
+    check_board(bundle.board, observe_board(host))
+    core = choose_core(facts, observe_cores(host), bundle.requested_core)
+    lock = FileLock(lock_path(host, core.device_id))
+    lock.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire(timeout=0)
+    except LockBusyError:
+        raise FirmwareRefusedError(f"{core.device_id} is reserved by another container") from None
+    try:
+        return _create_reserved(invocation, bundle, host, core, lock, directory)
+    finally:
+        # The supervisor holds the lock through its inherited descriptor; closing ours without
+        # unlocking leaves the reservation with it (or drops it if there is no supervisor).
+        os.close(lock.fileno)
+
+
+def _create_reserved(
+    invocation: Invocation,
+    bundle: Bundle,
+    host: HostRoot,
+    core: CoreView,
+    lock: FileLock,
+    directory: Path,
+) -> int:
+    container_id = directory.name
+    current = core_by_id(host, core.device_id)
+    if current is None or current.state() not in ("offline", "crashed"):
+        raise FirmwareRefusedError(f"{core.device_id} started running while it was being reserved")
+    entrypoint = bundle.entrypoint or ""
+    if not entrypoint.startswith("/"):
+        entrypoint = os.path.join(bundle.cwd, entrypoint)
+    record = state.Record(
+        id=container_id,
+        bundle=bundle.path,
+        rootfs=bundle.rootfs,
+        entrypoint=entrypoint,
+        core=core.device_id,
+        firmware_name=f"{FIRMWARE_PREFIX}{container_id}.elf",
+        firmware_dir=str(firmware_dir(host)),
+        lock_path=str(lock.path),
+        host_root=str(host.root),
+        log=os.path.abspath(invocation.log) if invocation.log else None,
+        log_format=invocation.log_format,
+        oci_version=bundle.oci_version,
+        created=state.now_rfc3339(),
+        annotations=bundle.annotations,
+    )
+    directory.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+    directory.mkdir(mode=0o700)
+    try:
+        control = directory / state.CONTROL_FIFO
+        os.mkfifo(control, 0o600)
+        # Read-write, so the FIFO never reports end-of-file while the supervisor waits on it.
+        control_fd = os.open(control, os.O_RDWR | os.O_CLOEXEC)
+        pid = _fork_supervisor(record, directory, control_fd, host)
+        os.close(control_fd)
+        try:
+            record.pid = pid
+            record.pid_start = _wait_start_time(pid)
+            state.save(directory, record)
+            pid_file = invocation.option("pid-file")
+            if pid_file:
+                write_atomic(Path(os.path.abspath(pid_file)), str(pid))
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)
+            raise
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return 0
+
+
+def _fork_supervisor(record: state.Record, directory: Path, control_fd: int, host: HostRoot) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.setsid()
+        os.chdir("/")
+        record.pid = os.getpid()
+        record.pid_start = state.process_start_time(record.pid)
+        code = Supervisor(record, directory, control_fd, host).run()
+    except BaseException as error:
+        import traceback
+
+        traceback.print_exception(error, file=sys.stderr)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _wait_start_time(pid: int) -> str:
+    deadline = time.monotonic() + 2.0
+    while True:
+        started = state.process_start_time(pid)
+        if started or time.monotonic() >= deadline:
+            return started
+        time.sleep(_WAIT_POLL)
+
+
+def _load(invocation: Invocation) -> tuple[Path, state.Record]:
+    container_id = invocation.container_id or ""
+    directory = Path(state.container_dir(invocation.root, container_id))
+    return directory, state.load(directory)
+
+
+def _send(directory: Path, message: str) -> None:
+    try:
+        fd = os.open(directory / state.CONTROL_FIFO, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        # ENXIO: nobody has the FIFO open for reading, so the supervisor is gone.
+        raise RuntimeCallError("container not running") from None
+    try:
+        os.write(fd, message.encode())
+    finally:
+        os.close(fd)
+
+
+def start(invocation: Invocation) -> int:
+    directory, record = _load(invocation)
+    status = state.current_status(record)
+    if status == state.STATUS_RUNNING:
+        raise RuntimeCallError("cannot start an already running container")
+    if status == state.STATUS_STOPPED:
+        raise RuntimeCallError("cannot start a container that has stopped")
+    _send(directory, "start\n")
+    deadline = time.monotonic() + start_timeout() + 5.0
+    while time.monotonic() < deadline:
+        record = state.load(directory)
+        if record.status == state.STATUS_RUNNING:
+            return 0
+        if record.status == state.STATUS_STOPPED:
+            raise RuntimeCallError(record.error or f"container exited with {record.exit_code}")
+        if not state.supervisor_alive(record):
+            raise RuntimeCallError("container process exited before the core started")
+        time.sleep(_WAIT_POLL)
+    raise RuntimeCallError(f"{record.core} did not start in time")
+
+
+def show_state(invocation: Invocation) -> int:
+    _, record = _load(invocation)
+    print(json.dumps(state.oci_state(record), indent=2))
+    return 0
+
+
+def parse_signal(text: str) -> int:
+    """runc's signal argument: `9`, `KILL` or `SIGKILL`."""
+    if text.isdigit():
+        return int(text)
+    name = text.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise RuntimeCallError(f"unknown signal {text!r}") from None
+
+
+def kill(invocation: Invocation) -> int:
+    directory, record = _load(invocation)
+    signum = parse_signal(invocation.args[1] if len(invocation.args) > 1 else "SIGTERM")
+    if not state.supervisor_alive(record) or record.status == state.STATUS_STOPPED:
+        raise RuntimeCallError("container not running")
+    if signum != 0:
+        _send(directory, f"kill {signum}\n")
+    return 0
+
+
+def delete(invocation: Invocation) -> int:
+    """Stop the core if it still runs our firmware, release it, remove every file we made."""
+    container_id = invocation.container_id or ""
+    directory = Path(state.container_dir(invocation.root, container_id))
+    try:
+        record = state.load(directory)
+    except ContainerNotFoundError:
+        shutil.rmtree(directory, ignore_errors=True)
+        return 0
+    if state.supervisor_alive(record):
+        if record.status == state.STATUS_RUNNING and not invocation.switch("force"):
+            raise RuntimeCallError(
+                f"cannot delete container {container_id} that is not stopped: running"
+            )
+        _end_supervisor(directory, record)
+    _release_core(record)
+    record.firmware_path.unlink(missing_ok=True)
+    shutil.rmtree(directory, ignore_errors=True)
+    return 0
+
+
+def _end_supervisor(directory: Path, record: state.Record) -> None:
+    with contextlib.suppress(RuntimeCallError):
+        _send(directory, f"kill {int(signal.SIGKILL)}\n")
+    if _wait_gone(record, STOP_TIMEOUT + 5.0):
+        return
+    os.kill(record.pid, signal.SIGKILL)
+    _wait_gone(record, 5.0)
+
+
+def _wait_gone(record: state.Record, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while state.supervisor_alive(record):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_WAIT_POLL)
+    return True
+
+
+def _release_core(record: state.Record) -> None:
+    """Stop the core when it still runs our firmware and nobody else holds it."""
+    host = HostRoot(Path(record.host_root))
+    lock = FileLock(Path(record.lock_path))
+    try:
+        lock.acquire(timeout=1.0)
+    except (LockBusyError, FileNotFoundError):
+        return
+    try:
+        core = core_by_id(host, record.core)
+        ours = core is not None and core.firmware() == record.firmware_name
+        if core is not None and ours and core.state() in ("running", "crashed"):
+            with contextlib.suppress(RuntimeCallError):
+                stop_core(core)
+    finally:
+        lock.release()
+
+
+def ps(invocation: Invocation) -> int:
+    _, record = _load(invocation)
+    pids = [record.pid] if state.current_status(record) != state.STATUS_STOPPED else []
+    if invocation.option("format") == "json":
+        print(json.dumps(pids))
+    else:
+        print("PID   CMD")
+        for pid in pids:
+            print(f"{pid:<5} smarter-hybrid-runtime supervisor {record.core}")
+    return 0
+
+
+def update(invocation: Invocation) -> int:
+    """Resource limits do not apply to a remote core; accept them so pod updates succeed."""
+    _load(invocation)
+    return 0
+
+
+def unsupported(invocation: Invocation) -> int:
+    _load(invocation)
+    raise RuntimeCallError(
+        f"{invocation.command} is not supported for firmware container {invocation.container_id}"
+    )
+
+
+COMMANDS: dict[str, Callable[[Invocation], int]] = {
+    "start": start,
+    "state": show_state,
+    "kill": kill,
+    "delete": delete,
+    "ps": ps,
+    "update": update,
+    "pause": unsupported,
+    "resume": unsupported,
+    "exec": unsupported,
+    "events": unsupported,
+    "checkpoint": unsupported,
+    "restore": unsupported,
+}

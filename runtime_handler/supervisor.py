@@ -1,0 +1,381 @@
+"""The process that stands for a firmware container: the shim's "container init".
+
+`create` forks it; the shim reaps it and reports its exit status as the container's. It keeps
+the stdio it was given (the shim's log pipes) and holds the core's reservation lock for as long
+as it lives. It waits for `start` on the control FIFO, then puts the firmware in place, starts
+the core, copies the core's console to stdout line by line, and exits when the core stops:
+128+signal when stopped by `kill`, 0 when stopped from outside, 1 when the core crashed,
+vanished or would not start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from runtime_handler import state
+from runtime_handler.bundle import resolve_in_rootfs
+from runtime_handler.errors import RuntimeCallError
+from smarter_common.hostroot import HostRoot
+from smarter_common.remoteproc import RemoteCore, console_device, core_by_id
+
+START_TIMEOUT_ENV = "SMARTER_START_TIMEOUT"
+DEFAULT_START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+EXIT_FAILED = 1
+_POLL_SECONDS = 0.05
+_CONSOLE_QUIET_SECONDS = 0.2
+_CONSOLE_DRAIN_LIMIT = 1.0
+_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class CoreError(RuntimeCallError):
+    """The core would not take the firmware, start, or stop."""
+
+
+def start_timeout() -> float:
+    try:
+        return float(os.environ.get(START_TIMEOUT_ENV, DEFAULT_START_TIMEOUT))
+    except ValueError:
+        return DEFAULT_START_TIMEOUT
+
+
+class Supervisor:
+    """Runs one firmware container from `start` to the core stopping."""
+
+    def __init__(
+        self, record: state.Record, directory: Path, control_fd: int, host: HostRoot
+    ) -> None:
+        self.record = record
+        self.directory = directory
+        self.host = host
+        self._control_fd = control_fd
+        self._pending = b""
+        self._signalled: int | None = None
+        self._console: _ConsoleCopy | None = None
+        self._log: Any = None
+
+    def run(self) -> int:
+        """Supervise until the container ends; the exit status of the container."""
+        self._log = _logger(self.record)
+        for signum in _HANDLED_SIGNALS:
+            signal.signal(signum, self._on_signal)
+        while True:
+            command = self._next_command(timeout=None)
+            if command is None:
+                continue
+            if command[0] == "kill":
+                self._log.info("killed before start", signal=command[1])
+                return self._finish(128 + command[1])
+            if command[0] == "start":
+                break
+        try:
+            core = self._start()
+        except RuntimeCallError as error:
+            self._log.error(str(error))
+            _say(f"smarter-hybrid-runtime: {error}")
+            return self._finish(EXIT_FAILED, error=str(error))
+        return self._watch(core)
+
+    def _start(self) -> RemoteCore:
+        record = self.record
+        core = core_by_id(self.host, record.core)
+        if core is None:
+            raise CoreError(f"{record.core} no longer exists")
+        self._place_firmware()
+        console_path = console_device(self.host, core)
+        if console_path is not None:
+            self._console = _ConsoleCopy(console_path, out_fd=1)
+            self._console.open()
+        _write_attribute(core, "firmware", record.firmware_name)
+        _write_attribute(core, "state", "start")
+        deadline = time.monotonic() + start_timeout()
+        while True:
+            current = _read_state(core)
+            if current == "running":
+                break
+            if current == "crashed":
+                raise CoreError(f"{core.device_id} crashed while starting {record.firmware_name}")
+            if time.monotonic() >= deadline:
+                raise CoreError(
+                    f"{core.device_id} did not reach state running within {start_timeout():g}s"
+                    f" (state {current or 'unreadable'})",
+                    hint=f"raise {START_TIMEOUT_ENV} if the core boots slowly",
+                )
+            time.sleep(_POLL_SECONDS / 5)
+        if self._console is not None:
+            self._console.start()
+        record.status = state.STATUS_RUNNING
+        state.save(self.directory, record)
+        self._log.info("core started", core=core.device_id, firmware=record.firmware_name)
+        return core
+
+    def _place_firmware(self) -> None:
+        """Copy the ELF where the loader looks, under our own name; never replace a file."""
+        record = self.record
+        source = resolve_in_rootfs(record.rootfs, record.entrypoint)
+        if source is None:
+            raise CoreError(f"firmware {record.entrypoint} vanished from {record.rootfs}")
+        target = record.firmware_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(source, temporary)
+            os.chmod(temporary, 0o644)
+            # link() fails on an existing name, so another container's file is never replaced.
+            os.link(temporary, target)
+        except FileExistsError:
+            raise CoreError(
+                f"firmware file {target} already exists and belongs to another container"
+            ) from None
+        except OSError as error:
+            raise CoreError(f"cannot place firmware at {target}: {error.strerror}") from None
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def _watch(self, core: RemoteCore) -> int:
+        while True:
+            command = self._next_command(timeout=_POLL_SECONDS)
+            if command is not None and command[0] == "kill":
+                return self._stop(core, command[1])
+            if not core.sysfs.is_dir():
+                message = f"{core.device_id} vanished"
+                self._log.error(message)
+                _say(f"smarter-hybrid-runtime: {message}")
+                return self._finish(EXIT_FAILED, error=message)
+            current = _read_state(core)
+            if current == "crashed":
+                message = f"{core.device_id} crashed running {self.record.firmware_name}"
+                self._log.error(message)
+                self._drain_console()
+                _say(f"smarter-hybrid-runtime: {message}")
+                return self._finish(EXIT_FAILED, error=message)
+            if current == "offline":
+                self._log.info("core stopped from outside", core=core.device_id)
+                return self._finish(0)
+
+    def _stop(self, core: RemoteCore, signum: int) -> int:
+        self._log.info("stopping core", core=core.device_id, signal=signum)
+        try:
+            stop_core(core)
+        except RuntimeCallError as error:
+            self._log.error(str(error))
+        return self._finish(128 + signum)
+
+    def _finish(self, code: int, *, error: str | None = None) -> int:
+        self._drain_console()
+        self.record.status = state.STATUS_STOPPED
+        self.record.exit_code = code
+        self.record.error = error
+        # `delete --force` may have removed the directory already.
+        with contextlib.suppress(OSError):
+            state.save(self.directory, self.record)
+        self._log.info("container exited", exit_code=code)
+        return code
+
+    def _drain_console(self) -> None:
+        if self._console is not None:
+            self._console.drain()
+            self._console = None
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signalled = signum
+
+    def _next_command(self, *, timeout: float | None) -> tuple[str, int] | None:
+        """The next `start` or `kill <signal>` from the FIFO (or a signal we received)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._signalled is not None:
+                return ("kill", self._signalled)
+            line, newline, rest = self._pending.partition(b"\n")
+            if newline:
+                self._pending = rest
+                words = line.decode(errors="replace").split()
+                if words == ["start"]:
+                    return ("start", 0)
+                if len(words) == 2 and words[0] == "kill" and words[1].isdigit():
+                    return ("kill", int(words[1]))
+                continue
+            wait = _POLL_SECONDS if deadline is None else deadline - time.monotonic()
+            if wait <= 0:
+                return None
+            try:
+                ready, _, _ = select.select([self._control_fd], [], [], min(wait, _POLL_SECONDS))
+            except InterruptedError:
+                continue
+            if ready:
+                self._pending += os.read(self._control_fd, 512)
+
+
+def stop_core(core: RemoteCore, *, timeout: float = STOP_TIMEOUT) -> None:
+    """Write `stop` and wait for the core to leave `running`; a core already stopped is fine."""
+    try:
+        _write_attribute(core, "state", "stop")
+    except CoreError:
+        if _read_state(core) == "running":
+            raise
+        return
+    deadline = time.monotonic() + timeout
+    while _read_state(core) == "running":
+        if time.monotonic() >= deadline:
+            raise CoreError(f"{core.device_id} did not stop within {timeout:g}s")
+        time.sleep(_POLL_SECONDS / 5)
+
+
+_ERRNO_MEANING: dict[tuple[str, int | None], str] = {
+    ("state", errno.ENOENT): "the firmware loader found no file {value!r}",
+    ("state", errno.EINVAL): "the core rejected the firmware or the request (EINVAL)",
+    ("state", errno.EBUSY): "the core is already running (EBUSY)",
+    ("firmware", errno.EBUSY): "the core is running, its firmware cannot change (EBUSY)",
+}
+
+
+def _write_attribute(core: RemoteCore, name: str, value: str) -> None:
+    path = core.sysfs / name
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+    except OSError as error:
+        firmware = core.firmware() if name == "state" else value
+        meaning = _ERRNO_MEANING.get((name, error.errno), error.strerror or str(error))
+        raise CoreError(
+            f"writing {value!r} to {core.device_id}/{name} failed: "
+            + meaning.format(value=firmware)
+        ) from None
+
+
+def _read_state(core: RemoteCore) -> str:
+    try:
+        return (core.sysfs / "state").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _say(message: str) -> None:
+    try:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class _ConsoleCopy:
+    """Copies a core's console to a file descriptor line by line, in a thread of its own.
+
+    Reads block until the core prints, so the copy runs beside the supervisor's loop; a read
+    that returns nothing (a console that is a plain file, or a closed peer) is retried.
+    """
+
+    def __init__(self, path: Path, *, out_fd: int) -> None:
+        self.path = path
+        self.out_fd = out_fd
+        self._fd: int | None = None
+        self._partial = b""
+        self._lock = threading.Lock()
+        self._last_data = time.monotonic()
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        """Open before the core starts, so its first lines are not missed."""
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None
+            return
+        if os.isatty(self._fd):
+            import termios
+            import tty
+
+            # Raw: no echo back to the core, no newline translation.
+            tty.setraw(self._fd, termios.TCSANOW)
+
+    def start(self) -> None:
+        if self._fd is None:
+            return
+        self._thread = threading.Thread(target=self._copy, name="console", daemon=True)
+        self._thread.start()
+
+    def drain(self) -> None:
+        """Let the last lines through (until the console is quiet), then flush a partial line."""
+        if self._thread is None:
+            return
+        limit = time.monotonic() + _CONSOLE_DRAIN_LIMIT
+        while time.monotonic() < limit:
+            with self._lock:
+                quiet = time.monotonic() - self._last_data
+            if quiet >= _CONSOLE_QUIET_SECONDS:
+                break
+            time.sleep(0.02)
+        with self._lock:
+            rest, self._partial = self._partial, b""
+            if rest:
+                self._emit(rest.rstrip(b"\r") + b"\n")
+            self._thread = None
+
+    def _copy(self) -> None:
+        assert self._fd is not None
+        while True:
+            try:
+                chunk = os.read(self._fd, 4096)
+            except OSError:
+                return
+            if not chunk:
+                time.sleep(_POLL_SECONDS)
+                continue
+            with self._lock:
+                if self._thread is None:
+                    return
+                self._last_data = time.monotonic()
+                self._partial += chunk
+                *lines, self._partial = self._partial.split(b"\n")
+                for line in lines:
+                    self._emit(line.rstrip(b"\r") + b"\n")
+
+    def _emit(self, data: bytes) -> None:
+        try:
+            while data:
+                written = os.write(self.out_fd, data)
+                data = data[written:]
+        except OSError:
+            # Nobody reads the container's stdout any more; the core keeps running.
+            pass
+
+
+def _logger(record: state.Record) -> Any:
+    """structlog writing runc-style entries (`level`, `msg`, `time`) to the runtime log."""
+    import structlog
+
+    from smarter_common import logs
+
+    # The log file stays open for as long as the supervisor lives.
+    stream: Any = open(record.log, "a", buffering=1) if record.log else sys.stderr  # noqa: SIM115
+    renderer: Any
+    if record.log_format == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.processors.LogfmtRenderer(key_order=["time", "level", "msg"])
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+            structlog.processors.EventRenamer("msg"),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logs.resolve_level(None)),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    return logs.get_logger("smarter-hybrid-runtime", container_id=record.id, core=record.core)
