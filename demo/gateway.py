@@ -1,0 +1,623 @@
+"""A whole simulated gateway: a node network namespace, containerd, and the three plugins.
+
+The node is a network namespace of its own (the host's is never touched). In it run our own
+containerd (CRI, with smarter-cni as its network and the `hybrid` runtime), the smarter-cni
+agent and dnsmasq as the DaemonSet runs them. The simulator provides the remote cores, and the
+device manager registers with a kubelet stand-in. containerd executes the host-side zipapps
+with the host's python3, exactly as on a node. Everything started is stopped by PID, and every
+namespace and mount removed, on the way out, also after a failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from demo import images as image_build
+from demo.containerd import (
+    HYBRID_HANDLER,
+    Containerd,
+    ContainerdLayout,
+    overlay_works,
+    render_config,
+    unmount_all,
+)
+from demo.cri.client import ContainerSpec, CriClient, CriError, PodSpec
+from demo.processes import Processes, Started
+from smarter_common.errors import SmarterError
+from smarter_common.logs import get_logger
+
+log = get_logger("demo.gateway")
+
+REPO = Path(__file__).resolve().parents[1]
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+REFERENCE_PLUGINS = Path("/usr/lib/cni")
+PRODUCTION_CONFLIST = REPO / "deploy" / "cni" / "10-smarter.conflist"
+DOMAIN = "smarter.internal"
+RPROC_RESOURCE_PREFIX = "smarter-devices/rproc"
+DEVICE_RULES = """\
+# The gateway's serial ports and the simulator's console devices.
+- devicematch: ^ttyUSB[0-9]+$
+  nummaxdevices: 1
+- devicematch: ^ttyS[0-9]+$
+  nummaxdevices: 1
+"""
+
+
+class GatewayError(SmarterError):
+    """The simulated gateway could not be brought up or did something unexpected."""
+
+
+class MissingPieceError(GatewayError):
+    """A component the gateway needs has not been built yet (or is broken)."""
+
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """What to bring up."""
+
+    core: str = "cortex-m4"
+    firmware: tuple[str, ...] = ("hello", "crash")
+    device_manager: bool = True
+    work_parent: Path = Path("/tmp")
+    keep_work_dir: bool = False
+
+
+@dataclass
+class Pod:
+    """A pod the gateway runs: its spec, sandbox ID, address, and containers by name."""
+
+    spec: PodSpec
+    id: str
+    ip: str
+    containers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def log_directory(self) -> Path:
+        return Path(self.spec.log_directory)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What the device manager handed over for one resource, as the kubelet passes it on."""
+
+    resource: str
+    device_ids: tuple[str, ...]
+    env: Mapping[str, str]
+    devices: tuple[tuple[str, str, str], ...]
+
+
+class Gateway:
+    """A simulated gateway, brought up by `start()` (or `with`), torn down by `close()`."""
+
+    def __init__(self, config: GatewayConfig | None = None, progress: Progress = _quiet) -> None:
+        self.config = config or GatewayConfig()
+        self.progress = progress
+        self.work = Path(tempfile.mkdtemp(prefix="se-gw-", dir=self.config.work_parent))
+        self.processes = Processes(self.work / "logs")
+        self.layout = ContainerdLayout(self.work)
+        self.netns = f"se-node-{secrets.token_hex(3)}"
+        self.sim_root = self.work / "host"
+        self.cni_state = self.work / "cni-state"
+        self.plugin_dir = self.sim_root / "var" / "lib" / "kubelet" / "device-plugins"
+        self.conflist_path = self.layout.cni_conf_dir / "10-smarter.conflist"
+        self.zipapps = self.work / "bin"
+        self.snapshotter = "overlayfs"
+        self.images: image_build.Images | None = None
+        self.containerd: Containerd | None = None
+        self.cri: CriClient | None = None
+        self.kubelet: Any = None
+        self.pods: dict[str, Pod] = {}
+        self._netns_made = False
+        self._simulator: Started | None = None
+        self._closed = False
+
+    # Bring-up
+
+    def __enter__(self) -> Gateway:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        self.progress("building the host-side zipapps (smarter-cni, smarter-hybrid-runtime)")
+        self._build_zipapps()
+        self.progress("building images: pause, busybox, firmware for the " + self.config.core)
+        self.images = image_build.build_images(
+            self.work / "images", core=self.config.core, firmware=self.config.firmware
+        )
+        self.progress(f"creating the node's network namespace {self.netns}")
+        self._make_netns()
+        self.progress("starting the simulator (remote cores over FUSE, QEMU on start)")
+        self._start_simulator()
+        self.progress("starting the smarter-cni agent and dnsmasq")
+        self._start_cni()
+        if self.config.device_manager:
+            self.progress("starting smarter-device-manager against a kubelet stand-in")
+            self._start_device_manager()
+        self.progress("starting containerd (CRI) and importing the images")
+        self._start_containerd()
+
+    def _build_zipapps(self) -> None:
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "build_zipapps.py"),
+                "--out",
+                str(self.zipapps),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise MissingPieceError(f"building the zipapps failed: {result.stderr.strip()}")
+        bin_dir = self.layout.cni_bin_dir
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        for plugin in sorted(REFERENCE_PLUGINS.iterdir()):
+            (bin_dir / plugin.name).symlink_to(plugin)
+        shutil.copy2(self.zipapps / "smarter-cni", bin_dir / "smarter-cni")
+
+    def _make_netns(self) -> None:
+        subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
+        self._netns_made = True
+        self.ip("link", "set", "lo", "up")
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`ip` inside the node's network namespace."""
+        return subprocess.run(
+            ["ip", "-n", self.netns, *args], check=check, capture_output=True, text=True
+        )
+
+    def _start_simulator(self) -> None:
+        self.sim_root.mkdir(parents=True, exist_ok=True)
+        started = self.processes.start(
+            "simulator",
+            [
+                sys.executable,
+                "-m",
+                "sim",
+                "up",
+                "--root",
+                self.sim_root,
+                "--core",
+                self.config.core,
+            ],
+            cwd=REPO,
+        )
+        self._simulator = started
+
+        def ready() -> bool:
+            return any(line.strip() == "ready" for line in _read_lines(started.log_path))
+
+        try:
+            self.processes.wait_for(started, ready, timeout=60, what="print `ready`")
+        except SmarterError as error:
+            raise MissingPieceError(f"simulator: {error}") from error
+
+    def _conflist(self) -> dict[str, Any]:
+        """The production conflist with its paths moved under the work directory."""
+        if PRODUCTION_CONFLIST.is_file():
+            conflist: dict[str, Any] = json.loads(PRODUCTION_CONFLIST.read_text())
+        else:
+            conflist = {
+                "cniVersion": "1.0.0",
+                "name": "smarter",
+                "plugins": [
+                    {"type": "smarter-cni", "dns": {"domain": DOMAIN}},
+                    {"type": "portmap", "capabilities": {"portMappings": True}},
+                ],
+            }
+        for plugin in conflist["plugins"]:
+            if plugin.get("type") == "smarter-cni":
+                plugin["stateDir"] = str(self.cni_state)
+                dns = plugin.setdefault("dns", {})
+                dns["hostsDir"] = str(self.cni_state / "hosts")
+                dns.setdefault("domain", DOMAIN)
+        return conflist
+
+    @property
+    def cni_plugin_config(self) -> dict[str, Any]:
+        conflist = json.loads(self.conflist_path.read_text())
+        return next(p for p in conflist["plugins"] if p.get("type") == "smarter-cni")
+
+    @property
+    def dns_domain(self) -> str:
+        return str(self.cni_plugin_config.get("dns", {}).get("domain", DOMAIN))
+
+    @property
+    def dns_server(self) -> str:
+        """The bridge address in the node, where dnsmasq answers pods."""
+        output = self.ip("-j", "-4", "addr", "show", "dev", self._bridge_name()).stdout
+        for link in json.loads(output or "[]"):
+            for address in link.get("addr_info", []):
+                return str(address["local"])
+        raise GatewayError(f"bridge {self._bridge_name()} has no IPv4 address in {self.netns}")
+
+    def _bridge_name(self) -> str:
+        return str(self.cni_plugin_config.get("bridge", "smarter0"))
+
+    def _start_cni(self) -> None:
+        self.layout.cni_conf_dir.mkdir(parents=True, exist_ok=True)
+        self.cni_state.mkdir(parents=True, exist_ok=True)
+        self.conflist_path.write_text(json.dumps(self._conflist(), indent=2) + "\n")
+        socket = self.cni_state / "agent.sock"
+        agent = self.processes.start(
+            "smarter-cni-agent",
+            [
+                sys.executable,
+                "-m",
+                "cni",
+                "agent",
+                "--conf",
+                self.conflist_path,
+                "--socket",
+                socket,
+            ],
+            netns=self.netns,
+            cwd=REPO,
+        )
+        try:
+            self.processes.wait_for(agent, socket.exists, timeout=30, what="open its socket")
+        except SmarterError as error:
+            raise MissingPieceError(f"smarter-cni agent: {error}") from error
+        dns = self.processes.start(
+            "dnsmasq",
+            [sys.executable, "-m", "cni", "dns", "--conf", self.conflist_path],
+            netns=self.netns,
+            cwd=REPO,
+        )
+        time.sleep(0.3)
+        try:
+            dns.check_alive()
+        except SmarterError as error:
+            raise MissingPieceError(f"smarter-cni dns: {error}") from error
+
+    def _start_device_manager(self) -> None:
+        try:
+            import importlib
+
+            kubelet_module = importlib.import_module("tests.kubelet")
+        except ImportError as error:
+            raise MissingPieceError(
+                "the kubelet stand-in (tests/kubelet.py) is not there yet", hint=str(error)
+            ) from error
+        self.plugin_dir.mkdir(parents=True, exist_ok=True)
+        self.kubelet = kubelet_module.Kubelet(self.plugin_dir)
+        self.kubelet.start()
+        rules = self.work / "device-rules.yaml"
+        rules.write_text(DEVICE_RULES)
+        started = self.processes.start(
+            "smarter-device-manager",
+            [
+                sys.executable,
+                "-m",
+                "device_plugin",
+                "--host-root",
+                self.sim_root,
+                "--rules",
+                rules,
+                "--plugin-dir",
+                self.plugin_dir,
+            ],
+            cwd=REPO,
+        )
+        rproc0 = f"{RPROC_RESOURCE_PREFIX}0"
+
+        def registered() -> bool:
+            return rproc0 in self.resources()
+
+        try:
+            self.processes.wait_for(started, registered, timeout=30, what=f"register {rproc0}")
+        except SmarterError as error:
+            raise MissingPieceError(f"smarter-device-manager: {error}") from error
+
+    def _start_containerd(self) -> None:
+        if not overlay_works(self.work):
+            self.snapshotter = "native"
+        self.layout.pod_logs.mkdir(parents=True, exist_ok=True)
+        runc = shutil.which("runc") or "/usr/sbin/runc"
+        self.layout.config.write_text(
+            render_config(
+                self.layout,
+                sandbox_image=image_build.PAUSE_IMAGE,
+                hybrid_runtime=self.zipapps / "smarter-hybrid-runtime",
+                runc=Path(runc),
+                snapshotter=self.snapshotter,
+            )
+        )
+        env = {
+            "PATH": SYSTEM_PATH,
+            "HOME": "/root",
+            "SMARTER_HOST_ROOT": str(self.sim_root),
+            "SMARTER_RUNC": runc,
+            "SMARTER_LOG_FORMAT": "json",
+        }
+        self.containerd = Containerd(self.layout, self.processes)
+        self.containerd.start(netns=self.netns, env=env)
+        self.cri = CriClient(self.layout.socket)
+        assert self.images is not None
+        for tarball in self.images.tarballs:
+            self.containerd.import_image(tarball, self.snapshotter)
+        self.cri.wait_ready(timeout=30)
+
+    # Pods
+
+    def pod_spec(self, name: str, *, handler: str = "", namespace: str = "default") -> PodSpec:
+        uid = secrets.token_hex(8)
+        log_directory = self.layout.pod_logs / f"{namespace}_{name}_{uid}"
+        log_directory.mkdir(parents=True, exist_ok=True)
+        return PodSpec(
+            name=name,
+            namespace=namespace,
+            uid=uid,
+            runtime_handler=handler,
+            dns_servers=(self.dns_server,),
+            dns_searches=(f"{namespace}.{self.dns_domain}", self.dns_domain),
+            log_directory=str(log_directory),
+            labels={"app": _app_name(name)},
+        )
+
+    def run_pod(self, name: str, *, handler: str = "", namespace: str = "default") -> Pod:
+        """RunPodSandbox as the kubelet would: the pod's network comes from smarter-cni."""
+        cri = self._cri()
+        spec = self.pod_spec(name, handler=handler, namespace=namespace)
+        pod_id = cri.run_pod(spec)
+        pod = Pod(spec, pod_id, cri.pod_ip(pod_id))
+        self.pods[pod_id] = pod
+        return pod
+
+    def start_container(
+        self,
+        pod: Pod,
+        name: str,
+        image: str,
+        *,
+        command: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        devices: Sequence[tuple[str, str, str]] = (),
+    ) -> str:
+        """CreateContainer + StartContainer; the container's ID."""
+        cri = self._cri()
+        spec = ContainerSpec(
+            name=name,
+            image=image,
+            command=tuple(command),
+            env=dict(env or {}),
+            devices=tuple(devices),
+            log_path=f"{name}/0.log",
+        )
+        container_id = cri.create_container(pod.id, pod.spec, spec)
+        pod.containers[name] = container_id
+        cri.start_container(container_id)
+        return container_id
+
+    def run_busybox_pod(self, name: str) -> Pod:
+        """A pod with one long-running busybox container named `main`."""
+        pod = self.run_pod(name)
+        self.start_container(
+            pod,
+            "main",
+            image_build.BUSYBOX_IMAGE,
+            command=["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
+        )
+        return pod
+
+    def run_firmware_pod(self, name: str, firmware: str, allocation: Allocation) -> Pod:
+        """A `hybrid` pod whose one container runs `firmware` on the core in `allocation`."""
+        if self.images is None or firmware not in self.images.firmware:
+            raise GatewayError(f"no firmware image {firmware!r} was built")
+        pod = self.run_pod(name, handler=HYBRID_HANDLER)
+        self.start_container(
+            pod,
+            "firmware",
+            self.images.firmware[firmware],
+            env=allocation.env,
+            devices=allocation.devices,
+        )
+        return pod
+
+    def container_log(self, pod: Pod, container: str) -> list[str]:
+        """The container's output lines from its CRI log file (`<time> <stream> <tag> <text>`)."""
+        lines: list[str] = []
+        for raw in _read_lines(pod.log_directory / container / "0.log"):
+            parts = raw.split(" ", 3)
+            if len(parts) == 4:
+                lines.append(parts[3])
+        return lines
+
+    def remove_pod(self, pod: Pod) -> None:
+        """StopPodSandbox then RemovePodSandbox, as the kubelet does when a pod is deleted."""
+        cri = self._cri()
+        for container_id in pod.containers.values():
+            try:
+                cri.stop_container(container_id, timeout=5)
+            except CriError as error:
+                log.debug("stop container", container_id=container_id, error=str(error))
+        cri.stop_pod(pod.id)
+        cri.remove_pod(pod.id)
+        self.pods.pop(pod.id, None)
+
+    def remove_every_pod(self) -> None:
+        """Remove every sandbox containerd knows, also ones a failed test left behind."""
+        if self.cri is None:
+            return
+        for item in self.cri.list_pods():
+            try:
+                for container in self.cri.list_containers(item.id):
+                    try:
+                        self.cri.stop_container(container.id, timeout=2)
+                    except CriError as error:
+                        log.debug("stop container", error=str(error))
+                self.cri.stop_pod(item.id)
+                self.cri.remove_pod(item.id)
+            except CriError as error:
+                log.warning("removing pod failed", pod_id=item.id, error=str(error))
+        self.pods.clear()
+
+    def _cri(self) -> CriClient:
+        if self.cri is None:
+            raise GatewayError("containerd is not running")
+        return self.cri
+
+    # Devices
+
+    def resources(self) -> dict[str, list[str]]:
+        """Resource name -> device IDs, as the kubelet stand-in sees them advertised (healthy)."""
+        if self.kubelet is None:
+            return {}
+        return {str(k): list(v) for k, v in self.kubelet.resources().items()}
+
+    def allocate(self, resource: str, count: int = 1) -> Allocation:
+        """Allocate `count` devices of `resource` via the device manager, as the kubelet does."""
+        if self.kubelet is None:
+            raise MissingPieceError("the device manager is not running in this gateway")
+        available = self.resources().get(resource, [])
+        if len(available) < count:
+            raise GatewayError(f"{resource} advertises {available}, not {count} device(s)")
+        device_ids = tuple(available[:count])
+        response = self.kubelet.allocate(resource, list(device_ids))
+        envs = dict(response.envs)
+        devices = tuple(
+            (str(d.container_path), str(d.host_path), str(d.permissions)) for d in response.devices
+        )
+        return Allocation(resource, device_ids, envs, devices)
+
+    # What is left
+
+    def core_states(self) -> dict[str, str]:
+        """remoteprocN -> state, read from the simulated host's sysfs."""
+        states: dict[str, str] = {}
+        base = self.sim_root / "sys" / "class" / "remoteproc"
+        for core in sorted(base.glob("remoteproc*")):
+            try:
+                states[core.name] = (core / "state").read_text().strip()
+            except OSError as error:
+                states[core.name] = f"unreadable: {error}"
+        return states
+
+    def leftovers(self) -> list[str]:
+        """Everything pods may leave behind that is still here (empty once all pods are gone)."""
+        found: list[str] = []
+        for path in sorted(self.cni_state.rglob("*")) if self.cni_state.exists() else []:
+            if path.is_file() and path.name != "agent.sock" and not path.name.startswith("."):
+                found.append(f"CNI state file {path.relative_to(self.cni_state)}")
+        veths = self.ip("-o", "link", "show", "type", "veth", check=False).stdout.strip()
+        if veths:
+            found.extend(
+                f"veth in the node: {line.split(':')[1].strip()}" for line in veths.splitlines()
+            )
+        for name, state in self.core_states().items():
+            if state not in ("offline", "crashed"):
+                found.append(f"core {name} is {state}")
+        found.extend(f"QEMU process {pid}" for pid in self.qemu_pids())
+        runtime_state = self.sim_root / "run" / "smarter-hybrid-runtime"
+        if runtime_state.exists():
+            found.extend(
+                f"runtime state {p.relative_to(runtime_state)}"
+                for p in sorted(runtime_state.rglob("*"))
+                if p.is_file()
+            )
+        if self.cri is not None:
+            found.extend(f"sandbox {item.metadata.name}" for item in self.cri.list_pods())
+        return found
+
+    def qemu_pids(self) -> list[int]:
+        needle = str(self.sim_root).encode()
+        pids: list[int] = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"qemu-system" in cmdline.split(b"\0", 1)[0] and needle in cmdline:
+                pids.append(int(entry.name))
+        return pids
+
+    # Teardown
+
+    def close(self) -> None:
+        """Remove every pod, stop every process, unmount, delete the netns and the work dir."""
+        if self._closed:
+            return
+        self._closed = True
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("remove pods", self.remove_every_pod),
+            ("close CRI", lambda: self.cri.close() if self.cri else None),
+            ("stop containerd", lambda: self.containerd.stop() if self.containerd else None),
+            ("stop kubelet stand-in", self._stop_kubelet),
+            ("stop processes", self.processes.stop_all),
+            ("unmount", lambda: _ignore(unmount_all(self.work))),
+            ("delete netns", self._delete_netns),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception as error:  # teardown goes on whatever one step does
+                log.warning("teardown step failed", step=what, error=str(error))
+        if not self.config.keep_work_dir:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def _stop_kubelet(self) -> None:
+        if self.kubelet is not None:
+            self.kubelet.stop()
+            self.kubelet = None
+
+    def _delete_netns(self) -> None:
+        if not self._netns_made:
+            return
+        pids = subprocess.run(
+            ["ip", "netns", "pids", self.netns], capture_output=True, text=True
+        ).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), 9)
+            except (ProcessLookupError, ValueError):
+                continue
+        subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
+        self._netns_made = False
+
+
+def _app_name(pod_name: str) -> str:
+    """The controller's name for a pod: `sensor-7xk2p` -> `sensor`."""
+    head, _, tail = pod_name.rpartition("-")
+    return head if head and len(tail) == 5 else pod_name
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _ignore(_: object) -> None:
+    return None
