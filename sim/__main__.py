@@ -1,20 +1,79 @@
-"""Entry point of `smarter-sim`."""
+"""Entry point of `smarter-sim`: `up`, `down` and `build-firmware`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from smarter_common.cli import add_common_arguments
+from sim import boards
+from smarter_common.cli import add_common_arguments, configure_logging_from
+from smarter_common.errors import SmarterError
+from smarter_common.logs import get_logger
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smarter-sim",
         description="a simulated gateway: remoteproc over FUSE, cores running firmware in QEMU.",
     )
     add_common_arguments(parser)
-    parser.parse_args(argv)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="build a host root in DIR and serve it until stopped")
+    up.add_argument("--root", required=True, type=Path, metavar="DIR", help="the host root")
+    up.add_argument(
+        "--core",
+        dest="cores",
+        action="append",
+        required=True,
+        choices=sorted(boards.CORE_TYPES),
+        metavar="CPU",
+        help=f"a remote core, once per core ({', '.join(boards.CORE_TYPES)})",
+    )
+    up.add_argument(
+        "--board",
+        choices=sorted(boards.BOARDS),
+        metavar="NAME",
+        help=f"the board the devicetree names ({', '.join(boards.BOARDS)};"
+        f" default {boards.DEFAULT_BOARD})",
+    )
+
+    down = commands.add_parser("down", help="stop the simulator serving DIR")
+    down.add_argument("--root", required=True, type=Path, metavar="DIR", help="the host root")
+    down.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (30)")
+
+    build = commands.add_parser("build-firmware", help="build an example firmware ELF")
+    build.add_argument("--kind", required=True, choices=["hello", "crash"])
+    build.add_argument("--cpu", required=True, choices=sorted(boards.CORE_TYPES))
+    build.add_argument("--out", required=True, type=Path, metavar="DIR")
+    build.add_argument("--crash-after", type=int, default=3, metavar="N", help="crash: lines (3)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging_from(args)
+    log = get_logger("smarter-sim")
+    try:
+        if args.command == "up":
+            from sim.server import serve
+
+            serve(args.root, args.cores, args.board, sys.stdout)
+        elif args.command == "down":
+            from sim.server import down
+
+            if not down(args.root, args.timeout):
+                log.info("not running", root=str(args.root))
+        else:
+            from sim.firmware_build import build_firmware
+
+            path = build_firmware(args.kind, args.cpu, args.out, crash_after=args.crash_after)
+            print(path)
+    except SmarterError as error:
+        log.error("failed", error=error.message, hint=error.hint)
+        print(f"smarter-sim: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,156 @@
+"""One simulated remote core: the state machine behind its sysfs files, with the kernel's errnos.
+
+Mirrors drivers/remoteproc/remoteproc_sysfs.c: `firmware` can change only while the core is
+offline (EBUSY otherwise); `start` on a running core is EBUSY, a missing firmware file ENOENT, a
+file that is not an ELF this core can run EINVAL; `stop` on an offline core is EINVAL, on a
+crashed one it returns the core to offline. One departure: `start` on a crashed core fails with
+EBUSY (the kernel silently does nothing there, which leaves a caller waiting for `running`).
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from sim.boards import CoreType
+from sim.console import Console
+from sim.qemu import QemuRun
+from smarter_common.firmware_elf import FirmwareError, check_fits, read_elf_facts
+from smarter_common.logs import get_logger
+from smarter_common.remoteproc import STATE_CRASHED, STATE_OFFLINE, STATE_RUNNING
+
+
+class CoreError(OSError):
+    """A sysfs write the kernel would refuse, carrying the errno the writer sees."""
+
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(code, why)
+
+
+# A runner starts QEMU on a thread whose signal mask is the simulator's normal one; see
+# sim.server (FUSE request threads block every signal, and children would inherit that).
+Runner = Callable[[Callable[[], QemuRun]], QemuRun]
+
+
+class SimCore:
+    """`remoteprocN`: its type, firmware name, state and (while running) its QEMU."""
+
+    def __init__(
+        self,
+        index: int,
+        core_type: CoreType,
+        console: Console,
+        work_dir: Path,
+        firmware_dirs: Callable[[], list[Path]],
+        runner: Runner,
+    ) -> None:
+        self.index = index
+        self.core_type = core_type
+        self.console = console
+        self._work_dir = work_dir
+        self._firmware_dirs = firmware_dirs
+        self._runner = runner
+        self._lock = threading.Lock()
+        self._state = STATE_OFFLINE
+        self._firmware = f"rproc-{self.device_id}-fw"
+        self._run: QemuRun | None = None
+        self._log = get_logger("smarter-sim", core=self.device_id)
+
+    @property
+    def device_id(self) -> str:
+        return f"remoteproc{self.index}"
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def firmware(self) -> str:
+        return self._firmware
+
+    @property
+    def qemu_pid(self) -> int | None:
+        run = self._run
+        return run.pid if run is not None else None
+
+    def set_firmware(self, value: str) -> None:
+        name = value.split("\n", 1)[0]
+        with self._lock:
+            if self._state != STATE_OFFLINE:
+                raise CoreError(errno.EBUSY, "can't change firmware while running")
+            if not name:
+                raise CoreError(errno.EINVAL, "empty firmware name")
+            self._firmware = name
+        self._log.info("firmware set", firmware=name)
+
+    def write_state(self, value: str) -> None:
+        command = value[:-1] if value.endswith("\n") else value
+        if command == "start":
+            self.start()
+        elif command == "stop":
+            self.stop()
+        else:
+            raise CoreError(errno.EINVAL, f"unrecognised option {command!r}")
+
+    def start(self) -> None:
+        with self._lock:
+            if self._state != STATE_OFFLINE:
+                raise CoreError(errno.EBUSY, f"core is {self._state}")
+            source = self._find_firmware(self._firmware)
+            try:
+                check_fits(read_elf_facts(source), self.core_type.cpu)
+            except FirmwareError as error:
+                self._log.warning("firmware refused", firmware=str(source), error=str(error))
+                raise CoreError(errno.EINVAL, str(error)) from error
+            # The kernel loads the image into the core's memory at start; a private copy keeps
+            # later changes to the file from reaching the running core.
+            self._work_dir.mkdir(parents=True, exist_ok=True)
+            image = self._work_dir / "firmware.elf"
+            shutil.copyfile(source, image)
+            self.console.discard_unread()
+            self._run = self._runner(lambda: self._spawn(image))
+            self._state = STATE_RUNNING
+        self._log.info("core started", firmware=self._firmware, qemu_pid=self._run.pid)
+
+    def _spawn(self, image: Path) -> QemuRun:
+        return QemuRun(self.core_type, image, self.console, self._ended, core_id=self.device_id)
+
+    def _ended(self, run: QemuRun, reason: str) -> None:
+        # start() holds the lock until self._run is set, so a QEMU that dies at once is seen.
+        with self._lock:
+            if run is not self._run:
+                return
+            self._run = None
+            if self._state == STATE_RUNNING:
+                self._state = STATE_CRASHED
+        self._log.warning("core crashed", reason=reason)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._state == STATE_OFFLINE:
+                raise CoreError(errno.EINVAL, "core is offline")
+            run, self._run = self._run, None
+            self._state = STATE_OFFLINE
+        if run is not None:
+            run.stop()
+        self._log.info("core stopped")
+
+    def shutdown(self) -> None:
+        """Stop the core whatever its state (the simulator is going away)."""
+        with self._lock:
+            run, self._run = self._run, None
+            self._state = STATE_OFFLINE
+        if run is not None:
+            run.stop()
+
+    def _find_firmware(self, name: str) -> Path:
+        if name.startswith("/") or ".." in Path(name).parts:
+            raise CoreError(errno.ENOENT, f"firmware name {name!r} is not a relative path")
+        for directory in self._firmware_dirs():
+            candidate = directory / name
+            if candidate.is_file():
+                return candidate
+        raise CoreError(errno.ENOENT, f"firmware {name!r} not found")

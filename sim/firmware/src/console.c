@@ -1,0 +1,64 @@
+/* Console on the CMSDK APB UART0 and a SysTick-driven sleep that idles the core (WFI), so an
+ * idle firmware costs the host no CPU under QEMU. */
+#include "sim.h"
+
+#define UART_DATA (*(volatile uint32_t *)(UART0_BASE + 0x00u))
+#define UART_STATE (*(volatile uint32_t *)(UART0_BASE + 0x04u))
+#define UART_CTRL (*(volatile uint32_t *)(UART0_BASE + 0x08u))
+#define UART_BAUDDIV (*(volatile uint32_t *)(UART0_BASE + 0x10u))
+#define UART_STATE_TX_FULL 0x1u
+#define UART_CTRL_TX_ENABLE 0x1u
+
+#define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
+#define SYST_RVR (*(volatile uint32_t *)0xE000E014u)
+#define SYST_CVR (*(volatile uint32_t *)0xE000E018u)
+#define SYST_CSR_ENABLE_TICKINT_CPUCLK 0x7u
+#define TICK_HZ 100u
+
+static volatile uint32_t ticks;
+
+void systick_handler(void) { ticks++; }
+
+void console_init(void)
+{
+    UART_BAUDDIV = 16u;
+    UART_CTRL = UART_CTRL_TX_ENABLE;
+    SYST_RVR = SYSCLK_HZ / TICK_HZ - 1u;
+    SYST_CVR = 0u;
+    SYST_CSR = SYST_CSR_ENABLE_TICKINT_CPUCLK;
+}
+
+void console_putc(char c)
+{
+    while (UART_STATE & UART_STATE_TX_FULL) {
+    }
+    UART_DATA = (uint32_t)(unsigned char)c;
+}
+
+void console_puts(const char *text)
+{
+    while (*text) {
+        console_putc(*text++);
+    }
+}
+
+void console_putu(uint32_t value)
+{
+    char digits[10];
+    int count = 0;
+    do {
+        digits[count++] = (char)('0' + value % 10u);
+        value /= 10u;
+    } while (value);
+    while (count) {
+        console_putc(digits[--count]);
+    }
+}
+
+void sleep_ms(uint32_t ms)
+{
+    uint32_t until = ticks + (ms * TICK_HZ + 999u) / 1000u;
+    while ((int32_t)(until - ticks) > 0) {
+        __asm__ volatile("wfi");
+    }
+}
