@@ -49,9 +49,7 @@ class RemoteprocSource:
             resolved = resolve_link(self.host, console)
             if resolved is None:
                 if core.device_id not in self._unreachable_consoles:
-                    _log.warning(
-                        "console_outside_dev", core=core.device_id, console=container_path
-                    )
+                    _log.warning("console_outside_dev", core=core.device_id, console=container_path)
                     self._unreachable_consoles.add(core.device_id)
                 return ()
             real = self.host.dev / resolved

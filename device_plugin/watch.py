@@ -103,4 +103,3 @@ class Watcher:
     def stop(self) -> None:
         self._observer.stop()
         self._observer.join(timeout=5)
-

@@ -59,7 +59,9 @@ class PluginConnection:
     def options(self) -> api.DevicePluginOptions:
         return cast(api.DevicePluginOptions, self._stub.GetDevicePluginOptions(api.Empty()))
 
-    def watch(self, updates: queue.Queue[Devices | None] | None = None) -> queue.Queue[Devices | None]:
+    def watch(
+        self, updates: queue.Queue[Devices | None] | None = None
+    ) -> queue.Queue[Devices | None]:
         """Stream ListAndWatch into a queue: each item a full device list; None when it ends."""
         into: queue.Queue[Devices | None] = updates if updates is not None else queue.Queue()
         call = self._stub.ListAndWatch(api.Empty())
@@ -213,7 +215,9 @@ class Kubelet:
         if old is not None:
             old.connection.close()
         threading.Thread(
-            target=self._consume, args=(endpoint,), name=f"kubelet-{request.resource_name}",
+            target=self._consume,
+            args=(endpoint,),
+            name=f"kubelet-{request.resource_name}",
             daemon=True,
         ).start()
         return api.Empty()
@@ -259,8 +263,10 @@ class Kubelet:
     ) -> Devices:
         def done() -> bool:
             endpoint = self._endpoints.get(resource)
-            return endpoint is not None and endpoint.devices is not None and predicate(
-                endpoint.devices
+            return (
+                endpoint is not None
+                and endpoint.devices is not None
+                and predicate(endpoint.devices)
             )
 
         self._wait(done, timeout, f"devices of {resource} matching the condition")

@@ -1,4 +1,4 @@
-"""A temporary host root with real device nodes, the daemon as a subprocess, the kubelet stand-in."""
+"""A host root under /tmp with real device nodes, the daemon as a subprocess, the kubelet."""
 
 from __future__ import annotations
 
