@@ -1,21 +1,96 @@
-"""Entry point of `smarter-cni`."""
+"""Entry point of `smarter-cni`.
+
+With no arguments it is the CNI plugin, as a container runtime execs it (the fast path: only
+the standard library). With a subcommand it is an operator's tool: `agent`, `dns`.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from smarter_common.cli import add_common_arguments
+if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
+
+    from smarter_common.hostroot import HostRoot
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if not arguments:
+        from cni.plugin import run
+
+        return run()
+    return _operator(arguments)
+
+
+def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from smarter_common.cli import add_common_arguments
+
     parser = argparse.ArgumentParser(
         prog="smarter-cni",
-        description="CNI plugin: pods on a node-local bridge, pod names in the node's DNS.",
+        description=(
+            "CNI plugin: pods on a node-local bridge, pod names in the node's DNS."
+            " Run with no arguments (and CNI_COMMAND set) it is the plugin."
+        ),
     )
     add_common_arguments(parser)
-    parser.parse_args(argv)
-    return 0
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    agent = commands.add_parser(
+        "agent", help="serve the plugin's requests over a unix socket (the fast path)"
+    )
+    agent.add_argument(
+        "--conf", required=True, help="the node's conflist, e.g. 10-smarter.conflist"
+    )
+    agent.add_argument("--socket", help="socket path (default: <stateDir>/agent.sock)")
+    dns = commands.add_parser("dns", help="run dnsmasq in the foreground for the pod records")
+    dns.add_argument("--conf", required=True, help="the node's conflist")
+    dns.add_argument("--print", action="store_true", help="print dnsmasq's command line and exit")
+    dns.add_argument("--dnsmasq", default=None, help="dnsmasq binary (default /usr/sbin/dnsmasq)")
+    return parser
+
+
+def _operator(arguments: list[str]) -> int:
+    from pathlib import Path
+
+    from cni.errors import CniError
+    from smarter_common.cli import configure_logging_from, host_root_from
+
+    parser = _parser()
+    args = parser.parse_args(arguments)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    configure_logging_from(args)
+    root = host_root_from(args)
+    try:
+        if args.command == "agent":
+            from cni.agent import serve
+
+            return serve(Path(args.conf), Path(args.socket) if args.socket else None, root)
+        return _dns(Path(args.conf), args.print, args.dnsmasq, root)
+    except CniError as error:
+        print(f"smarter-cni: {error}", file=sys.stderr)
+        return 1
+
+
+def _dns(conf_path: Path, print_only: bool, binary: str | None, root: HostRoot) -> int:
+    import shlex
+
+    from cni import config, dnsmasq
+
+    conf = config.parse(config.load_conflist(conf_path))
+    command = dnsmasq.argv(conf, binary=binary or dnsmasq.DNSMASQ, host_root=root)
+    if print_only:
+        print(shlex.join(command))
+        return 0
+    # dnsmasq watches the directory; it must exist before the first pod is added.
+    root.path(conf.dns.hosts_dir).mkdir(parents=True, exist_ok=True)
+    dnsmasq.exec_dnsmasq(command)
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""`smarter-cni agent`: the long-running half that does the plugin's work, warm.
+
+It keeps pyroute2 imported and the bridge and masquerade checks done, and serves the same
+requests the plugin would handle itself, over a unix socket in the state directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socketserver
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from cni import config, plugin, request
+from cni.client import read_all
+from cni.errors import CniError
+from cni.node import Node, WarmState
+from smarter_common.hostroot import HostRoot
+from smarter_common.logs import get_logger
+
+log = get_logger("smarter-cni-agent")
+
+
+class _Nodes:
+    """Nodes for each request, sharing what was ensured per distinct network configuration."""
+
+    def __init__(self, host_root: HostRoot) -> None:
+        self._root = host_root
+        self._warm: dict[str, WarmState] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, conf: config.NetConf) -> Node:
+        with self._lock:
+            warm = self._warm.setdefault(conf.key, WarmState())
+        return Node(conf, self._root, warm)
+
+
+def answer(message: bytes, nodes: _Nodes) -> dict[str, Any]:
+    """The reply to one wire message (see cni.client)."""
+    try:
+        body = json.loads(message)
+        env = {k: str(v) for k, v in body["env"].items()}
+        req = request.parse(env, str(body["stdin"]).encode())
+        return {"result": plugin.handle(req, nodes)}
+    except CniError as error:
+        return {"error": error.to_dict("1.1.0")}
+    except Exception as error:
+        log.exception("request failed")
+        failure = CniError(
+            plugin.INTERNAL_ERROR, "smarter-cni agent failed", f"{type(error).__name__}: {error}"
+        )
+        return {"error": failure.to_dict("1.1.0")}
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    nodes: _Nodes
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        message = read_all(self.request)
+        self.request.sendall(json.dumps(answer(message, self.server.nodes)).encode())
+
+
+def serve(conf_path: Path, socket_path: Path | None, host_root: HostRoot) -> int:
+    """Validate the node's conflist, prepare the network, then answer until SIGTERM."""
+    conf = config.parse(config.load_conflist(conf_path))
+    nodes = _Nodes(host_root)
+    node = nodes(conf)
+    node.ensure_bridge()
+    if conf.ip_masq:
+        node.ensure_masquerade()
+    path = socket_path or host_root.path(conf.socket_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    server = _Server(str(path), _Handler)
+    os.chmod(path, 0o600)
+    server.nodes = nodes
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("serving", socket=str(path), bridge=conf.bridge, subnet=str(conf.subnet))
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+        path.unlink(missing_ok=True)
+        log.info("stopped")
+    return 0

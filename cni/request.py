@@ -1,0 +1,150 @@
+"""A CNI invocation as data: the `CNI_*` environment and the configuration on stdin.
+
+Only the standard library: this runs in every exec of the plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni.errors import DECODE_FAILURE, INVALID_ENVIRONMENT, CniError
+from cni.names import is_dns_label, is_dns_subdomain
+
+COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
+ENV_NAMES = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
+_ATTACHMENT_COMMANDS = ("ADD", "DEL", "CHECK")
+_NEEDS_NETNS = ("ADD", "CHECK")
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_CNI_ARGS_KEY = re.compile(r"[A-Za-z0-9_]+")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the runtime asked for, validated as far as the environment goes."""
+
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: dict[str, str] = field(default_factory=dict)
+    path: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pod_name(self) -> str | None:
+        return self.args.get("K8S_POD_NAME") or None
+
+    @property
+    def pod_namespace(self) -> str | None:
+        return self.args.get("K8S_POD_NAMESPACE") or None
+
+    @property
+    def cni_version(self) -> str:
+        version = self.config.get("cniVersion")
+        return version if isinstance(version, str) and version else "1.1.0"
+
+
+def environment_of(environ: Mapping[str, str]) -> dict[str, str]:
+    """The `CNI_*` variables of `environ`: what the agent needs to redo the parse."""
+    return {name: environ[name] for name in ENV_NAMES if name in environ}
+
+
+def parse(environ: Mapping[str, str], stdin: bytes) -> Request:
+    """The request in `environ` and `stdin`; CniError (code 4 or 6) names what is wrong."""
+    command = environ.get("CNI_COMMAND", "")
+    if command not in COMMANDS:
+        raise CniError(
+            INVALID_ENVIRONMENT,
+            "invalid CNI_COMMAND",
+            f"CNI_COMMAND={command!r} is not one of {', '.join(COMMANDS)}",
+            hint="smarter-cni runs as a CNI plugin; see `smarter-cni --help` for its commands",
+        )
+    config = _decode_config(stdin, required=command != "VERSION")
+    if command not in _ATTACHMENT_COMMANDS:
+        return Request(command=command, path=environ.get("CNI_PATH", ""), config=config)
+    container_id = environ.get("CNI_CONTAINERID", "")
+    if not _CONTAINER_ID.fullmatch(container_id):
+        raise CniError(
+            INVALID_ENVIRONMENT,
+            "invalid CNI_CONTAINERID",
+            f"CNI_CONTAINERID={container_id!r}: must start with a letter or digit, then letters,"
+            " digits, '_', '.' or '-'",
+        )
+    ifname = environ.get("CNI_IFNAME", "")
+    _check_ifname(ifname)
+    netns = environ.get("CNI_NETNS", "")
+    if command in _NEEDS_NETNS:
+        if not netns:
+            raise CniError(INVALID_ENVIRONMENT, "missing CNI_NETNS", f"{command} needs CNI_NETNS")
+        if not os.path.exists(netns):
+            raise CniError(
+                INVALID_ENVIRONMENT, "invalid CNI_NETNS", f"CNI_NETNS={netns!r} does not exist"
+            )
+    return Request(
+        command=command,
+        container_id=container_id,
+        netns=netns,
+        ifname=ifname,
+        args=parse_cni_args(environ.get("CNI_ARGS", "")),
+        path=environ.get("CNI_PATH", ""),
+        config=config,
+    )
+
+
+def parse_cni_args(text: str) -> dict[str, str]:
+    """`K=V;K=V` into a dict; the pod's name and namespace must be Kubernetes names."""
+    args: dict[str, str] = {}
+    for pair in filter(None, text.split(";")):
+        key, sep, value = pair.partition("=")
+        if not sep or not _CNI_ARGS_KEY.fullmatch(key):
+            raise CniError(INVALID_ENVIRONMENT, "invalid CNI_ARGS", f"{pair!r} is not KEY=VALUE")
+        args[key] = value
+    pod = args.get("K8S_POD_NAME")
+    if pod and not is_dns_subdomain(pod):
+        raise CniError(
+            INVALID_ENVIRONMENT,
+            "invalid CNI_ARGS",
+            f"K8S_POD_NAME={pod!r} is not a Kubernetes object name (RFC 1123 subdomain)",
+        )
+    namespace = args.get("K8S_POD_NAMESPACE")
+    if namespace and not is_dns_label(namespace):
+        raise CniError(
+            INVALID_ENVIRONMENT,
+            "invalid CNI_ARGS",
+            f"K8S_POD_NAMESPACE={namespace!r} is not a Kubernetes namespace (RFC 1123 label)",
+        )
+    return args
+
+
+def _check_ifname(ifname: str) -> None:
+    # The kernel's rules (dev_valid_name): 1..15 bytes, not . or .., no '/', ':' or whitespace.
+    valid = (
+        0 < len(ifname.encode()) <= 15
+        and ifname not in (".", "..")
+        and not any(c in "/:" or c.isspace() for c in ifname)
+    )
+    if not valid:
+        raise CniError(
+            INVALID_ENVIRONMENT,
+            "invalid CNI_IFNAME",
+            f"CNI_IFNAME={ifname!r} is not a valid interface name (1-15 bytes, no '/', ':', space)",
+        )
+
+
+def _decode_config(stdin: bytes, *, required: bool) -> dict[str, Any]:
+    if not stdin.strip():
+        if required:
+            raise CniError(DECODE_FAILURE, "no network configuration on stdin")
+        return {}
+    try:
+        config = json.loads(stdin)
+    except ValueError as error:
+        raise CniError(DECODE_FAILURE, "network configuration is not JSON", str(error)) from None
+    if not isinstance(config, dict):
+        raise CniError(DECODE_FAILURE, "network configuration is not a JSON object")
+    return config

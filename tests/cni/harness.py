@@ -1,0 +1,256 @@
+"""Runs smarter-cni the way a container runtime does, inside a node network namespace.
+
+The "node" is a netns the test creates: the plugin, the agent and dnsmasq run in it (`ip netns
+exec`), pods are further named namespaces, and state lives in a throwaway directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.netns import in_netns, network_namespace, netns_path
+
+PYTHON = sys.executable
+DNSQUERY = str(Path(__file__).with_name("dnsquery.py"))
+REPO = str(Path(__file__).resolve().parents[2])
+GATEWAY = "10.210.0.1"
+
+
+@dataclass
+class Outcome:
+    """What one plugin run printed and returned."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self.stdout)
+        return body
+
+
+def make_state_dir() -> Path:
+    # Short (unix socket paths are limited to 107 bytes) and readable by dnsmasq's user.
+    path = Path(tempfile.mkdtemp(prefix="scni-", dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+def plugin_config(state: Path, **overrides: Any) -> dict[str, Any]:
+    plugin: dict[str, Any] = {
+        "type": "smarter-cni",
+        "stateDir": str(state),
+        "dns": {"upstream": ["127.0.0.1#5399"]},
+    }
+    plugin.update(overrides)
+    return plugin
+
+
+def conflist(plugins: list[dict[str, Any]], version: str = "1.0.0") -> dict[str, Any]:
+    return {"cniVersion": version, "name": "smarter", "plugins": plugins}
+
+
+def runtime_config(
+    conflist_: dict[str, Any], index: int = 0, **extra: Any
+) -> dict[str, Any]:
+    """The configuration a runtime passes to plugin `index` of the conflist."""
+    config = dict(conflist_["plugins"][index])
+    config["cniVersion"] = conflist_["cniVersion"]
+    config["name"] = conflist_["name"]
+    config.update(extra)
+    return config
+
+
+@dataclass
+class Node:
+    """A node netns with smarter-cni's state directory and conflist."""
+
+    netns: str
+    state: Path
+    conflist: dict[str, Any]
+    command: list[str] = field(default_factory=lambda: [PYTHON, "-m", "cni"])
+
+    @property
+    def conflist_path(self) -> Path:
+        path = self.state / "10-smarter.conflist"
+        path.write_text(json.dumps(self.conflist))
+        return path
+
+    @property
+    def hosts_dir(self) -> Path:
+        return self.state / "hosts"
+
+    @property
+    def leases_dir(self) -> Path:
+        return self.state / "leases"
+
+    def leases(self) -> list[str]:
+        if not self.leases_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.leases_dir.iterdir() if not p.name.startswith("."))
+
+    def records(self) -> list[str]:
+        if not self.hosts_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.hosts_dir.iterdir() if not p.name.startswith("."))
+
+    def cni(
+        self,
+        command: str,
+        config: dict[str, Any] | None = None,
+        *,
+        container_id: str | None = None,
+        netns: str | None = None,
+        ifname: str | None = "eth0",
+        args: str | None = None,
+        plugin: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Outcome:
+        """Exec the plugin in the node netns with CNI_* set and `config` on stdin."""
+        variables = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command}
+        variables["CNI_PATH"] = "/usr/lib/cni"
+        for name, value in (
+            ("CNI_CONTAINERID", container_id),
+            ("CNI_NETNS", netns),
+            ("CNI_IFNAME", ifname if container_id is not None else None),
+            ("CNI_ARGS", args),
+        ):
+            if value is not None:
+                variables[name] = value
+        variables.update(env or {})
+        payload = json.dumps(runtime_config(self.conflist) if config is None else config)
+        result = subprocess.run(
+            ["ip", "netns", "exec", self.netns, *(plugin or self.command)],
+            input=payload,
+            capture_output=True,
+            text=True,
+            env=variables,
+            cwd=REPO,
+            timeout=60,
+        )
+        return Outcome(result.returncode, result.stdout, result.stderr)
+
+    def add_pod(
+        self, pod: str, container_id: str, name: str, namespace: str = "default", **kw: Any
+    ) -> Outcome:
+        return self.cni(
+            "ADD",
+            container_id=container_id,
+            netns=netns_path(pod),
+            args=f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}",
+            **kw,
+        )
+
+    def del_pod(self, container_id: str, pod: str | None = None, **kw: Any) -> Outcome:
+        return self.cni(
+            "DEL",
+            container_id=container_id,
+            netns=netns_path(pod) if pod else "",
+            **kw,
+        )
+
+    def links(self) -> list[str]:
+        result = subprocess.run(
+            ["ip", "-n", self.netns, "-o", "link", "show"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return [line.split(":")[1].strip().split("@")[0] for line in result.stdout.splitlines()]
+
+    def resolve(self, name: str, *, from_netns: str | None = None) -> list[str] | None:
+        """A records for `name` from the gateway's dnsmasq; None when it does not answer."""
+        result = in_netns(from_netns or self.netns, PYTHON, DNSQUERY, GATEWAY, name, check=False)
+        if result.returncode == 2:
+            return None
+        return result.stdout.split()
+
+
+@contextmanager
+def node(**overrides: Any) -> Iterator[Node]:
+    """A fresh node netns and state dir, both removed afterwards."""
+    state = make_state_dir()
+    try:
+        with network_namespace("scn-") as netns:
+            yield Node(netns, state, conflist([plugin_config(state, **overrides)]))
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@contextmanager
+def process_in(netns: str, *command: str, ready: Any = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A process in `netns` (`ip netns exec` execs it: same PID), killed by PID afterwards."""
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", netns, *command], stdout=log, stderr=log, cwd=REPO
+    )
+    try:
+        if ready is not None:
+            deadline = time.monotonic() + 20
+            while not ready():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(
+                        f"{command} did not become ready: {log.read().decode(errors='replace')}"
+                    )
+                time.sleep(0.05)
+        yield process
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+@contextmanager
+def agent(node_: Node) -> Iterator[subprocess.Popen[bytes]]:
+    socket_path = node_.state / "agent.sock"
+    with process_in(
+        node_.netns,
+        PYTHON,
+        "-m",
+        "cni",
+        "agent",
+        "--conf",
+        str(node_.conflist_path),
+        ready=socket_path.exists,
+    ) as process:
+        yield process
+
+
+@contextmanager
+def dnsmasq(node_: Node) -> Iterator[subprocess.Popen[bytes]]:
+    with process_in(
+        node_.netns,
+        PYTHON,
+        "-m",
+        "cni",
+        "dns",
+        "--conf",
+        str(node_.conflist_path),
+        ready=lambda: node_.resolve("probe.smarter.internal") is not None,
+    ) as process:
+        yield process
+
+
+@contextmanager
+def pods(count: int, prefix: str = "scp-") -> Iterator[list[str]]:
+    with ExitStack() as stack:
+        yield [stack.enter_context(network_namespace(prefix)) for _ in range(count)]
