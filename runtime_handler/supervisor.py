@@ -92,6 +92,10 @@ class Supervisor:
         if core is None:
             raise CoreError(f"{record.core} no longer exists")
         self._place_firmware()
+        if _read_state(core) == "crashed":
+            # A crashed core keeps its old firmware until stopped; the kernel refuses to
+            # change it (EBUSY) before then.
+            stop_core(core)
         console_path = console_device(self.host, core)
         if console_path is not None:
             self._console = _ConsoleCopy(console_path, out_fd=1)

@@ -1,0 +1,122 @@
+"""Reading a bundle and telling firmware from Linux programs, on real ELF files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from runtime_handler import bundle
+from runtime_handler.elf_check import classify
+from runtime_handler.errors import FirmwareRefusedError, RuntimeCallError
+
+from .conftest import BuildElf, MakeBundle
+
+X86_64_ELF = Path(os.path.realpath("/bin/true"))
+
+
+def test_bundle_gives_args_env_annotations_and_rootfs(make_bundle: MakeBundle) -> None:
+    path = make_bundle(
+        ["/firmware.elf", "--flag"],
+        env=["SMARTER_RPROC=remoteproc1", "A=b=c"],
+        annotations={
+            "io.kubernetes.cri.container-type": "container",
+            "smarter-edge.io/board": "stm32mp157c-dk2",
+        },
+        root_path="../shared-rootfs",
+    )
+    loaded = bundle.load(str(path))
+    assert loaded.args == ["/firmware.elf", "--flag"]
+    assert loaded.env["A"] == "b=c"
+    assert loaded.requested_core == "remoteproc1"
+    assert loaded.board == "stm32mp157c-dk2"
+    assert loaded.annotations["io.kubernetes.cri.container-type"] == "container"
+    assert loaded.rootfs == str(path.parent / "shared-rootfs")
+    assert loaded.declares_firmware
+
+
+def test_missing_config_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeCallError, match=f"cannot read bundle config {tmp_path}/config.json"):
+        bundle.load(str(tmp_path))
+
+
+def test_symlinks_resolve_inside_the_rootfs(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "opt").mkdir(parents=True)
+    (rootfs / "opt" / "fw.elf").write_bytes(b"x")
+    (rootfs / "firmware.elf").symlink_to("/opt/fw.elf")
+    (rootfs / "up").symlink_to("../../../../opt")
+    assert bundle.resolve_in_rootfs(str(rootfs), "/firmware.elf") == str(rootfs / "opt/fw.elf")
+    assert bundle.resolve_in_rootfs(str(rootfs), "/up/fw.elf") == str(rootfs / "opt/fw.elf")
+    assert bundle.resolve_in_rootfs(str(rootfs), "/missing.elf") is None
+
+
+def test_microcontroller_elf_is_firmware(make_bundle: MakeBundle, build_elf: BuildElf) -> None:
+    path = make_bundle(["/app/blink"], {"/app/blink": build_elf("cortex-m4")})
+    facts = classify(bundle.load(str(path)))
+    assert facts is not None
+    assert facts.arch == "v7E-M"
+    assert facts.path == "/app/blink"
+
+
+def test_entrypoint_without_slash_is_found_on_path(
+    make_bundle: MakeBundle, build_elf: BuildElf
+) -> None:
+    on_path = make_bundle(["blink"], {"/usr/bin/blink": build_elf("cortex-m3")})
+    assert classify(bundle.load(str(on_path))) is not None
+
+
+def test_linux_program_is_for_runc(make_bundle: MakeBundle) -> None:
+    path = make_bundle(["/bin/sh", "-c", "true"], busybox=True)
+    assert classify(bundle.load(str(path))) is None
+
+
+def test_arm_application_profile_elf_is_for_runc(
+    make_bundle: MakeBundle, build_elf: BuildElf
+) -> None:
+    path = make_bundle(["/bin/app"], {"/bin/app": build_elf("cortex-a7", "-marm")})
+    assert classify(bundle.load(str(path))) is None
+
+
+def test_missing_program_that_is_not_declared_firmware_is_for_runc(
+    make_bundle: MakeBundle,
+) -> None:
+    assert classify(bundle.load(str(make_bundle(["/nothing"])))) is None
+
+
+def test_declared_firmware_that_is_missing_is_refused(make_bundle: MakeBundle) -> None:
+    path = make_bundle(["/firmware.elf"])
+    with pytest.raises(FirmwareRefusedError) as refused:
+        classify(bundle.load(str(path)))
+    assert str(refused.value).startswith(
+        f"firmware container entrypoint /firmware.elf does not exist in the root filesystem"
+        f" {path}/rootfs"
+    )
+
+
+def test_declared_firmware_that_is_x86_64_is_refused(make_bundle: MakeBundle) -> None:
+    path = make_bundle(["/firmware.elf"], {"/firmware.elf": X86_64_ELF})
+    with pytest.raises(FirmwareRefusedError) as refused:
+        classify(bundle.load(str(path)))
+    assert str(refused.value).startswith(
+        "/firmware.elf is a 64-bit X86_64 ELF, not microcontroller firmware"
+    )
+
+
+def test_declared_firmware_that_is_not_elf_is_refused(make_bundle: MakeBundle) -> None:
+    path = make_bundle(["/firmware.elf"], {"/firmware.elf": b"#!/bin/sh\necho hi\n"})
+    with pytest.raises(FirmwareRefusedError, match=r"entrypoint /firmware\.elf is not an ELF file"):
+        classify(bundle.load(str(path)))
+
+
+def test_board_annotation_declares_firmware(make_bundle: MakeBundle) -> None:
+    path = make_bundle(["/bin/sh"], busybox=True, annotations={"board": "imx8mm-evk"})
+    with pytest.raises(FirmwareRefusedError, match="not microcontroller firmware"):
+        classify(bundle.load(str(path)))
+
+
+def test_elf_peek_reads_class_and_machine(build_elf: BuildElf) -> None:
+    assert bundle.peek_elf(str(build_elf("cortex-m0"))) == (True, True)
+    assert bundle.peek_elf(str(X86_64_ELF)) == (True, False)
+    assert bundle.peek_elf("/etc/hostname") == (False, False)
