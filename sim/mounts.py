@@ -37,12 +37,12 @@ def unmount(path: Path) -> None:
     so the connection is aborted through fusectl when it is mounted.
     """
     libc = ctypes.CDLL(None, use_errno=True)
-    connection = os.minor(os.stat(path).st_dev)
     if libc.umount2(os.fsencode(path), 0) == 0:
         return
     code = ctypes.get_errno()
     if code != errno.EBUSY:
         raise OSError(code, f"cannot unmount {path}: {os.strerror(code)}")
+    connection = os.minor(os.stat(path).st_dev)
     if libc.umount2(os.fsencode(path), _MNT_DETACH) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"cannot detach {path}: {os.strerror(code)}")

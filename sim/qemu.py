@@ -39,7 +39,11 @@ def qemu_binary() -> str:
 
 def command(core: CoreType, firmware: Path) -> list[str]:
     """The QEMU command line that runs `firmware` on the machine for `core`."""
+    # If the simulator itself is killed outright, the kernel kills its QEMUs too.
+    setpriv = shutil.which("setpriv")
+    prefix = [setpriv, "--pdeathsig", "KILL"] if setpriv else []
     return [
+        *prefix,
         qemu_binary(),
         "-machine", core.machine,
         "-nographic",

@@ -116,10 +116,19 @@ def serve(root: Path, cpus: Sequence[str], board_name: str | None, out: TextIO) 
 
 
 def down(root: Path, timeout: float = 30.0) -> bool:
-    """Stop the simulator serving `root`; False if none was running."""
+    """Stop the simulator serving `root`; False if none was running.
+
+    With none running, what a killed simulator left behind is cleared: its FUSE mount (which
+    answers nothing but ENOTCONN) and its pid and ready files, so that `up` works again.
+    """
     host = HostRoot(root.resolve())
     pid = _running_pid(host)
     if pid is None:
+        for point in mounts_under(host.remoteproc_class):
+            get_logger("smarter-sim").warning("unmounting a stale mount", path=str(point))
+            unmount(point)
+        for name in ("ready", "pid"):
+            (run_dir(host) / name).unlink(missing_ok=True)
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -156,7 +165,7 @@ def _refuse_if_running(host: HostRoot) -> None:
     if stale:
         raise SimulatorError(
             f"{stale[0]} is still mounted from an earlier run",
-            hint=f"unmount it: fusermount3 -u {stale[0]}",
+            hint=f"clear it with: smarter-sim down --root {host.root}",
         )
 
 

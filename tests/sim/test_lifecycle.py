@@ -1,0 +1,132 @@
+"""`smarter-sim up` and `down`: readiness, refusals, and that stopping leaves nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sim.mounts import mounts_under
+from smarter_common.remoteproc import core_by_id
+from tests.sim.conftest import firmware, write_attr
+from tests.simulator import REPO, process_alive, running_simulator
+
+
+def sim_command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sim", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def start_hello(root: Path) -> None:
+    (root / "lib/firmware/hello.elf").write_bytes(firmware("hello", "cortex-m4").read_bytes())
+    state = root / "sys/class/remoteproc/remoteproc0"
+    write_attr(state / "firmware", "hello.elf")
+    write_attr(state / "state", "start")
+
+
+def test_down_stops_the_simulator_and_removes_only_what_it_made(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "keep.txt").write_text("mine\n")
+    with running_simulator(root, ["cortex-m4"]) as simulator:
+        start_hello(root)
+        qemus = simulator.child_pids()
+        assert len(qemus) == 1
+
+        result = sim_command("down", "--root", str(root))
+
+        assert result.returncode == 0, result.stderr
+        assert simulator.process.wait(timeout=30) == 0
+        assert mounts_under(root) == []
+        assert not process_alive(qemus[0])
+        assert sorted(p.name for p in root.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_unmounts_and_ends_the_cores(tmp_path: Path, signum: int) -> None:
+    with running_simulator(tmp_path, ["cortex-m4"]) as simulator:
+        start_hello(tmp_path)
+        qemus = simulator.child_pids()
+
+        simulator.process.send_signal(signum)
+
+        assert simulator.process.wait(timeout=30) == 0
+        assert mounts_under(tmp_path) == []
+        assert qemus and not any(process_alive(pid) for pid in qemus)
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_down_unmounts_even_while_a_reader_holds_a_file_open(tmp_path: Path) -> None:
+    with running_simulator(tmp_path, ["cortex-m3"]) as simulator:
+        held = os.open(tmp_path / "sys/class/remoteproc/remoteproc0/state", os.O_RDONLY)
+        try:
+            result = sim_command("down", "--root", str(tmp_path))
+
+            assert result.returncode == 0, result.stderr
+            assert simulator.process.wait(timeout=30) == 0
+            assert mounts_under(tmp_path) == []
+            # The connection was aborted: the reader sees the filesystem gone, as after an
+            # unplugged device, instead of keeping the simulator alive.
+            with pytest.raises(OSError) as failure:
+                os.pread(held, 64, 0)
+            assert failure.value.errno == errno.ENOTCONN
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(held)
+
+
+def test_down_when_nothing_runs_is_not_an_error(tmp_path: Path) -> None:
+    result = sim_command("down", "--root", str(tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_up_on_a_root_already_served_is_refused(tmp_path: Path) -> None:
+    with running_simulator(tmp_path, ["cortex-m4"]) as simulator:
+        result = sim_command("up", "--root", str(tmp_path), "--core", "cortex-m7")
+
+        assert result.returncode == 1
+        assert f"a simulator (pid {simulator.pid}) already serves {tmp_path}" in result.stderr
+        assert "smarter-sim down --root" in result.stderr
+        remote = core_by_id(simulator.host, "remoteproc0")
+        assert remote is not None and remote.name == "cortex-m4"
+        assert core_by_id(simulator.host, "remoteproc1") is None
+
+
+def test_up_with_an_unknown_core_is_refused_and_creates_nothing(tmp_path: Path) -> None:
+    result = sim_command("up", "--root", str(tmp_path), "--core", "cortex-a53")
+
+    assert result.returncode == 2
+    assert "invalid choice: 'cortex-a53'" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_up_on_a_missing_root_is_refused(tmp_path: Path) -> None:
+    result = sim_command("up", "--root", str(tmp_path / "absent"), "--core", "cortex-m4")
+
+    assert result.returncode == 1
+    assert f"the root {tmp_path / 'absent'} is not a directory" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_named_board_sets_the_devicetree_model_and_compatible(tmp_path: Path) -> None:
+    with running_simulator(tmp_path, ["cortex-m4"], board="stm32mp157c-dk2") as simulator:
+        base = simulator.host.devicetree_base
+
+        assert (base / "model").read_bytes() == (
+            b"STMicroelectronics STM32MP157C-DK2 Discovery Board\0"
+        )
+        assert (base / "compatible").read_bytes() == b"st,stm32mp157c-dk2\0st,stm32mp157\0"
