@@ -107,9 +107,10 @@ def _check_requested(facts: ElfFacts, cores: Sequence[CoreView], requested: str)
             f" this host's cores: {present}",
             hint="the device manager sets SMARTER_RPROC; request smarter-devices/rprocN",
         )
-    problem = _fit_problem(facts, core)
-    if problem is not None:
-        raise FirmwareRefusedError(problem)
+    try:
+        check_fits(facts, core.cpu)
+    except FirmwareError as error:
+        raise FirmwareRefusedError(f"{core.device_id}: {error.message}", hint=error.hint) from None
     if not core.free:
         raise FirmwareRefusedError(core.why_busy())
     return core
