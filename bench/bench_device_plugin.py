@@ -1,0 +1,191 @@
+"""smarter-device-manager: hotplug-to-ListAndWatch latency, Allocate latency, start-up with 200
+matching device nodes, and the daemon's resident memory, against the kubelet stand-in.
+
+Run: python -m bench device_plugin
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.report import Measurement, Summary
+
+SUITE = "device-manager"
+NODES = 200
+HOTPLUG_EVENTS = 30
+ALLOCATIONS = 300
+RULES = """\
+- devicematch: ^ttyUSB[0-9]+$
+  nummaxdevices: 1
+- devicematch: ^ttyACM[0-9]+$
+  nummaxdevices: 1
+- devicematch: ^snd$
+  nummaxdevices: 20
+"""
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mknod(path: Path, major: int, minor: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mknod(path, stat.S_IFCHR | 0o660, os.makedev(major, minor))
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _command(root: Path, rules: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "device_plugin",
+        "--host-root",
+        str(root),
+        "--rules",
+        str(rules),
+        "--log-level",
+        "warning",
+    ]
+
+
+def _idle_rss_mb(root: Path) -> float:
+    """The floor: the daemon serving nothing (Python, grpc, protobuf, asyncio, watchdog)."""
+    rules = root / "etc/none.yaml"
+    rules.parent.mkdir(parents=True, exist_ok=True)
+    rules.write_text("- devicematch: ^no-such-device$\n  nummaxdevices: 1\n")
+    (root / "dev").mkdir(exist_ok=True)
+    process = subprocess.Popen(_command(root, rules), cwd=REPO, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2.0)
+        return _rss_mb(process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+def run() -> list[Measurement]:
+    sys.path.insert(0, str(REPO))
+    from tests import kubelet as kubelet_module
+
+    root = Path(tempfile.mkdtemp(prefix="sdmb", dir="/tmp"))
+    process: subprocess.Popen[bytes] | None = None
+    stand_in = None
+    try:
+        dev = root / "dev"
+        plugin_dir = root / "var/lib/kubelet/device-plugins"
+        rules = root / "etc/conf.yaml"
+        rules.parent.mkdir(parents=True)
+        rules.write_text(RULES)
+        for index in range(NODES - 1):
+            _mknod(dev / f"ttyUSB{index}", 188, index)
+        _mknod(dev / "snd/controlC0", 116, 0)
+        idle_rss = _idle_rss_mb(root / "idle")
+        stand_in = kubelet_module.start(plugin_dir)
+        wanted = {f"smarter-devices/ttyUSB{i}" for i in range(NODES - 1)} | {"smarter-devices/snd"}
+
+        started = time.perf_counter()
+        process = subprocess.Popen(_command(root, rules), cwd=REPO, stderr=subprocess.DEVNULL)
+        stand_in.wait_registered(wanted, timeout=60)
+        startup_s = time.perf_counter() - started
+        for resource in wanted:
+            stand_in.wait_devices(resource, lambda devices: bool(devices), timeout=30)
+        time.sleep(0.5)  # let start-up garbage settle before reading memory
+        rss = _rss_mb(process.pid)
+
+        # Health changes of an existing resource: the node vanishes, then returns.
+        updates = stand_in.updates("smarter-devices/ttyUSB0")
+        while not updates.empty():
+            updates.get_nowait()
+        toggles = []
+        for event in range(HOTPLUG_EVENTS):
+            node = dev / "ttyUSB0"
+            begin = time.perf_counter()
+            if event % 2 == 0:
+                node.unlink()
+            else:
+                _mknod(node, 188, 0)
+            updates.get(timeout=10)
+            toggles.append((time.perf_counter() - begin) * 1000)
+            time.sleep(0.02)
+
+        # New devices: a node appears until its first ListAndWatch list reaches the kubelet.
+        arrivals = []
+        for index in range(HOTPLUG_EVENTS):
+            resource = f"smarter-devices/ttyACM{index}"
+            begin = time.perf_counter()
+            _mknod(dev / f"ttyACM{index}", 166, index)
+            stand_in.wait_devices(resource, lambda devices: bool(devices), timeout=10)
+            arrivals.append((time.perf_counter() - begin) * 1000)
+            time.sleep(0.02)
+
+        connection = stand_in.connection("smarter-devices/snd")
+        allocations = []
+        for _ in range(ALLOCATIONS):
+            begin = time.perf_counter()
+            connection.allocate(["snd-0"])
+            allocations.append((time.perf_counter() - begin) * 1000)
+        rss_after = _rss_mb(process.pid)
+
+        health = Summary.of(toggles)
+        new = Summary.of(arrivals)
+        allocate = Summary.of(allocations)
+        return [
+            Measurement(
+                SUITE,
+                f"hotplug: node vanishes/returns -> ListAndWatch, median of {len(toggles)}",
+                health.median,
+                "ms",
+                target="< 100 ms",
+            ),
+            Measurement(
+                SUITE, "hotplug: node vanishes/returns -> ListAndWatch, p95", health.p95, "ms"
+            ),
+            Measurement(
+                SUITE,
+                f"hotplug: new node -> registered + listed, median of {len(arrivals)}",
+                new.median,
+                "ms",
+                target="< 100 ms",
+            ),
+            Measurement(SUITE, "hotplug: new node -> registered + listed, p95", new.p95, "ms"),
+            Measurement(
+                SUITE,
+                f"Allocate round trip, median of {len(allocations)}",
+                allocate.median,
+                "ms",
+                target="< 2 ms",
+            ),
+            Measurement(SUITE, "Allocate round trip, p95", allocate.p95, "ms"),
+            Measurement(
+                SUITE, f"start -> {len(wanted)} resources registered", startup_s * 1000, "ms"
+            ),
+            Measurement(
+                SUITE, f"RSS after registering {len(wanted)} resources", rss, "MB", target="< 45 MB"
+            ),
+            Measurement(
+                SUITE, "RSS after the hotplug and Allocate runs", rss_after, "MB", target="< 45 MB"
+            ),
+            Measurement(SUITE, "RSS serving no resource (the import floor)", idle_rss, "MB"),
+        ]
+    finally:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+        if stand_in is not None:
+            stand_in.stop()
+        shutil.rmtree(root, ignore_errors=True)
