@@ -18,6 +18,7 @@ from pathlib import Path
 from sim.boards import CoreType
 from sim.console import Console
 from sim.qemu import QemuRun
+from smarter_common.errors import SmarterError
 from smarter_common.firmware_elf import FirmwareError, check_fits, read_elf_facts
 from smarter_common.logs import get_logger
 from smarter_common.remoteproc import STATE_CRASHED, STATE_OFFLINE, STATE_RUNNING
@@ -111,7 +112,11 @@ class SimCore:
             image = self._work_dir / "firmware.elf"
             shutil.copyfile(source, image)
             self.console.discard_unread()
-            self._run = self._runner(lambda: self._spawn(image))
+            try:
+                self._run = self._runner(lambda: self._spawn(image))
+            except (OSError, SmarterError) as error:
+                self._log.error("qemu failed to start", error=str(error))
+                raise CoreError(errno.EIO, f"cannot start QEMU: {error}") from error
             self._state = STATE_RUNNING
         self._log.info("core started", firmware=self._firmware, qemu_pid=self._run.pid)
 

@@ -16,6 +16,8 @@ def serve(fs: RemoteprocFs, mount_point: Path) -> None:
         str(mount_point),
         foreground=True,
         allow_other=True,
+        # The kernel enforces the modes, as sysfs does: only root writes `state` and `firmware`.
+        default_permissions=True,
         fsname="smarter-sim",
         subtype="smarter-sim",
         direct_io=True,

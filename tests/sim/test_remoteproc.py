@@ -246,3 +246,25 @@ def test_name_is_read_only(simulator: Simulator) -> None:
 
     assert write_errno(remote.sysfs / "name", "cortex-m7") == errno.EACCES
     assert remote.name == "cortex-m3"
+
+
+def test_only_root_may_write_but_anyone_may_read(simulator: Simulator) -> None:
+    remote = core(simulator, 0)
+    results = {}
+    for flags in (os.O_WRONLY, os.O_RDONLY):
+        pid = os.fork()
+        if pid == 0:  # the child: become nobody, then open relative to the core's directory
+            code = 0
+            try:
+                os.chdir(remote.sysfs)
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                os.close(os.open("state", flags))
+            except OSError as error:
+                code = error.errno or 255
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        results[flags] = os.waitstatus_to_exitcode(status)
+
+    assert results == {os.O_WRONLY: errno.EACCES, os.O_RDONLY: 0}
