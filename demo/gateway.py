@@ -28,6 +28,7 @@ from demo.containerd import (
     HYBRID_HANDLER,
     Containerd,
     ContainerdLayout,
+    mounts_under,
     overlay_works,
     render_config,
     unmount_all,
@@ -115,6 +116,8 @@ class Gateway:
         self.config = config or GatewayConfig()
         self.progress = progress
         self.work = Path(tempfile.mkdtemp(prefix="se-gw-", dir=self.config.work_parent))
+        # dnsmasq drops to `nobody` and must still reach the hosts directory below.
+        self.work.chmod(0o755)
         self.processes = Processes(self.work / "logs")
         self.layout = ContainerdLayout(self.work)
         self.netns = f"se-node-{secrets.token_hex(3)}"
@@ -300,14 +303,7 @@ class Gateway:
             raise MissingPieceError(f"smarter-cni dns: {error}") from error
 
     def _start_device_manager(self) -> None:
-        try:
-            import importlib
-
-            kubelet_module = importlib.import_module("tests.kubelet")
-        except ImportError as error:
-            raise MissingPieceError(
-                "the kubelet stand-in (tests/kubelet.py) is not there yet", hint=str(error)
-            ) from error
+        kubelet_module = _load_kubelet_stand_in()
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
         self.kubelet = kubelet_module.Kubelet(self.plugin_dir)
         self.kubelet.start()
@@ -379,7 +375,7 @@ class Gateway:
             uid=uid,
             runtime_handler=handler,
             dns_servers=(self.dns_server,),
-            dns_searches=(f"{namespace}.{self.dns_domain}", self.dns_domain),
+            dns_searches=(self.dns_domain,),
             log_directory=str(log_directory),
             labels={"app": _app_name(name)},
         )
@@ -489,10 +485,14 @@ class Gateway:
     # Devices
 
     def resources(self) -> dict[str, list[str]]:
-        """Resource name -> device IDs, as the kubelet stand-in sees them advertised (healthy)."""
+        """Resource name -> healthy device IDs, as the kubelet stand-in sees them advertised."""
         if self.kubelet is None:
             return {}
-        return {str(k): list(v) for k, v in self.kubelet.resources().items()}
+        advertised: dict[str, list[str]] = {}
+        for name in sorted(self.kubelet.registered()):
+            devices = self.kubelet.devices(name) or []
+            advertised[str(name)] = [str(d.ID) for d in devices if d.health == "Healthy"]
+        return advertised
 
     def allocate(self, resource: str, count: int = 1) -> Allocation:
         """Allocate `count` devices of `resource` via the device manager, as the kubelet does."""
@@ -502,7 +502,7 @@ class Gateway:
         if len(available) < count:
             raise GatewayError(f"{resource} advertises {available}, not {count} device(s)")
         device_ids = tuple(available[:count])
-        response = self.kubelet.allocate(resource, list(device_ids))
+        response = self.kubelet.allocate(resource, list(device_ids)).container_responses[0]
         envs = dict(response.envs)
         devices = tuple(
             (str(d.container_path), str(d.host_path), str(d.permissions)) for d in response.devices
@@ -524,26 +524,31 @@ class Gateway:
 
     def leftovers(self) -> list[str]:
         """Everything pods may leave behind that is still here (empty once all pods are gone)."""
+        from smarter_common.locks import is_locked
+
         found: list[str] = []
-        for path in sorted(self.cni_state.rglob("*")) if self.cni_state.exists() else []:
-            if path.is_file() and path.name != "agent.sock" and not path.name.startswith("."):
-                found.append(f"CNI state file {path.relative_to(self.cni_state)}")
+        found.extend(f"address lease {p.name}" for p in _visible_files(self.cni_state / "leases"))
+        hosts_dir = Path(self.cni_plugin_config.get("dns", {}).get("hostsDir", ""))
+        found.extend(f"DNS record {p.name}" for p in _visible_files(hosts_dir))
         veths = self.ip("-o", "link", "show", "type", "veth", check=False).stdout.strip()
-        if veths:
+        found.extend(f"veth {line.split(':')[1].strip()}" for line in veths.splitlines() if line)
+        run = self.sim_root / "run"
+        if run.is_dir():
+            found.extend(f"held lock {p}" for p in sorted(run.rglob("*.lock")) if is_locked(p))
+        # runc keeps a directory per container under --root (the shim's Root/<namespace>); the
+        # hybrid runtime keeps its firmware containers' records in smarter-hybrid/ beside them.
+        runtime_root = self.layout.runc_root / "k8s.io"
+        for directory in (runtime_root, runtime_root / "smarter-hybrid"):
             found.extend(
-                f"veth in the node: {line.split(':')[1].strip()}" for line in veths.splitlines()
+                f"runtime state {p}"
+                for p in _visible_files(directory)
+                if p.name != "smarter-hybrid"
             )
         for name, state in self.core_states().items():
             if state not in ("offline", "crashed"):
                 found.append(f"core {name} is {state}")
         found.extend(f"QEMU process {pid}" for pid in self.qemu_pids())
-        runtime_state = self.sim_root / "run" / "smarter-hybrid-runtime"
-        if runtime_state.exists():
-            found.extend(
-                f"runtime state {p.relative_to(runtime_state)}"
-                for p in sorted(runtime_state.rglob("*"))
-                if p.is_file()
-            )
+        found.extend(f"mount {p}" for p in mounts_under(self.layout.state))
         if self.cri is not None:
             found.extend(f"sandbox {item.metadata.name}" for item in self.cri.list_pods())
         return found
@@ -606,10 +611,30 @@ class Gateway:
         self._netns_made = False
 
 
+def _load_kubelet_stand_in() -> Any:
+    """tests/kubelet.py: the kubelet's device-manager side, which the gateway has no other of."""
+    import importlib.util
+
+    path = REPO / "tests" / "kubelet.py"
+    spec = importlib.util.spec_from_file_location("smarter_kubelet_stand_in", path)
+    if not path.is_file() or spec is None or spec.loader is None:
+        raise MissingPieceError(f"the kubelet stand-in {path} is not there")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def _app_name(pod_name: str) -> str:
     """The controller's name for a pod: `sensor-7xk2p` -> `sensor`."""
     head, _, tail = pod_name.rpartition("-")
     return head if head and len(tail) == 5 else pod_name
+
+
+def _visible_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if not p.name.startswith("."))
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -1,0 +1,37 @@
+"""One simulated gateway per test module, driven over CRI as the kubelet would."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from demo.gateway import Gateway, GatewayConfig, MissingPieceError
+from smarter_common.errors import SmarterError
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[Gateway]:
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end tests need root (network namespaces, containerd, FUSE)")
+    config = GatewayConfig(keep_work_dir=bool(os.environ.get("SMARTER_E2E_KEEP")))
+    try:
+        gateway = Gateway(config).__enter__()
+    except MissingPieceError as error:
+        pytest.fail(f"blocked: the gateway cannot come up without this piece: {error}")
+    except SmarterError as error:
+        pytest.fail(f"the gateway did not come up: {error}")
+    try:
+        yield gateway
+    finally:
+        gateway.close()
+
+
+@pytest.fixture
+def clean_gateway(gateway: Gateway) -> Iterator[Gateway]:
+    """The module's gateway; every pod a test made is removed after it, whatever happened."""
+    try:
+        yield gateway
+    finally:
+        gateway.remove_every_pod()

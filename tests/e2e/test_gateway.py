@@ -1,0 +1,148 @@
+"""A whole gateway: containerd (CRI) drives smarter-cni, the hybrid runtime and the device manager.
+
+The test acts as the kubelet: RunPodSandbox, CreateContainer with the device manager's
+Allocate response, ExecSync, StopContainer, RemovePodSandbox, against our own containerd in a
+node network namespace, running the host-side zipapps with the host's python3.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import time
+
+import pytest
+
+from demo.cri.client import CriError
+from demo.gateway import Gateway, Pod
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+RPROC0 = "smarter-devices/rproc0"
+
+
+def _wait_for(condition: object, timeout: float, what: str) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _exec(gateway: Gateway, pod: Pod, *command: str) -> tuple[int, str, str]:
+    assert gateway.cri is not None
+    return gateway.cri.exec_sync(pod.containers["main"], list(command))
+
+
+def test_pods_on_the_default_runtime_get_addresses_from_smarter_cni(
+    clean_gateway: Gateway,
+) -> None:
+    gateway = clean_gateway
+    a = gateway.run_busybox_pod("client-x8k2p")
+    b = gateway.run_busybox_pod("sensor-7xk2p")
+    subnet = ipaddress.ip_network(gateway.cni_plugin_config.get("subnet", "10.210.0.0/16"))
+    assert ipaddress.ip_address(a.ip) in subnet
+    assert ipaddress.ip_address(b.ip) in subnet
+    assert a.ip != b.ip
+    assert ipaddress.ip_address(gateway.dns_server) in subnet
+    code, out, err = _exec(gateway, a, "ip", "-4", "-o", "addr", "show", "eth0")
+    assert code == 0, err
+    assert f"inet {a.ip}/" in out
+    code, out, err = _exec(gateway, a, "ping", "-c", "1", "-W", "5", b.ip)
+    assert code == 0, out + err
+
+
+def test_a_pod_finds_another_by_pod_name_and_by_app_name(clean_gateway: Gateway) -> None:
+    gateway = clean_gateway
+    a = gateway.run_busybox_pod("client-x8k2p")
+    b = gateway.run_busybox_pod("sensor-7xk2p")
+    for name in ("sensor-7xk2p", "sensor"):
+        code, out, err = _exec(gateway, a, "nslookup", name)
+        assert code == 0, f"nslookup {name}: {out} {err}"
+        assert b.ip in out, f"nslookup {name} did not answer {b.ip}: {out}"
+    code, out, err = _exec(gateway, a, "ping", "-c", "1", "-W", "5", "sensor")
+    assert code == 0, out + err
+    assert b.ip in out
+
+
+def test_a_name_nobody_has_is_not_found(clean_gateway: Gateway) -> None:
+    gateway = clean_gateway
+    a = gateway.run_busybox_pod("client-x8k2p")
+    code, out, _ = _exec(gateway, a, "nslookup", "no-such-pod")
+    assert code != 0, out
+
+
+def test_device_manager_advertises_the_simulated_core_and_allocates_it(
+    gateway: Gateway,
+) -> None:
+    resources = gateway.resources()
+    assert resources.get(RPROC0), f"{RPROC0} is not advertised: {resources}"
+    allocation = gateway.allocate(RPROC0)
+    assert allocation.env.get("SMARTER_RPROC") == "remoteproc0"
+
+
+def test_firmware_pod_runs_on_the_core_and_its_console_reaches_the_cri_log(
+    clean_gateway: Gateway,
+) -> None:
+    gateway = clean_gateway
+    assert gateway.cri is not None
+    allocation = gateway.allocate(RPROC0)
+    pod = gateway.run_firmware_pod("blinky-4hx9q", "hello", allocation)
+    # The sandbox is an ordinary container, handed to runc.
+    runc = subprocess.run(
+        ["runc", "--root", str(gateway.layout.runc_root / "k8s.io"), "state", pod.id],
+        capture_output=True,
+        text=True,
+    )
+    assert runc.returncode == 0, runc.stderr
+    assert '"status": "running"' in runc.stdout
+    assert gateway.core_states()["remoteproc0"] == "running"
+    _wait_for(
+        lambda: any("hello from" in line for line in gateway.container_log(pod, "firmware")),
+        20,
+        "the firmware's console in the CRI log",
+    )
+    container = pod.containers["firmware"]
+    assert gateway.cri.container_status(container).state == gateway.cri.api.CONTAINER_RUNNING
+    gateway.cri.stop_container(container, timeout=5)
+    status = gateway.cri.container_status(container)
+    assert status.state == gateway.cri.api.CONTAINER_EXITED
+    assert gateway.core_states()["remoteproc0"] == "offline"
+    assert gateway.qemu_pids() == []
+
+
+def test_crashing_firmware_is_reported_exited_non_zero(clean_gateway: Gateway) -> None:
+    gateway = clean_gateway
+    assert gateway.cri is not None
+    pod = gateway.run_firmware_pod("crasher-2kd8w", "crash", gateway.allocate(RPROC0))
+    status = gateway.cri.wait_container_exited(pod.containers["firmware"], timeout=30)
+    assert status.exit_code != 0
+    assert any("crashing now" in line for line in gateway.container_log(pod, "firmware"))
+
+
+def test_second_firmware_pod_for_a_busy_core_is_refused(clean_gateway: Gateway) -> None:
+    gateway = clean_gateway
+    assert gateway.cri is not None
+    allocation = gateway.allocate(RPROC0)
+    first = gateway.run_firmware_pod("blinky-4hx9q", "hello", allocation)
+    with pytest.raises(CriError) as refused:
+        gateway.run_firmware_pod("blinky-9zz7m", "hello", allocation)
+    assert "remoteproc0" in refused.value.details
+    # The first pod's firmware is untouched.
+    first_status = gateway.cri.container_status(first.containers["firmware"])
+    assert first_status.state == gateway.cri.api.CONTAINER_RUNNING
+    assert gateway.core_states()["remoteproc0"] == "running"
+
+
+def test_removing_every_pod_leaves_nothing_behind(clean_gateway: Gateway) -> None:
+    gateway = clean_gateway
+    pods = [
+        gateway.run_busybox_pod("client-x8k2p"),
+        gateway.run_busybox_pod("sensor-7xk2p"),
+        gateway.run_firmware_pod("blinky-4hx9q", "hello", gateway.allocate(RPROC0)),
+    ]
+    assert gateway.leftovers() != [], "pods running but nothing to see: the check is blind"
+    for pod in pods:
+        gateway.remove_pod(pod)
+    assert gateway.leftovers() == []
