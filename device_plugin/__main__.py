@@ -4,7 +4,6 @@ or with `--list` print what would be served and exit."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 from pathlib import Path
@@ -48,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _without_tls()
     try:
         configure_logging_from(args)
     except ValueError as exc:
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(format_offers(_offers(host, args.rules)), end="")
         return 0
+    import asyncio
+
     return asyncio.run(_serve(host, args.rules, plugin_dir, rules))
 
 
@@ -99,7 +101,15 @@ def format_offers(offers: list[Offer]) -> str:
     )
 
 
+def _without_tls() -> None:
+    """Keep Python's `ssl` (OpenSSL, ~4.5 MB resident) out: asyncio imports it only if present,
+    and the daemon speaks over unix sockets only (grpc carries its own TLS library anyway)."""
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+
+
 async def _serve(host: HostRoot, rules_file: Path, plugin_dir: Path, rules: list[Rule]) -> int:
+    import asyncio
+
     from device_plugin.daemon import Daemon
 
     stop = asyncio.Event()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import re
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -51,7 +51,7 @@ def socket_name(plugin_dir: Path, short_name: str) -> str:
     room = _MAX_SOCKET_PATH - len(str(plugin_dir)) - 1
     if len(name.encode()) <= room:
         return name
-    digest = hashlib.sha256(short_name.encode()).hexdigest()[:8]
+    digest = f"{zlib.crc32(short_name.encode()):08x}"
     keep = max(1, room - len("smarter--.sock") - len(digest))
     return f"smarter-{short_name[:keep]}-{digest}.sock"
 
