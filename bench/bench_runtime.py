@@ -1,0 +1,244 @@
+"""smarter-hybrid-runtime: what each runc command costs through us, and firmware start/stop.
+
+Pass-through: create/start/state/kill/delete of a busybox container, each command timed through
+the shipped zipapp (built by scripts/build_zipapps.py) run by the host's /usr/bin/python3, as its
+`#!/usr/bin/env python3` resolves on a Debian host (here `env` would find a pyenv shim, a shell
+script that alone costs ~100 ms), and through runc
+directly; the difference is our routing overhead (target < 10 ms median). Firmware: create ->
+running (create + start) and kill -> supervisor exited, on the simulated gateway's Cortex-M4.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.report import Measurement, Summary
+
+SUITE = "runtime"
+RUNC = "/usr/sbin/runc"
+HOST_PYTHON = "/usr/bin/python3"
+REPO = Path(__file__).resolve().parent.parent
+PASS_ROUNDS = 15
+FIRMWARE_ROUNDS = 5
+COMMANDS = ("create", "start", "state", "kill", "delete")
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def run() -> list[Measurement]:
+    with tempfile.TemporaryDirectory(prefix="bench-runtime-") as temporary:
+        workdir = Path(temporary)
+        ours = _build_zipapp(workdir)
+        measurements = _pass_through(workdir, ours)
+        measurements += _firmware(workdir, ours)
+    return measurements
+
+
+def _build_zipapp(workdir: Path) -> Path:
+    spec = importlib.util.spec_from_file_location(
+        "build_zipapps", REPO / "scripts" / "build_zipapps.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    [program] = [p for p in module.PROGRAMS if p.name == "smarter-hybrid-runtime"]
+    target: Path = module.build(program, workdir / "smarter-hybrid-runtime")
+    return target
+
+
+def _busybox_bundle(workdir: Path) -> Path:
+    bundle = workdir / "busybox"
+    (bundle / "rootfs" / "bin").mkdir(parents=True)
+    shutil.copy2("/bin/busybox", bundle / "rootfs" / "bin" / "busybox")
+    (bundle / "rootfs" / "bin" / "sh").symlink_to("busybox")
+    subprocess.run([RUNC, "spec", "--bundle", str(bundle)], check=True)
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["/bin/sh", "-c", "exec sleep 600"]
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
+
+
+def _timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        argv,
+        check=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return (time.perf_counter() - started) * 1000
+
+
+def _pass_through(workdir: Path, ours: Path) -> list[Measurement]:
+    bundle = _busybox_bundle(workdir)
+    root = workdir / "runc-root"
+    root.mkdir()
+    samples: dict[tuple[str, str], list[float]] = {}
+    for round_number in range(PASS_ROUNDS):
+        for label, binary in (("runc", [RUNC]), ("ours", [HOST_PYTHON, str(ours)])):
+            container_id = f"bench-{label}-{round_number}"
+            base = [
+                *binary,
+                "--root",
+                str(root),
+                "--log",
+                str(bundle / "log.json"),
+                "--log-format",
+                "json",
+            ]
+            steps = {
+                "create": [
+                    *base,
+                    "create",
+                    "--bundle",
+                    str(bundle),
+                    "--pid-file",
+                    str(bundle / "init.pid"),
+                    container_id,
+                ],
+                "start": [*base, "start", container_id],
+                "state": [*base, "state", container_id],
+                "kill": [*base, "kill", container_id, "KILL"],
+                "delete": [*base, "delete", container_id],
+            }
+            try:
+                for command in COMMANDS:
+                    if command == "delete":
+                        _wait_stopped(root, container_id)
+                    samples.setdefault((label, command), []).append(_timed(steps[command]))
+            finally:
+                subprocess.run(
+                    [RUNC, "--root", str(root), "delete", "--force", container_id],
+                    capture_output=True,
+                    check=False,
+                )
+    results = []
+    for command in COMMANDS:
+        ours_median = Summary.of(samples[("ours", command)]).median
+        runc_median = Summary.of(samples[("runc", command)]).median
+        results.append(
+            Measurement(
+                SUITE,
+                f"pass-through {command} (median)",
+                ours_median,
+                "ms",
+                reference=runc_median,
+                target=f"overhead {ours_median - runc_median:+.1f} ms, target < 10 ms",
+            )
+        )
+    return results
+
+
+def _wait_stopped(root: Path, container_id: str) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = subprocess.run(
+            [RUNC, "--root", str(root), "state", container_id],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if state.returncode != 0 or json.loads(state.stdout)["status"] == "stopped":
+            return
+        time.sleep(0.01)
+
+
+@contextmanager
+def _subreaper() -> Iterator[None]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        yield
+    finally:
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def _firmware(workdir: Path, ours: Path) -> list[Measurement]:
+    from sim.firmware_build import build_firmware
+    from tests.simulator import running_simulator
+
+    elf = build_firmware("hello", "cortex-m4", workdir / "firmware")
+    bundle = workdir / "firmware-bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    shutil.copy2(elf, bundle / "rootfs" / "firmware.elf")
+    (bundle / "config.json").write_text(
+        json.dumps(
+            {
+                "ociVersion": "1.0.2",
+                "process": {"args": ["/firmware.elf"], "env": [], "cwd": "/", "terminal": False},
+                "root": {"path": "rootfs"},
+            }
+        )
+    )
+    root = workdir / "fw-root"
+    to_running: list[float] = []
+    to_stopped: list[float] = []
+    with running_simulator(workdir / "gateway", ["cortex-m4"]) as simulator, _subreaper():
+        env = {**os.environ, "SMARTER_HOST_ROOT": str(simulator.root)}
+        for round_number in range(FIRMWARE_ROUNDS):
+            container_id = f"fw-{round_number}"
+            base = [
+                HOST_PYTHON,
+                str(ours),
+                "--root",
+                str(root),
+                "--log",
+                str(bundle / "log.json"),
+                "--log-format",
+                "json",
+            ]
+
+            def call(*args: str, base: list[str] = base) -> float:
+                return _timed([*base, *args], env)
+
+            pid = 0
+            try:
+                elapsed = call(
+                    "create",
+                    "--bundle",
+                    str(bundle),
+                    "--pid-file",
+                    str(bundle / "init.pid"),
+                    container_id,
+                )
+                pid = int((bundle / "init.pid").read_text())
+                elapsed += call("start", container_id)
+                to_running.append(elapsed)
+                started = time.perf_counter()
+                call("kill", container_id, "TERM")
+                os.waitpid(pid, 0)
+                pid = 0
+                to_stopped.append((time.perf_counter() - started) * 1000)
+            finally:
+                subprocess.run(
+                    [*base, "delete", "--force", container_id],
+                    env=env,
+                    capture_output=True,
+                    check=False,
+                )
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+    return [
+        Measurement(
+            SUITE, "firmware create -> running (median)", Summary.of(to_running).median, "ms"
+        ),
+        Measurement(
+            SUITE, "firmware kill -> stopped (median)", Summary.of(to_stopped).median, "ms"
+        ),
+    ]
