@@ -77,7 +77,7 @@ def serve(root: Path, cpus: Sequence[str], board_name: str | None, out: TextIO) 
         _build_files(layout, host, board)
         spawner.start()
         for index, core_type in enumerate(core_types):
-            console = Console(host.dev / f"ttyRPMSG{index}")
+            console = Console(_console_link(host, index))
             consoles.append(console)
             cores.append(
                 SimCore(
@@ -205,6 +205,18 @@ def _build_files(layout: Layout, host: HostRoot, board: boards.Board) -> None:
     layout.mkdir(host.lib_firmware)
     for name, major, minor in DEVICE_NODES:
         layout.mknod(host.dev / name, major, minor)
+
+
+def _console_link(host: HostRoot, index: int) -> Path:
+    """Where core `index`'s console goes; a link left by a killed simulator is replaced."""
+    link = host.dev / f"ttyRPMSG{index}"
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():
+        raise SimulatorError(
+            f"{link} exists and is not a console link", hint="remove it or use another root"
+        )
+    return link
 
 
 def _firmware_dirs(host: HostRoot) -> list[Path]:

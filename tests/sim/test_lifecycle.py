@@ -130,3 +130,30 @@ def test_a_named_board_sets_the_devicetree_model_and_compatible(tmp_path: Path) 
             b"STMicroelectronics STM32MP157C-DK2 Discovery Board\0"
         )
         assert (base / "compatible").read_bytes() == b"st,stm32mp157c-dk2\0st,stm32mp157\0"
+
+
+def test_a_killed_simulator_takes_its_qemus_along_and_down_clears_its_mount(
+    tmp_path: Path,
+) -> None:
+    with running_simulator(tmp_path, ["cortex-m4"]) as simulator:
+        start_hello(tmp_path)
+        qemus = simulator.child_pids()
+        simulator.process.kill()
+        simulator.process.wait(timeout=30)
+        assert mounts_under(tmp_path) != []
+
+        refused = sim_command("up", "--root", str(tmp_path), "--core", "cortex-m4")
+        cleared = sim_command("down", "--root", str(tmp_path))
+
+        assert refused.returncode == 1
+        assert "still mounted from an earlier run" in refused.stderr
+        assert cleared.returncode == 0, cleared.stderr
+        assert mounts_under(tmp_path) == []
+        assert qemus and not any(process_alive(pid) for pid in qemus)
+        assert not (tmp_path / "run/smarter-sim/pid").exists()
+
+    # What the killed one left (device nodes, console links) does not stop a new simulator.
+    with running_simulator(tmp_path, ["cortex-m7"]) as again:
+        remote = core_by_id(again.host, "remoteproc0")
+        assert remote is not None and remote.name == "cortex-m7"
+        assert (tmp_path / "dev/ttyRPMSG0").resolve().is_char_device()
