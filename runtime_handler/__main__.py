@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if _asks(words, ("--help", "-h")) or not words:
             print(USAGE, end="")
             return 0
-    elif command == "create":
+    elif command in ("create", "run"):
         return _create(invocation, words)
     elif command in _FIRMWARE_COMMANDS and invocation.container_id:
         container_dir = os.path.join(invocation.root, "smarter-hybrid", invocation.container_id)
@@ -78,6 +78,10 @@ def _create(invocation: cli.Invocation, words: list[str]) -> int:
     from runtime_handler import firmware
 
     try:
+        if invocation.command == "run":
+            raise RuntimeCallError(
+                "run is not supported for firmware containers: use create, then start"
+            )
         return firmware.create(invocation, loaded, facts)
     except RuntimeCallError as error:
         return report(error, log=invocation.log, log_format=invocation.log_format)

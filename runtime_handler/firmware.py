@@ -7,6 +7,7 @@ status; failures are RuntimeCallError, reported by the caller in runc's log form
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -92,19 +93,36 @@ def create(invocation: Invocation, bundle: Bundle, facts: ElfFacts) -> int:
         )
     host = HostRoot.from_env()
     check_board(bundle.board, observe_board(host))
-    core = choose_core(facts, observe_cores(host), bundle.requested_core)
-    lock = FileLock(lock_path(host, core.device_id))
-    lock.path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        lock.acquire(timeout=0)
-    except LockBusyError:
-        raise FirmwareRefusedError(f"{core.device_id} is reserved by another container") from None
+    core, lock = _reserve(host, facts, bundle.requested_core)
     try:
         return _create_reserved(invocation, bundle, host, core, lock, directory)
     finally:
         # The supervisor holds the lock through its inherited descriptor; closing ours without
         # unlocking leaves the reservation with it (or drops it if there is no supervisor).
         os.close(lock.fileno)
+
+
+def _reserve(host: HostRoot, facts: ElfFacts, requested: str | None) -> tuple[CoreView, FileLock]:
+    """Choose a core and take its lock; a core another `create` reserves meanwhile is skipped."""
+    taken: set[str] = set()
+    while True:
+        cores = [
+            dataclasses.replace(view, reserved=True) if view.device_id in taken else view
+            for view in observe_cores(host)
+        ]
+        core = choose_core(facts, cores, requested)
+        lock = FileLock(lock_path(host, core.device_id))
+        lock.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except LockBusyError:
+            if requested is not None:
+                raise FirmwareRefusedError(
+                    f"{core.device_id} is reserved by another container"
+                ) from None
+            taken.add(core.device_id)
+            continue
+        return core, lock
 
 
 def _create_reserved(

@@ -408,3 +408,30 @@ def test_firmware_for_another_board_is_refused(
         " or rebuild the firmware)"
     ]
     assert_nothing_left(shim, simulator, bundle, "elsewhere")
+
+
+def test_without_smarter_rproc_each_container_gets_the_next_free_core(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    m3_firmware = firmware("hello", "cortex-m3")
+    first = fw_bundle(make_bundle, m3_firmware)
+    second = fw_bundle(make_bundle, m3_firmware)
+    assert shim.create(first, "one").returncode == 0
+    assert shim.create(second, "two").returncode == 0
+    assert shim.call(first, "start", "one").returncode == 0
+    assert shim.call(second, "start", "two").returncode == 0
+    assert core(simulator, 0).firmware() == "smarter-one.elf"
+    assert core(simulator, 1).firmware() == "smarter-two.elf"
+    assert [core(simulator, i).state() for i in range(len(CORES))] == ["running", "running"]
+
+
+def test_run_is_refused_for_firmware(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    bundle = fw_bundle(make_bundle, firmware("hello", "cortex-m4"))
+    result = shim.call(bundle, "run", "--bundle", str(bundle), "--detach", "norun")
+    assert result.returncode == 1
+    assert log_messages(bundle / "log.json") == [
+        "run is not supported for firmware containers: use create, then start"
+    ]
+    assert_nothing_left(shim, simulator, bundle, "norun")
