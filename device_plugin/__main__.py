@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from device_plugin.rules import Rule, load_rules
-from device_plugin.sources import Offer
+from device_plugin.sources import PATH_VIEWS, Offer, PathView
 from smarter_common.cli import add_common_arguments, configure_logging_from, host_root_from
 from smarter_common.errors import SmarterError
 from smarter_common.hostroot import HostRoot
@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
         help="kubelet device plugin directory (default <host root>/var/lib/kubelet/device-plugins)",
     )
     parser.add_argument(
+        "--device-paths",
+        choices=PATH_VIEWS,
+        default="host",
+        help="paths handed to the kubelet: as the host sees them (host root = the host's / "
+        "mounted here; default), or as this process sees them (local: the host root is a "
+        "directory on the kubelet's own machine, e.g. the simulated gateway)",
+    )
+    parser.add_argument(
         "--list",
         action="store_true",
         help="print the resources, device IDs and paths this host would get, then exit",
@@ -61,18 +69,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smarter-device-manager: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.list:
-        print(format_offers(_offers(host, args.rules)), end="")
+        print(format_offers(_offers(host, args.rules, args.device_paths)), end="")
         return 0
     import asyncio
 
-    return asyncio.run(_serve(host, args.rules, plugin_dir, rules))
+    return asyncio.run(_serve(host, args.rules, plugin_dir, rules, args.device_paths))
 
 
-def _offers(host: HostRoot, rules_file: Path) -> list[Offer]:
+def _offers(host: HostRoot, rules_file: Path, view: PathView) -> list[Offer]:
     from device_plugin.dev_source import DevSource
     from device_plugin.remoteproc_source import RemoteprocSource
 
-    return [*DevSource(host, load_rules(rules_file)).scan(), *RemoteprocSource(host).scan()]
+    return [
+        *DevSource(host, load_rules(rules_file), view).scan(),
+        *RemoteprocSource(host, view).scan(),
+    ]
 
 
 def format_offers(offers: list[Offer]) -> str:
@@ -107,7 +118,9 @@ def _without_tls() -> None:
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
 
 
-async def _serve(host: HostRoot, rules_file: Path, plugin_dir: Path, rules: list[Rule]) -> int:
+async def _serve(
+    host: HostRoot, rules_file: Path, plugin_dir: Path, rules: list[Rule], view: PathView
+) -> int:
     import asyncio
 
     from device_plugin.daemon import Daemon
@@ -116,7 +129,7 @@ async def _serve(host: HostRoot, rules_file: Path, plugin_dir: Path, rules: list
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    daemon = Daemon(host, rules_file, rules, plugin_dir)
+    daemon = Daemon(host, rules_file, rules, plugin_dir, view)
     await daemon.run(stop)
     return 0
 

@@ -9,7 +9,7 @@ from device_plugin.dev_source import DevSource
 from device_plugin.remoteproc_source import RemoteprocSource
 from device_plugin.rules import Rule, load_rules
 from device_plugin.server import Plugins
-from device_plugin.sources import Offer, Source
+from device_plugin.sources import Offer, PathView, Source
 from device_plugin.watch import Change, Watcher
 from smarter_common.errors import SmarterError
 from smarter_common.hostroot import HostRoot
@@ -27,13 +27,18 @@ class Daemon:
     """Owns the sources and the plugins; `notify` may be called from any thread."""
 
     def __init__(
-        self, host: HostRoot, rules_file: Path, rules: list[Rule], plugin_dir: Path
+        self,
+        host: HostRoot,
+        rules_file: Path,
+        rules: list[Rule],
+        plugin_dir: Path,
+        view: PathView = "host",
     ) -> None:
         self.host = host
         self.rules_file = rules_file
         self.plugin_dir = plugin_dir
-        self.dev = DevSource(host, rules)
-        self.remoteproc = RemoteprocSource(host)
+        self.dev = DevSource(host, rules, view)
+        self.remoteproc = RemoteprocSource(host, view)
         self.plugins = Plugins(plugin_dir)
         self._rules_text = _read(rules_file)
         self._pending: set[Change] = set()

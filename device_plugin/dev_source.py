@@ -7,7 +7,8 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from device_plugin.rules import DevEntry, EntryKind, Rejection, Rule, match_devices
-from device_plugin.sources import DeviceNode, Offer
+from device_plugin.sources import DeviceNode, Offer, PathView, handed_path
+from smarter_common.errors import HostPathError
 from smarter_common.hostroot import HostRoot
 from smarter_common.logs import get_logger
 
@@ -69,14 +70,14 @@ def resolve_link(host: HostRoot, link: Path) -> str | None:
         try:
             target = os.readlink(current)
             host_view = host.to_host(current)
-        except (OSError, ValueError):
+        except (OSError, HostPathError):
             return None
         joined = target if target.startswith("/") else f"{host_view.parent}/{target}"
         resolved = PurePosixPath(os.path.normpath(joined))
         try:
             real = host.path(resolved)
             mode = os.lstat(real).st_mode
-        except (OSError, ValueError):
+        except (OSError, HostPathError):
             return None
         if stat.S_ISLNK(mode):
             current = real
@@ -94,9 +95,10 @@ class DevSource:
 
     name = "dev"
 
-    def __init__(self, host: HostRoot, rules: list[Rule]) -> None:
+    def __init__(self, host: HostRoot, rules: list[Rule], view: PathView = "host") -> None:
         self.host = host
         self.rules = rules
+        self.view = view
         self._reported: set[Rejection] = set()
 
     def scan(self) -> list[Offer]:
@@ -116,7 +118,7 @@ class DevSource:
             nodes = tuple(
                 DeviceNode(
                     container_path=f"/dev/{node.container_path}",
-                    host_path=str(self.host.to_host(self.host.dev / node.real_path)),
+                    host_path=handed_path(self.host, self.host.dev / node.real_path, self.view),
                 )
                 for node in resource.nodes
             )

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import os
+import stat
+from pathlib import Path
 
 from device_plugin.dev_source import resolve_link
 from device_plugin.rules import RESOURCE_DOMAIN
-from device_plugin.sources import DeviceNode, Offer
+from device_plugin.sources import DeviceNode, Offer, PathView, handed_path
 from smarter_common.hostroot import HostRoot
 from smarter_common.logs import get_logger
 from smarter_common.remoteproc import RemoteCore, console_device, discover_cores
@@ -23,8 +25,9 @@ class RemoteprocSource:
 
     name = "remoteproc"
 
-    def __init__(self, host: HostRoot) -> None:
+    def __init__(self, host: HostRoot, view: PathView = "host") -> None:
         self.host = host
+        self.view = view
         self._unreachable_consoles: set[str] = set()
 
     def scan(self) -> list[Offer]:
@@ -44,14 +47,26 @@ class RemoteprocSource:
         if console is None:
             return ()
         container_path = str(self.host.to_host(console))
-        real = console
-        if os.path.islink(console):
+        real: Path | None = console
+        if self.view == "local":
+            # The console may be a link to a pty of this machine (the simulator's are).
+            real = Path(os.path.realpath(console))
+            if not _is_char_device(real):
+                real = None
+        elif os.path.islink(console):
             resolved = resolve_link(self.host, console)
-            if resolved is None:
-                if core.device_id not in self._unreachable_consoles:
-                    _log.warning("console_outside_dev", core=core.device_id, console=container_path)
-                    self._unreachable_consoles.add(core.device_id)
-                return ()
-            real = self.host.dev / resolved
-        host_path = str(self.host.to_host(real))
+            real = None if resolved is None else self.host.dev / resolved
+        if real is None:
+            if core.device_id not in self._unreachable_consoles:
+                _log.warning("console_unusable", core=core.device_id, console=container_path)
+                self._unreachable_consoles.add(core.device_id)
+            return ()
+        host_path = handed_path(self.host, real, self.view)
         return (DeviceNode(container_path=container_path, host_path=host_path),)
+
+
+def _is_char_device(path: Path) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False

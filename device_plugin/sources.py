@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Literal, Protocol
+
+from smarter_common.hostroot import HostRoot
 
 PERMISSIONS = "rw"
+# How device paths are handed to the kubelet: as the host sees them (the host root is the host's
+# `/` mounted in this container), or as this process sees them (the host root is a directory on
+# the machine that runs the kubelet and runtime, as with the simulated gateway).
+PathView = Literal["host", "local"]
+PATH_VIEWS: tuple[PathView, ...] = ("host", "local")
 
 
 @dataclass(frozen=True)
@@ -42,3 +50,8 @@ class Source(Protocol):
     name: str
 
     def scan(self) -> list[Offer]: ...
+
+
+def handed_path(host: HostRoot, real: Path, view: PathView) -> str:
+    """The path of `real` (a path under the host root here) for the kubelet and runtime."""
+    return str(real) if view == "local" else str(host.to_host(real))

@@ -331,6 +331,32 @@ def test_list_prints_resources_ids_and_paths_then_exits(gateway: HostTree) -> No
     assert list(gateway.plugin_dir.iterdir()) == []
 
 
+def test_list_with_local_device_paths_shows_where_the_nodes_are_here(gateway: HostTree) -> None:
+    result = subprocess.run(
+        [*daemon_command(gateway), "--list", "--device-paths", "local"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert rows["smarter-devices/ttyUSB0"][2] == f"/dev/ttyUSB0={gateway.dev}/ttyUSB0"
+
+
+def test_a_core_that_vanishes_turns_unhealthy(
+    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+) -> None:
+    start_daemon()
+    kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
+    kubelet.wait_devices("smarter-devices/rproc0", _all("Healthy"), timeout=WAIT_S)
+    for entry in (gateway.root / "sys/class/remoteproc/remoteproc0").iterdir():
+        entry.unlink()
+    (gateway.root / "sys/class/remoteproc/remoteproc0").rmdir()
+    (gateway.dev / "ttyRPMSG0").unlink()  # the /dev event makes the daemon look at once
+    kubelet.wait_devices("smarter-devices/rproc0", _all("Unhealthy"), timeout=WAIT_S)
+
+
 def test_broken_rules_at_start_exit_2_with_the_message_and_serve_nothing(
     gateway: HostTree,
 ) -> None:

@@ -77,3 +77,26 @@ def test_a_core_console_linked_outside_dev_is_left_out(host: HostTree) -> None:
 def test_no_remoteproc_class_means_no_cores(host: HostTree) -> None:
     (host.root / "sys/class/remoteproc").rmdir()
     assert RemoteprocSource(HostRoot(host.root)).scan() == []
+
+
+def test_local_view_hands_over_paths_as_this_machine_sees_them(host: HostTree) -> None:
+    host.node("ttyUSB0")
+    rules = parse_rules("- devicematch: ^ttyUSB0$\n  nummaxdevices: 1\n")
+    (offer,) = DevSource(HostRoot(host.root), rules, "local").scan()
+    assert offer.nodes == (DeviceNode("/dev/ttyUSB0", str(host.dev / "ttyUSB0")),)
+
+
+def test_local_view_follows_a_console_linked_to_a_pty_of_this_machine(host: HostTree) -> None:
+    host.core(0, "cortex-m4")
+    master, slave = os.openpty()
+    try:
+        pty = os.ttyname(slave)
+        os.symlink(pty, host.dev / "ttyRPMSG0")  # as the simulator makes it
+        (local,) = RemoteprocSource(HostRoot(host.root), "local").scan()
+        assert local.nodes == (DeviceNode("/dev/ttyRPMSG0", pty),)
+        # Seen as a host's /, that link points at <root>/dev/pts/N, which is not there.
+        (as_host,) = RemoteprocSource(HostRoot(host.root), "host").scan()
+        assert as_host.nodes == ()
+    finally:
+        os.close(master)
+        os.close(slave)
