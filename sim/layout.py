@@ -46,11 +46,12 @@ class Layout:
             self._made.append(directory)
         return path
 
-    def write(self, path: Path, data: bytes) -> None:
+    def write(self, path: Path, data: bytes, *, owned: bool = False) -> None:
+        """Write `path`; it is removed later if it is new, or `owned` (replaced wholesale)."""
         self.mkdir(path.parent)
         existed = path.exists()
         path.write_bytes(data)
-        if not existed:
+        if owned or not existed:
             self._made.append(path)
 
     def mknod(self, path: Path, major: int, minor: int, mode: int = 0o660) -> None:
@@ -58,10 +59,6 @@ class Layout:
         if path.exists() or path.is_symlink():
             return
         os.mknod(path, stat.S_IFCHR | mode, os.makedev(major, minor))
-        self._made.append(path)
-
-    def adopt(self, path: Path) -> None:
-        """Remember a path made by someone else on the layout's behalf."""
         self._made.append(path)
 
     def remove(self) -> None:

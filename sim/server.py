@@ -73,7 +73,7 @@ def serve(root: Path, cpus: Sequence[str], board_name: str | None, out: TextIO) 
     fuse: _FuseThread | None = None
     try:
         state_dir = layout.mkdir(run_dir(host))
-        layout.write(state_dir / "pid", f"{os.getpid()}\n".encode())
+        layout.write(state_dir / "pid", f"{os.getpid()}\n".encode(), owned=True)
         _build_files(layout, host, board)
         spawner.start()
         for index, core_type in enumerate(core_types):
@@ -95,7 +95,7 @@ def serve(root: Path, cpus: Sequence[str], board_name: str | None, out: TextIO) 
         fuse.wait_mounted(stop)
         if stop.is_set():
             return
-        layout.write(state_dir / "ready", b"")
+        layout.write(state_dir / "ready", b"", owned=True)
         log.info("ready", cores=[core.core_type.cpu for core in cores], board=board.name)
         out.write("ready\n")
         out.flush()

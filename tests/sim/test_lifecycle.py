@@ -157,3 +157,6 @@ def test_a_killed_simulator_takes_its_qemus_along_and_down_clears_its_mount(
         remote = core_by_id(again.host, "remoteproc0")
         assert remote is not None and remote.name == "cortex-m7"
         assert (tmp_path / "dev/ttyRPMSG0").resolve().is_char_device()
+        assert (tmp_path / "run/smarter-sim/pid").exists()
+    assert not (tmp_path / "run/smarter-sim/pid").exists()
+    assert not (tmp_path / "dev/ttyRPMSG0").is_symlink()
