@@ -7,6 +7,7 @@ normal signal mask; each QEMU has a relay thread for its UART.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import resource
@@ -27,7 +28,7 @@ from sim.layout import DEVICE_NODES, Layout
 from sim.mounts import mounts_under, unmount
 from sim.qemu import INSTALL_HINT, qemu_binary
 from sim.remoteproc_fs import RemoteprocFs
-from smarter_common.errors import SmarterError
+from smarter_common.errors import HostPathError, SmarterError
 from smarter_common.hostroot import HostRoot
 from smarter_common.logs import get_logger
 
@@ -227,7 +228,9 @@ def _firmware_dirs(host: HostRoot) -> list[Path]:
     except OSError:
         custom = ""
     if custom:
-        dirs.append(host.path(custom))
+        # An unusable value (one with `..`) is skipped: the loader just finds nothing there.
+        with contextlib.suppress(HostPathError):
+            dirs.append(host.path(custom))
     dirs += [host.path("/lib/firmware/updates"), host.lib_firmware]
     return dirs
 

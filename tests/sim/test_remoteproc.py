@@ -268,3 +268,28 @@ def test_only_root_may_write_but_anyone_may_read(simulator: Simulator) -> None:
         results[flags] = os.waitstatus_to_exitcode(status)
 
     assert results == {os.O_WRONLY: errno.EACCES, os.O_RDONLY: 0}
+
+
+def test_a_firmware_name_leaving_the_firmware_dirs_fails_with_enoent(simulator: Simulator) -> None:
+    remote = core(simulator, 1)
+    (simulator.root / "outside.elf").write_bytes(firmware("hello", "cortex-m4").read_bytes())
+    try:
+        write_attr(remote.sysfs / "firmware", "../../outside.elf")
+
+        assert write_errno(remote.sysfs / "state", "start") == errno.ENOENT
+        assert remote.state() == "offline"
+        assert simulator.child_pids() == []
+    finally:
+        (simulator.root / "outside.elf").unlink()
+
+
+def test_a_firmware_in_a_subdirectory_is_found(simulator: Simulator) -> None:
+    remote = core(simulator, 1)
+    vendor = simulator.host.lib_firmware / "vendor"
+    vendor.mkdir(exist_ok=True)
+    (vendor / "app.elf").write_bytes(firmware("hello", "cortex-m4").read_bytes())
+
+    write_attr(remote.sysfs / "firmware", "vendor/app.elf")
+    write_attr(remote.sysfs / "state", "start")
+
+    assert remote.state() == "running"
