@@ -296,8 +296,11 @@ def delete(invocation: Invocation) -> int:
                 f"cannot delete container {container_id} that is not stopped: running"
             )
         _end_supervisor(directory, record)
+        # What the supervisor did before it ended (placing the firmware) is in its last save.
+        record = state.load(directory)
     _release_core(record)
-    record.firmware_path.unlink(missing_ok=True)
+    if record.firmware_placed:
+        record.firmware_path.unlink(missing_ok=True)
     shutil.rmtree(directory, ignore_errors=True)
     return 0
 

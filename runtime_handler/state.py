@@ -62,6 +62,7 @@ class Record:
     status: str = STATUS_CREATED
     exit_code: int | None = None
     error: str | None = None
+    firmware_placed: bool = False
     annotations: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -137,6 +137,9 @@ class Supervisor:
             os.chmod(temporary, 0o644)
             # link() fails on an existing name, so another container's file is never replaced.
             os.link(temporary, target)
+            # Recorded at once: `delete` removes the file only if we made it.
+            record.firmware_placed = True
+            state.save(self.directory, record)
         except FileExistsError:
             raise CoreError(
                 f"firmware file {target} already exists and belongs to another container"

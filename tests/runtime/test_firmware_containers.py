@@ -435,3 +435,38 @@ def test_run_is_refused_for_firmware(
         "run is not supported for firmware containers: use create, then start"
     ]
     assert_nothing_left(shim, simulator, bundle, "norun")
+
+
+def test_core_stopped_from_outside_ends_the_container_cleanly(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    bundle = fw_bundle(make_bundle, firmware("hello", "cortex-m4"))
+    assert shim.create(bundle, "outside").returncode == 0
+    assert shim.call(bundle, "start", "outside").returncode == 0
+    (core(simulator, 0).sysfs / "state").write_text("stop")
+    assert shim.wait_exit("outside") == 0
+    assert shim.state(bundle, "outside")["status"] == "stopped"
+
+
+def test_start_never_replaces_a_firmware_file_it_did_not_make(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    squatter = simulator.host.lib_firmware / "smarter-clash.elf"
+    squatter.write_bytes(b"someone else's\n")
+    try:
+        bundle = fw_bundle(make_bundle, firmware("hello", "cortex-m4"))
+        assert shim.create(bundle, "clash").returncode == 0
+
+        started = shim.call(bundle, "start", "clash")
+
+        message = f"firmware file {squatter} already exists and belongs to another container"
+        assert started.returncode == 1
+        assert started.stderr.strip() == message
+        assert shim.wait_exit("clash") == 1
+        assert squatter.read_bytes() == b"someone else's\n"
+        assert core(simulator, 0).state() == "offline"
+        assert shim.call(bundle, "delete", "clash").returncode == 0
+        assert squatter.read_bytes() == b"someone else's\n"
+        assert not is_locked(core_lock(simulator, 0))
+    finally:
+        squatter.unlink()
