@@ -68,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     except SmarterError as exc:
         print(f"smarter-device-manager: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if not host.dev.is_dir():
+        print(
+            f"smarter-device-manager: {host.dev} is not a directory "
+            "(--host-root must hold the host's /dev)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     if args.list:
         print(format_offers(_offers(host, args.rules, args.device_paths)), end="")
         return 0

@@ -82,6 +82,7 @@ class Daemon:
         return changes
 
     async def _handle(self, changes: set[Change]) -> None:
+        _log.debug("rescan", changes=sorted(change.value for change in changes))
         forget = Change.RULES in changes and self._reload_rules()
         if Change.KUBELET in changes:
             _log.info("kubelet_restarted")

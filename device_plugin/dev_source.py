@@ -15,6 +15,9 @@ from smarter_common.logs import get_logger
 # The original recursed ten levels below /dev; nothing real is deeper.
 MAX_DEPTH = 10
 _MAX_LINK_HOPS = 40
+# Memory filesystems mounted below /dev: they hold files, never device nodes, and applications
+# churn them (shared memory segments), so they are neither walked nor watched.
+NO_DEVICES = ("shm", "mqueue", "hugepages")
 
 _log = get_logger("smarter-device-manager", source="dev")
 
@@ -47,7 +50,7 @@ def _walk(host: HostRoot, directory: Path, prefix: str, depth: int, out: list[De
             continue
         if stat.S_ISDIR(mode):
             out.append(DevEntry(path, "dir"))
-            if depth > 0:
+            if depth > 0 and path not in NO_DEVICES:
                 _walk(host, Path(child.path), f"{path}/", depth - 1, out)
             continue
         if stat.S_ISCHR(mode):

@@ -12,6 +12,7 @@ console appears there) and by the daemon's periodic check.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -28,6 +29,8 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+
+from device_plugin.dev_source import NO_DEVICES
 
 _STRUCTURE_EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
@@ -46,12 +49,17 @@ class Change(Enum):
 
 
 class _Forward(FileSystemEventHandler):
-    def __init__(self, notify: Callable[[Change], None], change: Change) -> None:
+    def __init__(
+        self, notify: Callable[[Change], None], change: Change, ignore: tuple[str, ...] = ()
+    ) -> None:
         self._notify = notify
         self._change = change
+        self._ignore = ignore
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        self._notify(self._change)
+        path = os.fsdecode(event.src_path)
+        if not any(path.startswith(prefix) for prefix in self._ignore):
+            self._notify(self._change)
 
 
 class _KubeletSocket(FileSystemEventHandler):
@@ -79,8 +87,12 @@ class Watcher:
         plugin_dir: Path,
     ) -> None:
         self._observer = Observer()
+        quiet = tuple(f"{dev}/{name}/" for name in NO_DEVICES)
         self._observer.schedule(
-            _Forward(notify, Change.DEV), str(dev), recursive=True, event_filter=_STRUCTURE_EVENTS
+            _Forward(notify, Change.DEV, quiet),
+            str(dev),
+            recursive=True,
+            event_filter=_STRUCTURE_EVENTS,
         )
         if rules_file.parent.is_dir():
             self._observer.schedule(

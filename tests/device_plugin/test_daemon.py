@@ -11,6 +11,7 @@ import os
 import queue
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import grpc
@@ -127,6 +128,30 @@ def test_a_plugged_device_is_registered_and_a_removed_one_turns_unhealthy_then_r
         {"ttyUSB0-0": "Unhealthy"},
         {"ttyUSB0-0": "Healthy"},
     ]
+
+
+def test_shared_memory_churn_under_dev_does_not_wake_the_daemon(
+    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+) -> None:
+    (gateway.dev / "shm").mkdir()
+    daemon = start_daemon("--log-level", "debug")
+    kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
+
+    def dev_rescans() -> int:
+        return sum(
+            1
+            for line in daemon.log_text().splitlines()
+            if '"rescan"' in line and "dev" in json.loads(line)["changes"]
+        )
+
+    before = dev_rescans()
+    for index in range(20):
+        (gateway.dev / f"shm/segment{index}").write_text("x")
+        (gateway.dev / f"shm/segment{index}").unlink()
+        time.sleep(0.03)  # apart: each would be a rescan of its own if it were heard
+    gateway.node("ttyUSB1", minor=1)
+    kubelet.wait_registered({"smarter-devices/ttyUSB1"}, timeout=WAIT_S)
+    assert dev_rescans() - before == 1
 
 
 def test_a_node_in_a_new_subdirectory_is_seen(
@@ -371,6 +396,20 @@ def test_broken_rules_at_start_exit_2_with_the_message_and_serve_nothing(
         "container)\n"
     )
     assert list(gateway.plugin_dir.iterdir()) == []
+
+
+def test_a_host_root_without_dev_is_refused(host: HostTree) -> None:
+    host.write_rules(RULES)
+    (host.root / "dev").rmdir()
+    result = subprocess.run(
+        daemon_command(host), cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"smarter-device-manager: {host.root}/dev is not a directory "
+        "(--host-root must hold the host's /dev)\n"
+    )
+    assert list(host.plugin_dir.iterdir()) == []
 
 
 def test_help_names_the_flags() -> None:

@@ -18,7 +18,9 @@ def test_scan_lists_nodes_directories_and_resolves_links_inside_the_host_root(
     host.node("ttyUSB0")
     host.node("snd/controlC0", SOUND_MAJOR, 0)
     (host.dev / "shm").mkdir()
-    (host.dev / "shm/data").write_text("x")
+    (host.dev / "shm/segment").write_text("x")
+    (host.dev / "disk").mkdir()
+    (host.dev / "disk/notes").write_text("x")
     (host.dev / "serial/by-id").mkdir(parents=True)
     os.symlink("../../ttyUSB0", host.dev / "serial/by-id/usb-FTDI-port0")
     os.symlink("/dev/ttyUSB0", host.dev / "absolute")  # the host's /, i.e. under the root
@@ -29,7 +31,9 @@ def test_scan_lists_nodes_directories_and_resolves_links_inside_the_host_root(
     assert entries["ttyUSB0"] == DevEntry("ttyUSB0", "char")
     assert entries["snd"] == DevEntry("snd", "dir")
     assert entries["snd/controlC0"] == DevEntry("snd/controlC0", "char")
-    assert entries["shm/data"] == DevEntry("shm/data", "other")
+    assert entries["disk/notes"] == DevEntry("disk/notes", "other")
+    assert entries["shm"] == DevEntry("shm", "dir")
+    assert "shm/segment" not in entries  # memory filesystems are not walked
     assert entries["serial/by-id/usb-FTDI-port0"].target == "ttyUSB0"
     assert entries["absolute"].target == "ttyUSB0"
     assert entries["fd"] == DevEntry("fd", "link", None)
