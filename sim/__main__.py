@@ -1,4 +1,4 @@
-"""Entry point of `smarter-sim`: `up`, `down` and `build-firmware`."""
+"""Entry point of `smarter-sim`: `up`, `down`, `build-firmware` and `pack-firmware`."""
 
 from __future__ import annotations
 
@@ -48,7 +48,25 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--cpu", required=True, choices=sorted(boards.CORE_TYPES))
     build.add_argument("--out", required=True, type=Path, metavar="DIR")
     build.add_argument("--crash-after", type=int, default=3, metavar="N", help="crash: lines (3)")
+
+    pack = commands.add_parser(
+        "pack-firmware", help="pack a firmware ELF into an OCI image tarball for ctr images import"
+    )
+    pack.add_argument("--elf", required=True, type=Path, help="the firmware ELF")
+    pack.add_argument("--mcu", required=True, metavar="CPU", help="the core it is for: label mcu")
+    pack.add_argument("--board", metavar="NAME", help="the board it is for: label board")
+    pack.add_argument("--ref", required=True, help="image reference, e.g. localhost/hello:1")
+    pack.add_argument("--out", required=True, type=Path, metavar="TAR", help="the tarball")
     return parser
+
+
+def _pack_firmware(args: argparse.Namespace) -> Path:
+    """Refuse an ELF that the `mcu` it is labelled for could not run, then pack it."""
+    from sim.oci_image import pack_firmware_image
+    from smarter_common.firmware_elf import check_fits, read_elf_facts
+
+    check_fits(read_elf_facts(args.elf), args.mcu)
+    return pack_firmware_image(args.elf, args.out, args.ref, mcu=args.mcu, board=args.board)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
             if not down(args.root, args.timeout):
                 log.info("not running", root=str(args.root))
+        elif args.command == "pack-firmware":
+            print(_pack_firmware(args))
         else:
             from sim.firmware_build import build_firmware
 
