@@ -1,24 +1,226 @@
-"""Show what each program would do on this machine (dry runs); grows into the whole gateway."""
+"""`python -m demo`: bring up a simulated gateway, show what it does, tear it all down.
+
+Run as root after `scripts/setup.sh` (scripts/demo.sh does both). Everything it starts lives in
+a network namespace and a work directory of its own, and is removed on the way out, also on
+Ctrl-C.
+"""
 
 from __future__ import annotations
 
-import subprocess
+import argparse
+import signal
 import sys
-from pathlib import Path
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING
 
-BIN = Path(sys.executable).parent
+from smarter_common.errors import SmarterError
+
+if TYPE_CHECKING:
+    from demo.gateway import Gateway, Pod
+
+CLIENT_POD = "client-x8k2p"
+SENSOR_POD = "sensor-7xk2p"
+FIRMWARE_POD = "blinky-4hx9q"
 
 
-def main() -> int:
-    for program in (
-        "smarter-cni",
-        "smarter-device-manager",
-        "smarter-hybrid-runtime",
-        "smarter-sim",
-    ):
-        print(f"--- {program}", flush=True)
-        subprocess.run([BIN / program, "--version"], check=True)
-    return 0
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m demo",
+        description=(
+            "Bring up a simulated gateway (our own containerd with smarter-cni, the hybrid"
+            " runtime and smarter-device-manager, remote cores simulated in QEMU), run two"
+            " ordinary pods and a firmware pod, show their addresses, a name resolved between"
+            " them, the advertised devices and the firmware's console, then tear it all down."
+            " Needs root; touches nothing outside its own network namespace and work directory."
+        ),
+    )
+    parser.add_argument(
+        "--core",
+        default="cortex-m4",
+        help="the simulated remote core and the firmware's target (default cortex-m4)",
+    )
+    parser.add_argument(
+        "--console-seconds",
+        type=float,
+        default=6.0,
+        metavar="S",
+        help="how long to follow the firmware's console (default 6)",
+    )
+    parser.add_argument(
+        "--keep-work-dir",
+        action="store_true",
+        help="keep the work directory (logs, configs) after the teardown",
+    )
+    parser.add_argument(
+        "--log-level", default="warning", help="log level of the harness (default warning)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from smarter_common import logs
+
+    logs.configure(level=args.log_level, fmt="console")
+    # Imported once logging is configured: their module loggers bind the configuration then.
+    import os
+
+    from demo.gateway import Gateway, GatewayConfig
+
+    if os.geteuid() != 0:
+        print("demo: run as root (network namespaces, containerd, FUSE)", file=sys.stderr)
+        return 1
+    # Ctrl-C and SIGTERM both mean "tear down now", even if the shell started us ignoring SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    config = GatewayConfig(core=args.core, keep_work_dir=args.keep_work_dir)
+    gateway = Gateway(config, progress=_step)
+    status = 0
+    try:
+        print(f"work directory: {gateway.work}")
+        gateway.start()
+        _show(gateway, args.console_seconds)
+    except KeyboardInterrupt:
+        print("\ninterrupted", flush=True)
+        status = 130
+    except SmarterError as error:
+        print(f"\ndemo failed: {error}", file=sys.stderr, flush=True)
+        status = 1
+    except BrokenPipeError:
+        status = 1  # the output went away (e.g. `| head`); tear down quietly
+    finally:
+        with _shielded():
+            status = _teardown(gateway, keep=args.keep_work_dir) or status
+    return status
+
+
+def _teardown(gateway: Gateway, *, keep: bool) -> int:
+    """Remove the pods, check nothing of theirs is left, then stop everything; 1 if not clean."""
+    left: list[str] = []
+    try:
+        _step("tearing down: pods, then containerd, agents, simulator, namespace, mounts")
+        gateway.remove_every_pod()
+        if gateway.cri is not None:
+            left = gateway.leftovers()
+    except Exception as error:  # whatever happens here, close() below must run
+        left = [f"could not check what the pods left: {error}"]
+    finally:
+        gateway.close()
+    left.extend(f"process {pid} of the simulated cores" for pid in gateway.qemu_pids())
+    if gateway.work.exists() and not keep:
+        left.append(f"work directory {gateway.work}")
+    try:
+        if left:
+            print("left behind:\n  " + "\n  ".join(left), file=sys.stderr, flush=True)
+        else:
+            print("done: every pod, process, namespace and mount of the gateway is gone")
+            if keep:
+                print(f"logs and configs kept in {gateway.work}")
+        sys.stdout.flush()
+    except OSError:
+        pass  # nobody is reading any more (a closed pipe); the teardown itself is done
+    return 1 if left else 0
+
+
+def _show(gateway: Gateway, console_seconds: float) -> None:
+    from demo.gateway import RPROC_RESOURCE_PREFIX
+
+    cri = gateway.cri
+    assert cri is not None
+    version = cri.version()
+    _heading(f"containerd {version.runtime_version} over CRI {version.runtime_api_version}")
+    print(f"images: {', '.join(cri.image_tags())}")
+
+    _heading("resources smarter-device-manager advertises to the kubelet")
+    for resource, ids in gateway.resources().items():
+        print(f"  {resource:32} {len(ids)} device(s): {', '.join(ids)}")
+
+    _step("starting pods")
+    client = gateway.run_busybox_pod(CLIENT_POD)
+    sensor = gateway.run_busybox_pod(SENSOR_POD)
+    allocation = gateway.allocate(f"{RPROC_RESOURCE_PREFIX}0")
+    firmware = gateway.run_firmware_pod(FIRMWARE_POD, "hello", allocation)
+
+    _heading("pods (addresses from smarter-cni)")
+    print(f"  {'POD':16} {'RUNTIME':8} {'IP':15} CONTAINERS")
+    for pod in (client, sensor, firmware):
+        handler = pod.spec.runtime_handler or "runc"
+        print(f"  {pod.name:16} {handler:8} {pod.ip:15} {', '.join(pod.containers)}")
+    env = ", ".join(f"{k}={v}" for k, v in allocation.env.items())
+    print(f"  {firmware.name} got {allocation.resource} from the device manager: {env}")
+
+    _heading(f"names in the node's DNS ({gateway.dns_server}), asked from inside {CLIENT_POD}")
+    for name in (SENSOR_POD, "sensor"):
+        code, out, _ = cri.exec_sync(client.containers["main"], ["nslookup", name])
+        addresses = _answers(out)
+        shown = ", ".join(addresses) if code == 0 and addresses else "not found"
+        print(f"  nslookup {name:14} -> {shown}")
+
+    _heading(f"console of {firmware.name} (the {gateway.config.core} running it, live)")
+    _follow_console(gateway, firmware, console_seconds)
+    print(f"  cores: {_cores(gateway)}")
+
+    _step(f"stopping {firmware.name}'s firmware (StopContainer)")
+    cri.stop_container(firmware.containers["firmware"], timeout=5)
+    print(f"  cores: {_cores(gateway)}")
+
+
+def _follow_console(gateway: Gateway, pod: Pod, seconds: float) -> None:
+    shown = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        lines = gateway.container_log(pod, "firmware")
+        for line in lines[shown:]:
+            print(f"  | {line}", flush=True)
+        shown = len(lines)
+        time.sleep(0.2)
+    if shown == 0:
+        print("  (no console output yet)")
+
+
+def _answers(nslookup_output: str) -> list[str]:
+    """The addresses in busybox nslookup's answer section (after the server's own lines)."""
+    _, _, answer = nslookup_output.partition("Name:")
+    return [
+        line.split(":", 1)[1].strip()
+        for line in answer.splitlines()
+        if line.startswith("Address") and ":" in line
+    ]
+
+
+def _cores(gateway: Gateway) -> str:
+    return ", ".join(f"{name} {state}" for name, state in gateway.core_states().items())
+
+
+def _heading(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def _step(text: str) -> None:
+    print(f"-> {text}", flush=True)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _shielded() -> Iterator[None]:
+    """Let the teardown finish even if Ctrl-C is pressed again."""
+
+    def _busy(signum: int, frame: FrameType | None) -> None:
+        print("  (still tearing down; please wait)", flush=True)
+
+    previous_int = signal.signal(signal.SIGINT, _busy)
+    previous_term = signal.signal(signal.SIGTERM, _busy)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 if __name__ == "__main__":
