@@ -137,6 +137,12 @@ def run() -> list[Measurement]:
             allocations.append((time.perf_counter() - begin) * 1000)
         rss_after = _rss_mb(process.pid)
 
+        everything = set(stand_in.registered())
+        begin = time.perf_counter()
+        stand_in.restart()
+        stand_in.wait_registered(everything, timeout=60)
+        reregistered_s = time.perf_counter() - begin
+
         health = Summary.of(toggles)
         new = Summary.of(arrivals)
         allocate = Summary.of(allocations)
@@ -175,6 +181,12 @@ def run() -> list[Measurement]:
             ),
             Measurement(
                 SUITE, "RSS after the hotplug and Allocate runs", rss_after, "MB", target="< 45 MB"
+            ),
+            Measurement(
+                SUITE,
+                f"kubelet restart -> {len(everything)} resources registered again",
+                reregistered_s * 1000,
+                "ms",
             ),
             Measurement(SUITE, "RSS serving no resource (the import floor)", idle_rss, "MB"),
         ]

@@ -9,7 +9,6 @@ change. All servers share one asyncio loop, so an open ListAndWatch stream costs
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -246,6 +245,7 @@ class Plugins:
         self.plugin_dir = plugin_dir
         self.kubelet_socket = plugin_dir / KUBELET_SOCKET
         self._plugins: dict[str, ResourcePlugin] = {}
+        self._kubelet_absent_logged = False
 
     def __iter__(self) -> Any:
         return iter(list(self._plugins.values()))
@@ -308,8 +308,11 @@ class Plugins:
         if not chosen:
             return
         if not self.kubelet_socket.exists():
-            _log.info("waiting_for_kubelet", socket=str(self.kubelet_socket))
+            if not self._kubelet_absent_logged:
+                _log.info("waiting_for_kubelet", socket=str(self.kubelet_socket))
+                self._kubelet_absent_logged = True
             return
+        self._kubelet_absent_logged = False
         async with grpc.aio.insecure_channel(f"unix://{self.kubelet_socket}") as channel:
             stub = _registration_stub(channel)
             await asyncio.gather(*(self._register_one(stub, plugin) for plugin in chosen))
@@ -331,6 +334,4 @@ class Plugins:
     async def close(self) -> None:
         """Stop every server and remove every socket."""
         plugins, self._plugins = list(self._plugins.values()), {}
-        for plugin in plugins:
-            with contextlib.suppress(Exception):
-                await plugin.shutdown()
+        await asyncio.gather(*(plugin.shutdown() for plugin in plugins), return_exceptions=True)
