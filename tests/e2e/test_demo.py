@@ -1,0 +1,94 @@
+"""`python -m demo` shows the gateway working and leaves nothing behind, also when interrupted."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _work_dir(output: str) -> Path:
+    match = re.search(r"^work directory: (\S+)$", output, re.MULTILINE)
+    assert match, f"the demo did not say where it works:\n{output}"
+    return Path(match.group(1))
+
+
+def _assert_nothing_left(output: str) -> None:
+    work = _work_dir(output)
+    netns = re.search(r"network namespace (se-node-\w+)", output)
+    assert netns, output
+    assert not Path("/run/netns", netns.group(1)).exists(), f"{netns.group(1)} is still there"
+    assert not work.exists(), f"{work} is still there"
+    assert str(work) not in Path("/proc/self/mountinfo").read_text(), f"a mount under {work}"
+    needle = str(work).encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            assert needle not in cmdline, f"process {entry.name} still runs: {cmdline!r}"
+
+
+def test_demo_shows_pods_names_devices_and_console_then_cleans_up() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "demo", "--console-seconds", "3"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=240,
+    )
+    output = result.stdout
+    assert result.returncode == 0, output + result.stderr
+    assert re.search(r"smarter-devices/rproc0\s+1 device\(s\): remoteproc0", output), output
+    pods = dict(
+        re.findall(r"^  (\S+-\w{5})\s+(?:runc|hybrid)\s+(\d+\.\d+\.\d+\.\d+)", output, re.M)
+    )
+    assert set(pods) == {"client-x8k2p", "sensor-7xk2p", "blinky-4hx9q"}, output
+    assert f"nslookup sensor-7xk2p   -> {pods['sensor-7xk2p']}" in output
+    assert f"nslookup sensor         -> {pods['sensor-7xk2p']}" in output
+    assert re.search(r"^  \| hello from cortex-m4 \d+$", output, re.M), output
+    assert "cores: remoteproc0 offline" in output
+    assert "done: every pod, process, namespace and mount of the gateway is gone" in output
+    _assert_nothing_left(output)
+
+
+def test_ctrl_c_during_the_demo_tears_everything_down(tmp_path: Path) -> None:
+    log = tmp_path / "demo.out"
+    with log.open("w") as out:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "demo", "--console-seconds", "60"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while "hello from" not in log.read_text():
+                assert demo.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            demo.send_signal(signal.SIGINT)
+            code = demo.wait(timeout=120)
+        finally:
+            if demo.poll() is None:  # the test failed: still let the demo tear down first
+                demo.send_signal(signal.SIGINT)
+                try:
+                    demo.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    demo.kill()
+                    demo.wait()
+    output = log.read_text()
+    assert code == 130, output
+    assert "interrupted" in output
+    assert "done: every pod, process, namespace and mount of the gateway is gone" in output
+    _assert_nothing_left(output)
