@@ -44,10 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (30)")
 
     build = commands.add_parser("build-firmware", help="build an example firmware ELF")
-    build.add_argument("--kind", required=True, choices=["hello", "crash"])
+    build.add_argument("--kind", required=True, choices=["hello", "crash", "lockup"])
     build.add_argument("--cpu", required=True, choices=sorted(boards.CORE_TYPES))
     build.add_argument("--out", required=True, type=Path, metavar="DIR")
-    build.add_argument("--crash-after", type=int, default=3, metavar="N", help="crash: lines (3)")
+    build.add_argument(
+        "--crash-after",
+        type=int,
+        default=3,
+        metavar="N",
+        help="crash, lockup: lines before the fault (3)",
+    )
 
     pack = commands.add_parser(
         "pack-firmware", help="pack a firmware ELF into an OCI image tarball for ctr images import"

@@ -18,7 +18,7 @@ from sim.boards import core_type
 from smarter_common.errors import ConfigError, SmarterError
 
 SDK_DIR = Path(__file__).parent / "firmware"
-KINDS = ("hello", "crash")
+KINDS = ("hello", "crash", "lockup")
 GCC = "arm-none-eabi-gcc"
 _COMMON_SOURCES = ("startup.c", "console.c")
 
@@ -45,7 +45,10 @@ class FirmwareBuildError(SmarterError):
 
 
 def build_firmware(kind: str, cpu: str, out_dir: Path, *, crash_after: int = 3) -> Path:
-    """Build the `kind` firmware (`hello` or `crash`) for `cpu` into `out_dir`; the ELF's path."""
+    """Build the `kind` firmware (`hello`, `crash`, `lockup`) for `cpu` into `out_dir`.
+
+    Returns the ELF's path. `crash_after` is how many lines `crash` and `lockup` print first.
+    """
     if kind not in KINDS:
         raise ConfigError(f"no example firmware {kind!r}", hint=f"use one of {', '.join(KINDS)}")
     if crash_after < 0:
@@ -80,7 +83,7 @@ def build_firmware(kind: str, cpu: str, out_dir: Path, *, crash_after: int = 3) 
         f"-T{script}",
     ]
     digest = _digest(gcc, arguments, [*sources, SDK_DIR / "src" / "sim.h", *_scripts()])
-    suffix = f"-{crash_after}" if kind == "crash" else ""
+    suffix = f"-{crash_after}" if kind != "hello" else ""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{kind}{suffix}-{cpu}-{digest[:12]}.elf"
     if target.is_file():

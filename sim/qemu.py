@@ -115,8 +115,14 @@ class QemuRun:
         assert self.process.stderr is not None
         for raw in self.process.stderr:
             line = raw.decode(errors="replace").rstrip()
-            if line and "has no peer" not in line:
+            if not line or "has no peer" in line:
+                continue
+            # QEMU's own messages start with its name; what follows a fatal one is a register
+            # dump, worth keeping only when debugging.
+            if line.startswith("qemu"):
                 self._log.warning("qemu says", pid=self.pid, line=line)
+            else:
+                self._log.debug("qemu says", pid=self.pid, line=line)
         self.process.stderr.close()
 
     def stop(self) -> None:

@@ -293,3 +293,18 @@ def test_a_firmware_in_a_subdirectory_is_found(simulator: Simulator) -> None:
     write_attr(remote.sysfs / "state", "start")
 
     assert remote.state() == "running"
+
+
+def test_a_core_that_locks_up_ends_crashed(simulator: Simulator, console_of: Consoles) -> None:
+    remote = core(simulator, 0)
+    install(simulator, firmware("lockup", "cortex-m3", crash_after=1), "lockup-m3.elf")
+    console = console_of(0)
+    write_attr(remote.sysfs / "firmware", "lockup-m3.elf")
+    write_attr(remote.sysfs / "state", "start")
+    qemus = simulator.child_pids()
+
+    console.read_until("locking up now\n")
+    wait_for_state(remote, "crashed")
+
+    assert "HardFault" not in console.text  # no handler ran: QEMU itself gave up on the core
+    assert qemus and not any(process_alive(pid) for pid in qemus)
