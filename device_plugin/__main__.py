@@ -76,19 +76,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_CONFIG
     if args.list:
-        print(format_offers(_offers(host, args.rules, args.device_paths)), end="")
+        print(format_offers(_offers(host, rules, args.device_paths)), end="")
         return 0
-    import asyncio
+    import asyncio  # only now: see _without_tls
 
     return asyncio.run(_serve(host, args.rules, plugin_dir, rules, args.device_paths))
 
 
-def _offers(host: HostRoot, rules_file: Path, view: PathView) -> list[Offer]:
+def _offers(host: HostRoot, rules: list[Rule], view: PathView) -> list[Offer]:
     from device_plugin.dev_source import DevSource
     from device_plugin.remoteproc_source import RemoteprocSource
 
     return [
-        *DevSource(host, load_rules(rules_file), view).scan(),
+        *DevSource(host, rules, view).scan(),
         *RemoteprocSource(host, view).scan(),
     ]
 
