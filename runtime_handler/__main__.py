@@ -11,7 +11,6 @@ import os
 import sys
 
 from runtime_handler import cli, passthrough
-from runtime_handler.errors import FirmwareRefusedError, RuntimeCallError, report
 
 PROGRAM = "smarter-hybrid-runtime"
 USAGE = f"""usage: {PROGRAM} [runc global options] COMMAND [options] [ID ...]
@@ -63,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _create(invocation: cli.Invocation, words: list[str]) -> int:
     from runtime_handler import bundle, elf_check
+    from runtime_handler.errors import FirmwareRefusedError, RuntimeCallError, report
 
     try:
         loaded = bundle.load(invocation.option("bundle") or ".")
@@ -89,6 +89,7 @@ def _create(invocation: cli.Invocation, words: list[str]) -> int:
 
 def _firmware_command(invocation: cli.Invocation) -> int:
     from runtime_handler import firmware
+    from runtime_handler.errors import RuntimeCallError, report
 
     handler = firmware.COMMANDS[invocation.command or ""]
     try:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from .conftest import RUNC, MakeBundle, log_messages, runtime
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _shim_globals(root: Path, bundle: Path) -> list[str]:
@@ -111,3 +114,24 @@ def test_unreadable_bundle_is_reported_by_runc(tmp_path: Path, runc_root: Path) 
         f"runc create failed: chdir {tmp_path}/absent: no such file or directory"
     ]
     assert not (runc_root / "smarter-hybrid").exists()
+
+
+HEAVY = ("json", "re", "typing", "dataclasses", "pathlib", "elftools", "structlog")
+
+
+def test_routing_a_call_to_runc_imports_nothing_heavy() -> None:
+    # Stops at the exec into runc and lists what routing had imported by then.
+    probe = (
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "def stop(path, argv):\n"
+        f"    print(','.join(m for m in {HEAVY!r} if m in sys.modules), flush=True)\n"
+        "    os._exit(0)\n"
+        "os.execv = stop\n"
+        "from runtime_handler.__main__ import main\n"
+        "main(['--root', '/nonexistent', '--log', '/dev/null', 'kill', '--all', 'c1', '9'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout == "\n"
