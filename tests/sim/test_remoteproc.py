@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -308,3 +309,26 @@ def test_a_core_that_locks_up_ends_crashed(simulator: Simulator, console_of: Con
 
     assert "HardFault" not in console.text  # no handler ran: QEMU itself gave up on the core
     assert qemus and not any(process_alive(pid) for pid in qemus)
+
+
+def test_concurrent_starts_run_the_core_once(simulator: Simulator) -> None:
+    remote = core(simulator, 1)
+    install(simulator, firmware("hello", "cortex-m4"), "hello-m4.elf")
+    write_attr(remote.sysfs / "firmware", "hello-m4.elf")
+    outcomes: list[int] = []
+
+    def start() -> None:
+        try:
+            write_attr(remote.sysfs / "state", "start")
+            outcomes.append(0)
+        except OSError as error:
+            outcomes.append(error.errno or -1)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(outcomes) == [0, errno.EBUSY, errno.EBUSY, errno.EBUSY]
+    assert len(simulator.child_pids()) == 1
