@@ -67,7 +67,7 @@ def require_simulator_prerequisites() -> None:
     missing = []
     if not Path("/dev/fuse").exists():
         missing.append("/dev/fuse")
-    for program in ("fusermount3", "qemu-system-arm", "arm-none-eabi-gcc"):
+    for program in ("fusermount3", "qemu-system-arm"):
         if shutil.which(program) is None:
             missing.append(program)
     if missing:
