@@ -52,6 +52,15 @@ def host_ifname(container_id: str, ifname: str) -> str:
     return f"{HOST_IFNAME_PREFIX}{digest[:11]}"
 
 
+def bridge_mac(gateway: ipaddress.IPv4Interface) -> str:
+    """A fixed, locally administered MAC for the bridge.
+
+    Without one a bridge takes the lowest MAC of its ports, so it changes when a pod goes and
+    the other pods' ARP entries for the gateway point nowhere until they expire.
+    """
+    return "02:5c:" + ":".join(f"{octet:02x}" for octet in gateway.ip.packed)
+
+
 def in_netns(netns_path: str, work: Callable[[], T]) -> T:
     """Run `work` in a thread that has joined the network namespace at `netns_path`."""
     outcome: dict[str, Any] = {}
@@ -132,7 +141,7 @@ def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface, mtu: int) -> Link
         link = _link(ipr, name)
         if link is None:
             try:
-                ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+                ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=bridge_mac(gateway))
             except Exception as error:
                 if _netlink_errno(error) != errno.EEXIST:
                     raise _setup_failed(f"cannot create bridge {name}", error) from error

@@ -63,9 +63,7 @@ def conflist(plugins: list[dict[str, Any]], version: str = "1.0.0") -> dict[str,
     return {"cniVersion": version, "name": "smarter", "plugins": plugins}
 
 
-def runtime_config(
-    conflist_: dict[str, Any], index: int = 0, **extra: Any
-) -> dict[str, Any]:
+def runtime_config(conflist_: dict[str, Any], index: int = 0, **extra: Any) -> dict[str, Any]:
     """The configuration a runtime passes to plugin `index` of the conflist."""
     config = dict(conflist_["plugins"][index])
     config["cniVersion"] = conflist_["cniVersion"]
@@ -176,6 +174,8 @@ class Node:
         result = in_netns(from_netns or self.netns, PYTHON, DNSQUERY, GATEWAY, name, check=False)
         if result.returncode == 2:
             return None
+        if result.returncode not in (0, 1):
+            raise RuntimeError(f"DNS query for {name} failed: {result.stderr}")
         return result.stdout.split()
 
 
@@ -216,6 +216,8 @@ def process_in(netns: str, *command: str, ready: Any = None) -> Iterator[subproc
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
+        log.seek(0)
+        print(log.read().decode())
         log.close()
 
 

@@ -1,0 +1,497 @@
+"""smarter-cni exec'd as a runtime does, in a node netns of its own, with real pods and dnsmasq."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import pytest
+
+from tests.cni.harness import (
+    GATEWAY,
+    DNSQUERY,
+    PYTHON,
+    Node,
+    agent,
+    dnsmasq,
+    node,
+    pods,
+    runtime_config,
+)
+from tests.netns import in_netns, ip, netns_path, network_namespace
+
+pytestmark = [pytest.mark.netns]
+
+AgentMode = Callable[[Node], AbstractContextManager[Any]]
+
+
+@pytest.fixture(params=["agent", "in-process"])
+def mode(request: pytest.FixtureRequest) -> AgentMode:
+    """Every behaviour holds with the agent serving the plugin and without it."""
+    if request.param == "agent":
+        return agent
+    return lambda _node: nullcontext()
+
+
+@pytest.fixture
+def cni_node() -> Iterator[Node]:
+    with node() as made:
+        yield made
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def _pod_links(pod: str) -> list[str]:
+    out = ip("-o", "link", "show", netns=pod).stdout
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+
+def _address(outcome_json: dict[str, Any]) -> str:
+    address: str = outcome_json["ips"][0]["address"].split("/")[0]
+    return address
+
+
+def test_two_pods_on_the_bridge_ping_each_other(cni_node: Node, mode: AgentMode) -> None:
+    with mode(cni_node), pods(2) as (a, b):
+        first = cni_node.add_pod(a, "ping-a", "alpha-7xk2p")
+        second = cni_node.add_pod(b, "ping-b", "beta-9zq4m")
+        assert first.returncode == 0, first
+        assert second.returncode == 0, second
+        address_b = _address(second.json)
+        assert address_b != _address(first.json)
+        ping = in_netns(a, "/bin/busybox", "ping", "-c", "2", "-W", "2", address_b, check=False)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        routes = in_netns(a, "ip", "route", "show", "default").stdout
+        assert f"default via {GATEWAY} dev eth0" in routes
+
+
+def test_add_result_describes_bridge_veth_and_pod_interface(cni_node: Node) -> None:
+    with pods(1) as (pod,):
+        outcome = cni_node.add_pod(pod, "result-1", "sensor-7xk2p")
+        assert outcome.returncode == 0, outcome
+        result = outcome.json
+    bridge, host, inside = result["interfaces"]
+    assert result["cniVersion"] == "1.0.0"
+    assert bridge["name"] == "smarter0"
+    assert host["name"].startswith("scni") and "sandbox" not in host
+    assert inside == {"name": "eth0", "mac": inside["mac"], "sandbox": netns_path(pod)}
+    assert result["ips"] == [
+        {"address": result["ips"][0]["address"], "gateway": GATEWAY, "interface": 2}
+    ]
+    assert result["ips"][0]["address"].endswith("/16")
+    assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": GATEWAY}]
+    assert result["dns"]["nameservers"] == [GATEWAY]
+    assert result["dns"]["search"] == ["smarter.internal"]
+
+
+def test_pod_resolves_another_by_pod_name_namespace_and_app_until_del(
+    cni_node: Node, mode: AgentMode
+) -> None:
+    with mode(cni_node), dnsmasq(cni_node), pods(2) as (a, b):
+        assert cni_node.add_pod(a, "dns-a", "client-5d4f8b7c9d-x7k2p", "apps").returncode == 0
+        added = cni_node.add_pod(b, "dns-b", "sensor-7xk2p", "iot")
+        assert added.returncode == 0, added
+        address_b = _address(added.json)
+        for name in ("sensor-7xk2p", "sensor-7xk2p.iot", "sensor", "sensor.smarter.internal"):
+            assert _eventually(lambda n=name: cni_node.resolve(n, from_netns=a) == [address_b]), (
+                name
+            )
+        # A host-network process (the node netns) asks the same server at the gateway address.
+        assert cni_node.resolve("sensor", from_netns=cni_node.netns) == [address_b]
+        assert cni_node.resolve("client") == [_address(cni_node_result(cni_node, "dns-a"))]
+
+        assert cni_node.del_pod("dns-b", b).returncode == 0
+        # Plain names are ours alone (NXDOMAIN); a dotted one goes upstream, which here is
+        # a dead address in the node netns, so it is not answered at all.
+        for name in ("sensor-7xk2p", "sensor"):
+            assert _eventually(lambda n=name: cni_node.resolve(n, from_netns=a) == []), (
+                name,
+                cni_node.resolve(name, from_netns=a),
+                in_netns(a, PYTHON, DNSQUERY, GATEWAY, name, check=False),
+            )
+        assert not cni_node.resolve("sensor-7xk2p.iot", from_netns=a)
+
+
+def cni_node_result(cni_node: Node, container_id: str) -> dict[str, Any]:
+    record = (cni_node.hosts_dir / container_id).read_text().splitlines()[1]
+    return {"ips": [{"address": record.split()[0] + "/16"}]}
+
+
+def test_app_name_goes_only_to_the_first_pod_that_claims_it(cni_node: Node) -> None:
+    with pods(2) as (a, b):
+        assert cni_node.add_pod(a, "app-1", "sensor-7xk2p").returncode == 0
+        assert cni_node.add_pod(b, "app-2", "sensor-b2c4d").returncode == 0
+    first = (cni_node.hosts_dir / "app-1").read_text().splitlines()[1].split()[1:]
+    second = (cni_node.hosts_dir / "app-2").read_text().splitlines()[1].split()[1:]
+    assert first == ["sensor-7xk2p", "sensor-7xk2p.default", "sensor"]
+    assert second == ["sensor-b2c4d", "sensor-b2c4d.default"]
+
+
+def test_pod_name_that_is_not_a_dns_label_gets_network_but_no_record(cni_node: Node) -> None:
+    with pods(1) as (pod,):
+        outcome = cni_node.add_pod(pod, "dotted", "my.pod")
+        assert outcome.returncode == 0, outcome
+        assert cni_node.records() == []
+        assert "name not registered" in outcome.stderr
+        assert cni_node.leases() == [_address(outcome.json)]
+
+
+@pytest.mark.parametrize("count", [24])
+def test_concurrent_adds_get_distinct_addresses(
+    cni_node: Node, mode: AgentMode, count: int
+) -> None:
+    with mode(cni_node), pods(count) as namespaces, ThreadPoolExecutor(count) as pool:
+        outcomes = list(
+            pool.map(
+                lambda item: cni_node.add_pod(item[1], f"conc-{item[0]}", f"app{item[0]}-0"),
+                enumerate(namespaces),
+            )
+        )
+        assert all(o.returncode == 0 for o in outcomes), [o for o in outcomes if o.returncode]
+        addresses = [_address(o.json) for o in outcomes]
+        assert len(set(addresses)) == count
+        assert sorted(cni_node.leases()) == sorted(addresses)
+        assert len(cni_node.records()) == count
+        bridge_links = [link for link in cni_node.links() if link.startswith("scni")]
+        assert len(bridge_links) == count
+
+
+def test_del_twice_is_not_an_error(cni_node: Node, mode: AgentMode) -> None:
+    with mode(cni_node), pods(1) as (pod,):
+        assert cni_node.add_pod(pod, "twice", "twice-7xk2p").returncode == 0
+        first = cni_node.del_pod("twice", pod)
+        second = cni_node.del_pod("twice", pod)
+        assert (first.returncode, first.stdout) == (0, "")
+        assert (second.returncode, second.stdout) == (0, "")
+        assert cni_node.leases() == [] and cni_node.records() == []
+        assert _pod_links(pod) == ["lo"]
+        assert [link for link in cni_node.links() if link.startswith("scni")] == []
+
+
+def test_del_of_an_unknown_container_succeeds(cni_node: Node, mode: AgentMode) -> None:
+    with mode(cni_node):
+        outcome = cni_node.del_pod("never-added")
+        assert (outcome.returncode, outcome.stdout) == (0, "")
+
+
+def test_del_after_the_netns_is_gone_releases_lease_and_record(
+    cni_node: Node, mode: AgentMode
+) -> None:
+    with mode(cni_node):
+        with network_namespace("scp-") as pod:
+            assert cni_node.add_pod(pod, "gone", "gone-7xk2p").returncode == 0
+            path = netns_path(pod)
+        outcome = cni_node.cni("DEL", container_id="gone", netns=path)
+        assert (outcome.returncode, outcome.stdout) == (0, ""), outcome
+        assert cni_node.leases() == [] and cni_node.records() == []
+        assert [link for link in cni_node.links() if link.startswith("scni")] == []
+
+
+def test_gc_removes_what_belongs_to_containers_not_in_the_valid_list(
+    cni_node: Node, mode: AgentMode
+) -> None:
+    with mode(cni_node), pods(3) as (a, b, c):
+        kept = cni_node.add_pod(a, "keep", "keep-7xk2p")
+        assert kept.returncode == 0
+        assert cni_node.add_pod(b, "drop-1", "drop-7xk2p").returncode == 0
+        assert cni_node.add_pod(c, "drop-2", "drop-b2c4d").returncode == 0
+        config = runtime_config(
+            cni_node.conflist,
+            cniVersion="1.1.0",
+            **{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]},
+        )
+        outcome = cni_node.cni("GC", config, ifname=None)
+        assert (outcome.returncode, outcome.stdout) == (0, ""), outcome
+        assert cni_node.leases() == [_address(kept.json)]
+        assert cni_node.records() == ["keep"]
+        assert [link for link in cni_node.links() if link.startswith("scni")] == [
+            kept.json["interfaces"][1]["name"]
+        ]
+        assert _pod_links(b) == ["lo"] and _pod_links(a) == ["lo", "eth0"]
+
+
+def test_check_passes_after_add_and_reports_a_removed_route(
+    cni_node: Node, mode: AgentMode
+) -> None:
+    with mode(cni_node), pods(1) as (pod,):
+        added = cni_node.add_pod(pod, "checked", "checked-7xk2p")
+        assert added.returncode == 0
+        config = runtime_config(cni_node.conflist, prevResult=added.json)
+        args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=checked-7xk2p"
+        check = cni_node.cni(
+            "CHECK", config, container_id="checked", netns=netns_path(pod), args=args
+        )
+        assert (check.returncode, check.stdout) == (0, ""), check
+
+        ip("route", "del", "default", netns=pod)
+        (cni_node.hosts_dir / "checked").unlink()
+        check = cni_node.cni(
+            "CHECK", config, container_id="checked", netns=netns_path(pod), args=args
+        )
+        assert check.returncode != 0
+        error = check.json
+        assert error["code"] == 102
+        assert f"default route via {GATEWAY} is missing" in error["details"]
+        assert "DNS record for checked-7xk2p is missing" in error["details"]
+
+
+def test_status_succeeds_on_a_usable_node(cni_node: Node, mode: AgentMode) -> None:
+    config = runtime_config(cni_node.conflist, cniVersion="1.1.0")
+    with mode(cni_node):
+        outcome = cni_node.cni("STATUS", config, ifname=None)
+    assert (outcome.returncode, outcome.stdout) == (0, ""), outcome
+
+
+def test_status_is_50_when_the_hosts_directory_cannot_be_used(cni_node: Node) -> None:
+    blocker = cni_node.state / "not-a-dir"
+    blocker.write_text("")
+    cni_node.conflist["plugins"][0]["dns"]["hostsDir"] = str(blocker / "hosts")
+    config = runtime_config(cni_node.conflist, cniVersion="1.1.0")
+    outcome = cni_node.cni("STATUS", config, ifname=None)
+    assert outcome.returncode == 1
+    assert outcome.json["code"] == 50
+    assert str(blocker / "hosts") in outcome.json["details"]
+
+
+def test_status_is_50_when_the_bridge_name_is_taken_by_another_kind_of_link(
+    cni_node: Node,
+) -> None:
+    ip("link", "add", "smarter0", "type", "ifb", netns=cni_node.netns)
+    config = runtime_config(cni_node.conflist, cniVersion="1.1.0")
+    outcome = cni_node.cni("STATUS", config, ifname=None)
+    assert outcome.returncode == 1
+    assert outcome.json["code"] == 50
+    assert "smarter0 exists but is a ifb link, not a bridge" in outcome.json["details"]
+
+
+def _assert_nothing_left(cni_node: Node, pod: str) -> None:
+    assert cni_node.leases() == []
+    assert cni_node.records() == []
+    assert [link for link in cni_node.links() if link != "lo" and link != "smarter0"] == []
+    assert _pod_links(pod) == ["lo"]
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "mentions"),
+    [
+        ({"subnet": "10.210.0.0/33"}, 7, "subnet"),
+        ({"subnet": "not-a-network"}, 7, "subnet"),
+        ({"gateway": "192.168.1.1"}, 7, "gateway"),
+        ({"mtu": 70000}, 7, "mtu"),
+        ({"ipam": {"type": "host-local"}}, 2, "ipam="),
+        ({"dns": {"upstream": ["dns.example"]}}, 7, "dns.upstream"),
+    ],
+)
+def test_invalid_config_is_refused_with_its_code_and_leaves_nothing(
+    cni_node: Node, change: dict[str, Any], code: int, mentions: str
+) -> None:
+    cni_node.conflist["plugins"][0].update(change)
+    with pods(1) as (pod,):
+        outcome = cni_node.add_pod(pod, "bad-config", "bad-7xk2p")
+        assert outcome.returncode == 1
+        error = outcome.json
+        assert error["code"] == code, error
+        assert mentions in error["msg"] + error.get("details", "")
+        _assert_nothing_left(cni_node, pod)
+
+
+def test_unsupported_cni_version_is_refused_with_code_1(cni_node: Node) -> None:
+    cni_node.conflist["cniVersion"] = "0.3.1"
+    with pods(1) as (pod,):
+        outcome = cni_node.add_pod(pod, "old", "old-7xk2p")
+        assert (outcome.returncode, outcome.json["code"]) == (1, 1)
+        _assert_nothing_left(cni_node, pod)
+
+
+@pytest.mark.parametrize(
+    ("pod_name", "mentions"),
+    [("evil\nname", "K8S_POD_NAME"), ("../../etc/passwd", "K8S_POD_NAME")],
+)
+def test_invalid_pod_name_is_refused_with_code_4_and_leaves_nothing(
+    cni_node: Node, mode: AgentMode, pod_name: str, mentions: str
+) -> None:
+    with mode(cni_node), pods(1) as (pod,):
+        outcome = cni_node.add_pod(pod, "bad-name", pod_name)
+        assert outcome.returncode == 1
+        assert outcome.json["code"] == 4
+        assert mentions in outcome.json["details"]
+        _assert_nothing_left(cni_node, pod)
+        assert not list(cni_node.state.rglob("*passwd*"))
+
+
+def test_missing_netns_is_refused_with_code_4_and_leaves_nothing(
+    cni_node: Node, mode: AgentMode
+) -> None:
+    with mode(cni_node), pods(1) as (pod,):
+        missing = cni_node.cni(
+            "ADD", container_id="no-ns", netns="/run/netns/scn-does-not-exist", args=""
+        )
+        unset = cni_node.cni("ADD", container_id="no-ns")
+        for outcome in (missing, unset):
+            assert outcome.returncode == 1
+            assert outcome.json["code"] == 4
+            assert "CNI_NETNS" in outcome.json["msg"] + outcome.json.get("details", "")
+        _assert_nothing_left(cni_node, pod)
+
+
+def test_existing_interface_in_the_pod_is_an_error_and_leaves_nothing_of_ours(
+    cni_node: Node,
+) -> None:
+    with pods(1) as (pod,):
+        ip("link", "add", "eth0", "type", "ifb", netns=pod)
+        outcome = cni_node.add_pod(pod, "clash", "clash-7xk2p")
+        assert outcome.returncode == 1
+        assert "eth0 already exists" in outcome.json["msg"]
+        assert cni_node.leases() == [] and cni_node.records() == []
+        assert [link for link in cni_node.links() if link.startswith("scni")] == []
+
+
+def test_agent_down_gives_the_same_result_as_agent_up(cni_node: Node) -> None:
+    with pods(2) as (a, b):
+        with agent(cni_node):
+            served = cni_node.add_pod(a, "via-agent", "one-7xk2p")
+        alone = cni_node.add_pod(b, "in-process", "two-7xk2p")
+        assert served.returncode == 0 and alone.returncode == 0
+
+        def shape(result: dict[str, Any]) -> dict[str, Any]:
+            copy = json.loads(json.dumps(result))
+            for interface in copy["interfaces"]:
+                interface.pop("mac")
+                interface.pop("sandbox", None)
+            copy["interfaces"][1].pop("name")
+            copy["ips"][0].pop("address")
+            return copy
+
+        assert shape(served.json) == shape(alone.json)
+        assert "added" not in served.stderr  # the agent did the work: the plugin only forwarded
+        assert "added" in alone.stderr
+        # And each side undoes what the other did.
+        with agent(cni_node):
+            assert cni_node.del_pod("in-process", b).returncode == 0
+        assert cni_node.del_pod("via-agent", a).returncode == 0
+        _assert_nothing_left(cni_node, a)
+
+
+def test_console_script_is_the_same_plugin(cni_node: Node) -> None:
+    script = str(__import__("pathlib").Path(PYTHON).with_name("smarter-cni"))
+    with pods(1) as (pod,):
+        outcome = cni_node.add_pod(pod, "script", "script-7xk2p", plugin=[script])
+        assert outcome.returncode == 0, outcome
+        assert cni_node.leases() == [_address(outcome.json)]
+
+
+def test_version_lists_the_supported_spec_versions(cni_node: Node) -> None:
+    outcome = cni_node.cni("VERSION", {"cniVersion": "1.1.0"}, ifname=None)
+    assert outcome.returncode == 0
+    assert outcome.json == {
+        "cniVersion": "1.1.0",
+        "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"],
+    }
+
+
+def test_result_is_a_valid_prev_result_for_portmap_and_the_host_port_answers(
+    cni_node: Node,
+) -> None:
+    cni_node.conflist["plugins"].append(
+        {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
+    )
+    mappings = {"portMappings": [{"hostPort": 18080, "containerPort": 8000, "protocol": "tcp"}]}
+    portmap = runtime_config(cni_node.conflist, 1)
+    portmap.pop("capabilities")
+    portmap["runtimeConfig"] = mappings
+    with pods(1) as (pod,):
+        added = cni_node.add_pod(pod, "mapped", "web-7xk2p")
+        assert added.returncode == 0, added
+        chained = cni_node.add_pod(
+            pod,
+            "mapped",
+            "web-7xk2p",
+            config={**portmap, "prevResult": added.json},
+            plugin=["/usr/lib/cni/portmap"],
+        )
+        assert chained.returncode == 0, chained
+        assert chained.json["ips"] == added.json["ips"]
+        server = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                pod,
+                "/bin/busybox",
+                "nc",
+                "-l",
+                "-p",
+                "8000",
+                "-e",
+                "/bin/busybox",
+                "echo",
+                "hello from the pod",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+
+            def answers() -> bool:
+                reply = in_netns(
+                    cni_node.netns,
+                    "/bin/busybox",
+                    "nc",
+                    "-w",
+                    "2",
+                    GATEWAY,
+                    "18080",
+                    check=False,
+                    input="",
+                )
+                return "hello from the pod" in reply.stdout
+
+            assert _eventually(answers, timeout=10)
+        finally:
+            server.kill()
+            server.wait()
+        deleted = cni_node.cni(
+            "DEL",
+            {**portmap, "prevResult": chained.json},
+            container_id="mapped",
+            netns=netns_path(pod),
+            plugin=["/usr/lib/cni/portmap"],
+        )
+        assert deleted.returncode == 0, deleted
+        assert cni_node.del_pod("mapped", pod).returncode == 0
+
+
+def test_result_is_a_valid_prev_result_for_tuning_and_bandwidth(cni_node: Node) -> None:
+    with pods(1) as (pod,):
+        added = cni_node.add_pod(pod, "tuned", "tuned-7xk2p")
+        assert added.returncode == 0
+        previous = added.json
+        for plugin, extra in (
+            ("tuning", {"sysctl": {"net.core.somaxconn": "512"}}),
+            ("bandwidth", {"ingressRate": 8000000, "ingressBurst": 80000}),
+        ):
+            config = {
+                "cniVersion": "1.0.0",
+                "name": "smarter",
+                "type": plugin,
+                **extra,
+                "prevResult": previous,
+            }
+            outcome = cni_node.add_pod(
+                pod, "tuned", "tuned-7xk2p", config=config, plugin=[f"/usr/lib/cni/{plugin}"]
+            )
+            assert outcome.returncode == 0, (plugin, outcome)
+            previous = outcome.json
+        assert in_netns(pod, "cat", "/proc/sys/net/core/somaxconn").stdout.strip() == "512"
