@@ -522,28 +522,38 @@ class Gateway:
                 states[core.name] = f"unreadable: {error}"
         return states
 
+    def leases(self) -> list[str]:
+        """Addresses smarter-cni has leased (one file per address)."""
+        return [p.name for p in _visible_files(self.cni_state / "leases")]
+
+    def dns_records(self) -> list[str]:
+        """Container IDs with a hosts record in the directory dnsmasq serves."""
+        hosts_dir = Path(self.cni_plugin_config.get("dns", {}).get("hostsDir", ""))
+        return [p.name for p in _visible_files(hosts_dir)]
+
+    def firmware_records(self) -> list[str]:
+        """Container IDs the hybrid runtime keeps a firmware record for (under runc's --root)."""
+        return [p.name for p in _visible_files(self.layout.runc_root / "k8s.io" / "smarter-hybrid")]
+
+    def runc_containers(self) -> list[str]:
+        """Container IDs runc keeps state for under the shim's --root."""
+        root = self.layout.runc_root / "k8s.io"
+        return [p.name for p in _visible_files(root) if p.name != "smarter-hybrid"]
+
     def leftovers(self) -> list[str]:
         """Everything pods may leave behind that is still here (empty once all pods are gone)."""
         from smarter_common.locks import is_locked
 
         found: list[str] = []
-        found.extend(f"address lease {p.name}" for p in _visible_files(self.cni_state / "leases"))
-        hosts_dir = Path(self.cni_plugin_config.get("dns", {}).get("hostsDir", ""))
-        found.extend(f"DNS record {p.name}" for p in _visible_files(hosts_dir))
+        found.extend(f"address lease {address}" for address in self.leases())
+        found.extend(f"DNS record {container}" for container in self.dns_records())
         veths = self.ip("-o", "link", "show", "type", "veth", check=False).stdout.strip()
         found.extend(f"veth {line.split(':')[1].strip()}" for line in veths.splitlines() if line)
         run = self.sim_root / "run"
         if run.is_dir():
             found.extend(f"held lock {p}" for p in sorted(run.rglob("*.lock")) if is_locked(p))
-        # runc keeps a directory per container under --root (the shim's Root/<namespace>); the
-        # hybrid runtime keeps its firmware containers' records in smarter-hybrid/ beside them.
-        runtime_root = self.layout.runc_root / "k8s.io"
-        for directory in (runtime_root, runtime_root / "smarter-hybrid"):
-            found.extend(
-                f"runtime state {p}"
-                for p in _visible_files(directory)
-                if p.name != "smarter-hybrid"
-            )
+        found.extend(f"runc state {container}" for container in self.runc_containers())
+        found.extend(f"firmware record {container}" for container in self.firmware_records())
         for name, state in self.core_states().items():
             if state not in ("offline", "crashed"):
                 found.append(f"core {name} is {state}")

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from demo.cri.client import CriError
-from demo.gateway import Gateway, Pod
+from demo.gateway import Allocation, Gateway, Pod
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -128,11 +128,31 @@ def test_second_firmware_pod_for_a_busy_core_is_refused(clean_gateway: Gateway) 
     first = gateway.run_firmware_pod("blinky-4hx9q", "hello", allocation)
     with pytest.raises(CriError) as refused:
         gateway.run_firmware_pod("blinky-9zz7m", "hello", allocation)
-    assert "remoteproc0" in refused.value.details
-    # The first pod's firmware is untouched.
+    assert "remoteproc0 is reserved by another container" in refused.value.details
+    second = next(p for p in gateway.pods.values() if p.name == "blinky-9zz7m")
+    gateway.remove_pod(second)
+    # Nothing of the refused pod is left, and the first pod's firmware is untouched.
     first_status = gateway.cri.container_status(first.containers["firmware"])
     assert first_status.state == gateway.cri.api.CONTAINER_RUNNING
     assert gateway.core_states()["remoteproc0"] == "running"
+    assert gateway.leases() == [first.ip]
+    assert gateway.dns_records() == [first.id]
+    assert gateway.firmware_records() == [first.containers["firmware"]]
+    assert sorted(gateway.runc_containers()) == [first.id]
+
+
+def test_firmware_pod_for_a_core_that_does_not_exist_is_refused(clean_gateway: Gateway) -> None:
+    gateway = clean_gateway
+    nowhere = Allocation(RPROC0, ("remoteproc9",), {"SMARTER_RPROC": "remoteproc9"}, ())
+    with pytest.raises(CriError) as refused:
+        gateway.run_firmware_pod("blinky-4hx9q", "hello", nowhere)
+    assert (
+        "SMARTER_RPROC=remoteproc9 names a core that does not exist;"
+        " this host's cores: remoteproc0" in refused.value.details
+    )
+    for pod in list(gateway.pods.values()):
+        gateway.remove_pod(pod)
+    assert gateway.leftovers() == []
 
 
 def test_removing_every_pod_leaves_nothing_behind(clean_gateway: Gateway) -> None:

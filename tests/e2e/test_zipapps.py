@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -133,3 +135,38 @@ def test_cni_version_command_imports_only_the_standard_library(zipapps: Path) ->
     ours = {"cni", "smarter_common", "__main__"}
     foreign = sorted(m for m in loaded - ours if m not in sys.stdlib_module_names)
     assert not foreign, f"the CNI VERSION path imports non-stdlib modules: {foreign}"
+
+
+def _builder() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "build_zipapps", REPO / "scripts/build_zipapps.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_missing_package_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    builder = _builder()
+    program = builder.Program("smarter-x", "nope.__main__", ("nope",), ())
+    with pytest.raises(builder.BuildError, match=r"package nope not found in "):
+        builder.build(program, tmp_path / "smarter-x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_distribution_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    builder = _builder()
+    program = builder.Program("smarter-x", "cni.__main__", ("cni",), ("no-such-dist",))
+    with pytest.raises(builder.BuildError, match=r"no-such-dist is not installed"):
+        builder.build(program, tmp_path / "smarter-x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_program_that_would_ship_grpc_is_refused(tmp_path: Path) -> None:
+    builder = _builder()
+    program = builder.Program("smarter-x", "cni.__main__", ("cni",), ("grpcio",))
+    with pytest.raises(builder.BuildError, match=r"would ship \['grpc'\]"):
+        builder.build(program, tmp_path / "smarter-x")
+    assert list(tmp_path.iterdir()) == []
