@@ -28,7 +28,7 @@ def query(server: str, name: str, timeout: float = 2.0) -> list[str] | None:
                     break
         except TimeoutError:
             return None
-    _, flags, qdcount, ancount, _, _ = struct.unpack("!HHHHHH", reply[:12])
+    _, _, qdcount, ancount, _, _ = struct.unpack("!HHHHHH", reply[:12])
     offset = 12
     for _ in range(qdcount):
         offset = _skip_name(reply, offset) + 4

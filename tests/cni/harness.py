@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.netns import in_netns, network_namespace, netns_path
+from tests.netns import in_netns, netns_path, network_namespace
 
 PYTHON = sys.executable
 DNSQUERY = str(Path(__file__).with_name("dnsquery.py"))
@@ -193,7 +193,13 @@ def node(**overrides: Any) -> Iterator[Node]:
 @contextmanager
 def process_in(netns: str, *command: str, ready: Any = None) -> Iterator[subprocess.Popen[bytes]]:
     """A process in `netns` (`ip netns exec` execs it: same PID), killed by PID afterwards."""
-    log = tempfile.TemporaryFile()
+    with tempfile.TemporaryFile() as log:
+        yield from _supervise(netns, command, ready, log)
+
+
+def _supervise(
+    netns: str, command: tuple[str, ...], ready: Any, log: Any
+) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         ["ip", "netns", "exec", netns, *command], stdout=log, stderr=log, cwd=REPO
     )
@@ -217,8 +223,7 @@ def process_in(netns: str, *command: str, ready: Any = None) -> Iterator[subproc
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
         log.seek(0)
-        print(log.read().decode())
-        log.close()
+        print(log.read().decode(errors="replace"))  # pytest shows it when the test fails
 
 
 @contextmanager

@@ -14,7 +14,6 @@ import pytest
 
 from tests.cni.harness import (
     GATEWAY,
-    DNSQUERY,
     PYTHON,
     Node,
     agent,
@@ -105,9 +104,7 @@ def test_pod_resolves_another_by_pod_name_namespace_and_app_until_del(
         assert added.returncode == 0, added
         address_b = _address(added.json)
         for name in ("sensor-7xk2p", "sensor-7xk2p.iot", "sensor", "sensor.smarter.internal"):
-            assert _eventually(lambda n=name: cni_node.resolve(n, from_netns=a) == [address_b]), (
-                name
-            )
+            assert _eventually(_resolves_to(cni_node, name, a, [address_b])), name
         # A host-network process (the node netns) asks the same server at the gateway address.
         assert cni_node.resolve("sensor", from_netns=cni_node.netns) == [address_b]
         assert cni_node.resolve("client") == [_address(cni_node_result(cni_node, "dns-a"))]
@@ -116,12 +113,12 @@ def test_pod_resolves_another_by_pod_name_namespace_and_app_until_del(
         # Plain names are ours alone (NXDOMAIN); a dotted one goes upstream, which here is
         # a dead address in the node netns, so it is not answered at all.
         for name in ("sensor-7xk2p", "sensor"):
-            assert _eventually(lambda n=name: cni_node.resolve(n, from_netns=a) == []), (
-                name,
-                cni_node.resolve(name, from_netns=a),
-                in_netns(a, PYTHON, DNSQUERY, GATEWAY, name, check=False),
-            )
+            assert _eventually(_resolves_to(cni_node, name, a, [])), name
         assert not cni_node.resolve("sensor-7xk2p.iot", from_netns=a)
+
+
+def _resolves_to(cni_node: Node, name: str, netns: str, expected: list[str]) -> Callable[[], bool]:
+    return lambda: cni_node.resolve(name, from_netns=netns) == expected
 
 
 def cni_node_result(cni_node: Node, container_id: str) -> dict[str, Any]:
@@ -207,11 +204,8 @@ def test_gc_removes_what_belongs_to_containers_not_in_the_valid_list(
         assert kept.returncode == 0
         assert cni_node.add_pod(b, "drop-1", "drop-7xk2p").returncode == 0
         assert cni_node.add_pod(c, "drop-2", "drop-b2c4d").returncode == 0
-        config = runtime_config(
-            cni_node.conflist,
-            cniVersion="1.1.0",
-            **{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]},
-        )
+        config = runtime_config(cni_node.conflist, cniVersion="1.1.0")
+        config["cni.dev/valid-attachments"] = [{"containerID": "keep", "ifname": "eth0"}]
         outcome = cni_node.cni("GC", config, ifname=None)
         assert (outcome.returncode, outcome.stdout) == (0, ""), outcome
         assert cni_node.leases() == [_address(kept.json)]
@@ -366,7 +360,7 @@ def test_agent_down_gives_the_same_result_as_agent_up(cni_node: Node) -> None:
         assert served.returncode == 0 and alone.returncode == 0
 
         def shape(result: dict[str, Any]) -> dict[str, Any]:
-            copy = json.loads(json.dumps(result))
+            copy: dict[str, Any] = json.loads(json.dumps(result))
             for interface in copy["interfaces"]:
                 interface.pop("mac")
                 interface.pop("sandbox", None)
