@@ -41,7 +41,8 @@ from smarter_common.logs import get_logger
 log = get_logger("demo.gateway")
 
 REPO = Path(__file__).resolve().parents[1]
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# containerd's PATH: `#!/usr/bin/env python3` in the zipapps must find the distribution's python3.
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 PRODUCTION_CONFLIST = REPO / "deploy" / "cni" / "10-smarter.conflist"
 DOMAIN = "smarter.internal"
@@ -564,18 +565,18 @@ class Gateway:
         return found
 
     def qemu_pids(self) -> list[int]:
-        needle = str(self.sim_root).encode()
-        pids: list[int] = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
+        """QEMU processes running this gateway's cores."""
+        return _pids_with(b"qemu-system", str(self.sim_root).encode())
+
+    def runtime_executables(self) -> dict[int, str]:
+        """PID -> interpreter of each running process of the hybrid runtime's zipapp."""
+        found: dict[int, str] = {}
+        for pid in _pids_with(b"", str(self.zipapps / "smarter-hybrid-runtime").encode()):
             try:
-                cmdline = (entry / "cmdline").read_bytes()
+                found[pid] = os.readlink(f"/proc/{pid}/exe")
             except OSError:
                 continue
-            if b"qemu-system" in cmdline.split(b"\0", 1)[0] and needle in cmdline:
-                pids.append(int(entry.name))
-        return pids
+        return found
 
     # Teardown
 
@@ -639,6 +640,21 @@ def _app_name(pod_name: str) -> str:
     """The controller's name for a pod: `sensor-7xk2p` -> `sensor`."""
     head, _, tail = pod_name.rpartition("-")
     return head if head and len(tail) == 5 else pod_name
+
+
+def _pids_with(program: bytes, argument: bytes) -> list[int]:
+    """PIDs whose argv[0] contains `program` and whose command line contains `argument`."""
+    pids: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if program in cmdline.split(b"\0", 1)[0] and argument in cmdline:
+            pids.append(int(entry.name))
+    return pids
 
 
 def _visible_files(directory: Path) -> list[Path]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -98,6 +99,10 @@ def test_firmware_pod_runs_on_the_core_and_its_console_reaches_the_cri_log(
     assert runc.returncode == 0, runc.stderr
     assert '"status": "running"' in runc.stdout
     assert gateway.core_states()["remoteproc0"] == "running"
+    # The firmware's supervisor is the runtime zipapp, run by the distribution's python3.
+    interpreters = set(gateway.runtime_executables().values())
+    assert interpreters, "no process of the runtime zipapp supervises the firmware"
+    assert {Path(p).resolve() for p in interpreters} == {Path("/usr/bin/python3").resolve()}
     _wait_for(
         lambda: any("hello from" in line for line in gateway.container_log(pod, "firmware")),
         20,
