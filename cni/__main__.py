@@ -7,8 +7,9 @@ the standard library). With a subcommand it is an operator's tool: `agent`, `dns
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
+# Not `from typing import TYPE_CHECKING`: importing typing costs every exec ~2.5 ms.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from pathlib import Path

@@ -15,8 +15,8 @@ from typing import Any, NoReturn
 
 from cni.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
 from cni.names import is_dns_subdomain
+from cni.request import SUPPORTED_VERSIONS
 
-SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 PLUGIN_TYPE = "smarter-cni"
 
 DEFAULT_BRIDGE = "smarter0"
@@ -25,6 +25,7 @@ DEFAULT_BRIDGE = "smarter0"
 DEFAULT_SUBNET = "10.210.0.0/16"
 DEFAULT_MTU = 1500
 DEFAULT_STATE_DIR = "/var/lib/smarter-cni"
+SOCKET_NAME = "agent.sock"
 DEFAULT_DOMAIN = "smarter.internal"
 
 # Keys the spec or the runtime may put in any plugin's configuration.
@@ -93,15 +94,7 @@ class NetConf:
 
 def agent_socket(state_dir: PurePosixPath) -> PurePosixPath:
     """Where the agent listens: inside the state directory both sides share."""
-    return state_dir / "agent.sock"
-
-
-def state_dir_of(raw: dict[str, Any]) -> PurePosixPath:
-    """The state directory alone, cheaply: the plugin needs it to find the agent."""
-    value = raw.get("stateDir", DEFAULT_STATE_DIR)
-    if not isinstance(value, str) or not value.startswith("/"):
-        value = DEFAULT_STATE_DIR
-    return PurePosixPath(value)
+    return state_dir / SOCKET_NAME
 
 
 def parse(raw: dict[str, Any]) -> NetConf:

@@ -9,12 +9,16 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 from cni.errors import DECODE_FAILURE, INVALID_ENVIRONMENT, CniError
 from cni.names import is_dns_label, is_dns_subdomain
 
+# Not `from typing import TYPE_CHECKING`: importing typing costs every exec ~2.5 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
 ENV_NAMES = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
 _ATTACHMENT_COMMANDS = ("ADD", "DEL", "CHECK")
@@ -23,17 +27,34 @@ _CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _CNI_ARGS_KEY = re.compile(r"[A-Za-z0-9_]+")
 
 
-@dataclass(frozen=True)
 class Request:
-    """What the runtime asked for, validated as far as the environment goes."""
+    """What the runtime asked for, validated as far as the environment goes.
 
-    command: str
-    container_id: str = ""
-    netns: str = ""
-    ifname: str = ""
-    args: dict[str, str] = field(default_factory=dict)
-    path: str = ""
-    config: dict[str, Any] = field(default_factory=dict)
+    A plain class, not a dataclass: importing dataclasses costs the exec'd plugin ~10 ms.
+    """
+
+    __slots__ = ("args", "command", "config", "container_id", "ifname", "netns", "path")
+
+    def __init__(
+        self,
+        command: str,
+        container_id: str = "",
+        netns: str = "",
+        ifname: str = "",
+        args: dict[str, str] | None = None,
+        path: str = "",
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.command = command
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.args = args or {}
+        self.path = path
+        self.config = config or {}
+
+    def __repr__(self) -> str:
+        return f"Request({self.command} {self.container_id} {self.ifname} {self.netns})"
 
     @property
     def pod_name(self) -> str | None:
