@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from demo import images as image_build
 from demo.containerd import (
@@ -36,7 +36,11 @@ from demo.containerd import (
 from demo.cri.client import ContainerSpec, CriClient, CriError, PodSpec
 from demo.processes import Processes, Started
 from smarter_common.errors import SmarterError
+from smarter_common.hostroot import HOST_ROOT_ENV, HostRoot
 from smarter_common.logs import get_logger
+
+if TYPE_CHECKING:
+    from cni.config import NetConf
 
 log = get_logger("demo.gateway")
 
@@ -122,9 +126,11 @@ class Gateway:
         self.processes = Processes(self.work / "logs")
         self.layout = ContainerdLayout(self.work)
         self.netns = f"se-node-{secrets.token_hex(3)}"
+        # The gateway's host root: the simulator builds it, and every program (the CNI plugin
+        # and agent, the runtime, the device manager) resolves its host paths under it.
         self.sim_root = self.work / "host"
-        self.cni_state = self.work / "cni-state"
-        self.plugin_dir = self.sim_root / "var" / "lib" / "kubelet" / "device-plugins"
+        self.host = HostRoot(self.sim_root)
+        self.plugin_dir = self.host.device_plugins
         self.conflist_path = self.layout.cni_conf_dir / "10-smarter.conflist"
         self.zipapps = self.work / "bin"
         self.snapshotter = "overlayfs"
@@ -226,75 +232,72 @@ class Gateway:
             raise MissingPieceError(f"simulator: {error}") from error
 
     def _conflist(self) -> dict[str, Any]:
-        """The production conflist with its paths moved under the work directory."""
+        """The production conflist, as the CNI DaemonSet installs it (its paths are host paths)."""
         if PRODUCTION_CONFLIST.is_file():
             conflist: dict[str, Any] = json.loads(PRODUCTION_CONFLIST.read_text())
-        else:
-            conflist = {
-                "cniVersion": "1.0.0",
-                "name": "smarter",
-                "plugins": [
-                    {"type": "smarter-cni", "dns": {"domain": DOMAIN}},
-                    {"type": "portmap", "capabilities": {"portMappings": True}},
-                ],
-            }
-        for plugin in conflist["plugins"]:
-            if plugin.get("type") == "smarter-cni":
-                plugin["stateDir"] = str(self.cni_state)
-                dns = plugin.setdefault("dns", {})
-                dns["hostsDir"] = str(self.cni_state / "hosts")
-                dns.setdefault("domain", DOMAIN)
-        return conflist
+            return conflist
+        return {
+            "cniVersion": "1.0.0",
+            "name": "smarter",
+            "plugins": [
+                {"type": "smarter-cni", "dns": {"domain": DOMAIN}},
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+            ],
+        }
 
     @property
-    def cni_plugin_config(self) -> dict[str, Any]:
-        conflist = json.loads(self.conflist_path.read_text())
-        return next(p for p in conflist["plugins"] if p.get("type") == "smarter-cni")
+    def netconf(self) -> NetConf:
+        """smarter-cni's view of the conflist: bridge, subnet, gateway, state and DNS paths."""
+        from cni.config import load_conflist, parse
+
+        return parse(load_conflist(self.conflist_path))
+
+    @property
+    def cni_state(self) -> Path:
+        return self.host.path(self.netconf.state_dir)
 
     @property
     def dns_domain(self) -> str:
-        return str(self.cni_plugin_config.get("dns", {}).get("domain", DOMAIN))
+        return self.netconf.dns.domain
 
     @property
     def dns_server(self) -> str:
         """The bridge address in the node, where dnsmasq answers pods."""
-        output = self.ip("-j", "-4", "addr", "show", "dev", self._bridge_name()).stdout
-        for link in json.loads(output or "[]"):
-            for address in link.get("addr_info", []):
-                return str(address["local"])
-        raise GatewayError(f"bridge {self._bridge_name()} has no IPv4 address in {self.netns}")
-
-    def _bridge_name(self) -> str:
-        return str(self.cni_plugin_config.get("bridge", "smarter0"))
+        return str(self.netconf.gateway)
 
     def _start_cni(self) -> None:
         self.layout.cni_conf_dir.mkdir(parents=True, exist_ok=True)
-        self.cni_state.mkdir(parents=True, exist_ok=True)
         self.conflist_path.write_text(json.dumps(self._conflist(), indent=2) + "\n")
-        socket = self.cni_state / "agent.sock"
+        env = {**os.environ, HOST_ROOT_ENV: str(self.sim_root)}
+        # dnsmasq forwards other names to the node's resolvers, read from the host root's
+        # /etc/resolv.conf; a node has one, the simulated root gets the machine's.
+        resolv_conf = self.host.path("/etc/resolv.conf")
+        if not resolv_conf.exists():
+            resolv_conf.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile("/etc/resolv.conf", resolv_conf)
+        # containerd hands the plugin pod netns paths as it sees them (under its state dir); the
+        # agent resolves every path under the host root, as a DaemonSet that mounts the node's /
+        # does. So the host root shows containerd's state dir at the same path.
+        mirror = self.host.path(str(self.layout.state))
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        mirror.symlink_to(self.layout.state, target_is_directory=True)
+        socket = self.host.path(self.netconf.socket_path)
         agent = self.processes.start(
             "smarter-cni-agent",
-            [
-                sys.executable,
-                "-m",
-                "cni",
-                "agent",
-                "--conf",
-                self.conflist_path,
-                "--socket",
-                socket,
-            ],
+            [sys.executable, "-m", "cni", "agent", "--conf", self.conflist_path],
             netns=self.netns,
+            env=env,
             cwd=REPO,
         )
         try:
-            self.processes.wait_for(agent, socket.exists, timeout=30, what="open its socket")
+            self.processes.wait_for(agent, socket.exists, timeout=30, what=f"open {socket}")
         except SmarterError as error:
             raise MissingPieceError(f"smarter-cni agent: {error}") from error
         dns = self.processes.start(
             "dnsmasq",
             [sys.executable, "-m", "cni", "dns", "--conf", self.conflist_path],
             netns=self.netns,
+            env=env,
             cwd=REPO,
         )
         time.sleep(0.3)
@@ -375,8 +378,8 @@ class Gateway:
             namespace=namespace,
             uid=uid,
             runtime_handler=handler,
-            dns_servers=(self.dns_server,),
-            dns_searches=(self.dns_domain,),
+            dns_servers=self.netconf.dns.nameservers,
+            dns_searches=self.netconf.dns.search,
             log_directory=str(log_directory),
             labels={"app": _app_name(name)},
         )
@@ -523,14 +526,17 @@ class Gateway:
                 states[core.name] = f"unreadable: {error}"
         return states
 
+    def log_of(self, program: str) -> str:
+        """The output of a program the gateway started (`smarter-cni-agent`, `containerd`...)."""
+        return "\n".join(_read_lines(self.processes.log_dir / f"{program}.log"))
+
     def leases(self) -> list[str]:
         """Addresses smarter-cni has leased (one file per address)."""
         return [p.name for p in _visible_files(self.cni_state / "leases")]
 
     def dns_records(self) -> list[str]:
         """Container IDs with a hosts record in the directory dnsmasq serves."""
-        hosts_dir = Path(self.cni_plugin_config.get("dns", {}).get("hostsDir", ""))
-        return [p.name for p in _visible_files(hosts_dir)]
+        return [p.name for p in _visible_files(self.host.path(self.netconf.dns.hosts_dir))]
 
     def firmware_records(self) -> list[str]:
         """Container IDs the hybrid runtime keeps a firmware record for (under runc's --root)."""

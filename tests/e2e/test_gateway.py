@@ -42,11 +42,15 @@ def test_pods_on_the_default_runtime_get_addresses_from_smarter_cni(
     gateway = clean_gateway
     a = gateway.run_busybox_pod("client-x8k2p")
     b = gateway.run_busybox_pod("sensor-7xk2p")
-    subnet = ipaddress.ip_network(gateway.cni_plugin_config.get("subnet", "10.210.0.0/16"))
+    subnet = gateway.netconf.subnet
     assert ipaddress.ip_address(a.ip) in subnet
     assert ipaddress.ip_address(b.ip) in subnet
     assert a.ip != b.ip
     assert ipaddress.ip_address(gateway.dns_server) in subnet
+    # The exec'd plugin handed both ADDs to the agent (its fast path), not doing them itself.
+    agent_log = gateway.log_of("smarter-cni-agent")
+    assert f"{a.ip}/" in agent_log
+    assert f"{b.ip}/" in agent_log
     code, out, err = _exec(gateway, a, "ip", "-4", "-o", "addr", "show", "eth0")
     assert code == 0, err
     assert f"inet {a.ip}/" in out
