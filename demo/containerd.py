@@ -233,4 +233,3 @@ def unmount_all(directory: Path) -> list[Path]:
     for point in points:
         subprocess.run(["umount", "-l", str(point)], capture_output=True)
     return points
-
