@@ -595,6 +595,7 @@ class Gateway:
             ("remove pods", self.remove_every_pod),
             ("close CRI", lambda: self.cri.close() if self.cri else None),
             ("stop containerd", lambda: self.containerd.stop() if self.containerd else None),
+            ("delete orphaned containers", self._delete_orphans),
             ("stop kubelet stand-in", self._stop_kubelet),
             ("stop processes", self.processes.stop_all),
             ("unmount", lambda: _ignore(unmount_all(self.work))),
@@ -607,6 +608,28 @@ class Gateway:
                 log.warning("teardown step failed", step=what, error=str(error))
         if not self.config.keep_work_dir:
             shutil.rmtree(self.work, ignore_errors=True)
+
+    def _delete_orphans(self) -> None:
+        """Containers whose shim is gone (containerd died mid-way): delete them as a shim would."""
+        root = str(self.layout.runc_root / "k8s.io")
+        env = {"PATH": SYSTEM_PATH, HOST_ROOT_ENV: str(self.sim_root)}
+        runtime = str(self.zipapps / "smarter-hybrid-runtime")
+        runc = shutil.which("runc") or "/usr/sbin/runc"
+        for container_id in self.firmware_records():
+            log.warning("deleting orphaned firmware container", container_id=container_id)
+            subprocess.run(
+                [runtime, "--root", root, "delete", "--force", container_id],
+                capture_output=True,
+                env=env,
+                timeout=60,
+            )
+        for container_id in self.runc_containers():
+            log.warning("deleting orphaned container", container_id=container_id)
+            subprocess.run(
+                [runc, "--root", root, "delete", "--force", container_id],
+                capture_output=True,
+                timeout=60,
+            )
 
     def _stop_kubelet(self) -> None:
         if self.kubelet is not None:

@@ -87,6 +87,10 @@ class Processes:
         log.debug("started", program=name, pid=process.pid)
         return started
 
+    def find(self, name: str) -> Started | None:
+        """The running process started under `name`, if any."""
+        return next((s for s in self._started if s.name == name), None)
+
     def wait_for(
         self, started: Started, ready: Callable[[], bool], *, timeout: float, what: str
     ) -> None:
