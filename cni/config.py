@@ -122,10 +122,11 @@ def parse(raw: dict[str, Any]) -> NetConf:
     if not _IFNAME.fullmatch(bridge):
         _invalid("bridge", bridge, "an interface name of 1-15 letters, digits, '_', '.', '-'")
     subnet = _subnet(raw)
-    hosts = list(subnet.hosts())
-    gateway = _address(raw, "gateway", subnet, hosts[0])
-    range_start = _address(raw, "rangeStart", subnet, hosts[0])
-    range_end = _address(raw, "rangeEnd", subnet, hosts[-1])
+    first_host = subnet.network_address + 1
+    last_host = subnet.broadcast_address - 1
+    gateway = _address(raw, "gateway", subnet, first_host)
+    range_start = _address(raw, "rangeStart", subnet, first_host)
+    range_end = _address(raw, "rangeEnd", subnet, last_host)
     if range_start > range_end:
         _invalid("rangeStart", str(range_start), f"an address at or before rangeEnd {range_end}")
     if range_start == range_end == gateway:
