@@ -1,4 +1,7 @@
-"""Links, addresses and routes, through netlink (pyroute2, imported only when used).
+"""Links, addresses and routes, through netlink.
+
+ADD and DEL speak rtnetlink directly (cni.rtnl, standard library); CHECK and GC, which list
+addresses, routes and links, use pyroute2, imported only when they run.
 
 Pod-side work runs in a short-lived thread that joins the pod's network namespace with
 setns(2): the thread's netlink socket is then bound to that namespace. This costs ~2 ms where
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cni import rtnl
 from cni.errors import NETWORK_SETUP_FAILED, CniError
 
 T = TypeVar("T")
@@ -137,47 +141,41 @@ def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface, mtu: int) -> Link
 
     Safe when several ADDs race: whoever loses the creation finds the winner's bridge.
     """
-    with _iproute() as ipr:
-        link = _link(ipr, name)
+    with rtnl.Rtnl() as nl:
+        link = nl.get_link(name)
         if link is None:
             try:
-                ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=bridge_mac(gateway))
-            except Exception as error:
-                if _netlink_errno(error) != errno.EEXIST:
+                nl.create_bridge(name, mtu, bridge_mac(gateway))
+            except rtnl.NetlinkError as error:
+                if error.errno != errno.EEXIST:
                     raise _setup_failed(f"cannot create bridge {name}", error) from error
-            link = _link(ipr, name)
+            link = nl.get_link(name)
             if link is None:
                 raise CniError(NETWORK_SETUP_FAILED, f"bridge {name} vanished after creation")
-        if _kind(link) != "bridge":
+        if link.kind != "bridge":
             raise CniError(
                 NETWORK_SETUP_FAILED,
                 f"{name} is not a bridge",
-                f"a {_kind(link) or 'plain'} link of that name exists",
+                f"a {link.kind or 'plain'} link of that name exists",
                 hint="remove it or choose another 'bridge' in the network configuration",
             )
-        index = int(link["index"])
-        if gateway not in _addresses(ipr, index):
-            try:
-                ipr.addr(
-                    "add", index=index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen
-                )
-            except Exception as error:
-                if _netlink_errno(error) != errno.EEXIST:
-                    raise _setup_failed(f"cannot add {gateway} to {name}", error) from error
-        if link.get_attr("IFLA_OPERSTATE") == "DOWN" or not link["flags"] & 1:
-            ipr.link("set", index=index, state="up")
+        try:
+            nl.add_address(link.index, gateway.ip.packed, gateway.network.prefixlen)
+        except rtnl.NetlinkError as error:
+            if error.errno != errno.EEXIST:
+                raise _setup_failed(f"cannot add {gateway} to {name}", error) from error
+        if not link.up:
+            nl.set_up(link.index)
     _enable_forwarding()
-    return _as_link(link)
+    return Link(link.name, link.index, link.mac)
 
 
 def bridge_problem(name: str) -> str | None:
     """Why the bridge `name` cannot be used, or None (a missing bridge is fine: ADD makes it)."""
-    with _iproute() as ipr:
-        link = _link(ipr, name)
-        if link is None:
-            return None
-        if _kind(link) != "bridge":
-            return f"{name} exists but is a {_kind(link) or 'plain'} link, not a bridge"
+    with rtnl.Rtnl() as nl:
+        link = nl.get_link(name)
+    if link is not None and link.kind != "bridge":
+        return f"{name} exists but is a {link.kind or 'plain'} link, not a bridge"
     return None
 
 
@@ -198,57 +196,56 @@ def add_pod_interface(
     mtu: int,
 ) -> tuple[Link, Link]:
     """A veth pair: `host_name` on the bridge, `ifname` in the pod with address and route."""
+    host_mac, pod_mac = rtnl.random_mac(), rtnl.random_mac()
     nsfd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with _iproute() as ipr:
-            _create_veth(ipr, host_name, ifname, nsfd, mtu)
-            host = _link(ipr, host_name)
+        with rtnl.Rtnl() as nl:
+            _create_veth(nl, host_name, host_mac, bridge_index, ifname, pod_mac, nsfd, mtu)
+            host = nl.get_link(host_name)
             if host is None:
                 raise CniError(NETWORK_SETUP_FAILED, f"veth {host_name} vanished after creation")
-            ipr.link("set", index=host["index"], master=bridge_index, state="up")
     finally:
         os.close(nsfd)
 
     def configure_pod() -> Link:
-        with _iproute() as ipr:
-            link = _link(ipr, ifname)
+        with rtnl.Rtnl() as nl:
+            link = nl.get_link(ifname)
             if link is None:
                 raise CniError(NETWORK_SETUP_FAILED, f"{ifname} did not arrive in {netns_path}")
-            index = int(link["index"])
-            ipr.addr(
-                "add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen
-            )
-            ipr.link("set", index=index, state="up")
-            ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
-            return _as_link(link)
+            if not link.up:
+                nl.set_up(link.index)
+            nl.add_address(link.index, address.ip.packed, address.network.prefixlen)
+            nl.add_default_route(link.index, gateway.packed)
+            return Link(link.name, link.index, link.mac)
 
     try:
         pod = in_netns(netns_path, configure_pod)
     except CniError:
         raise
-    except Exception as error:
+    except OSError as error:
         raise _setup_failed(f"cannot configure {ifname} in {netns_path}", error) from error
-    return _as_link(host), pod
+    return Link(host.name, host.index, host.mac), pod
 
 
-def _create_veth(ipr: Any, host_name: str, ifname: str, nsfd: int, mtu: int) -> None:
+def _create_veth(
+    nl: rtnl.Rtnl,
+    host_name: str,
+    host_mac: str,
+    bridge_index: int,
+    ifname: str,
+    pod_mac: str,
+    nsfd: int,
+    mtu: int,
+) -> None:
     for attempt in (1, 2):
         try:
-            ipr.link(
-                "add",
-                ifname=host_name,
-                kind="veth",
-                mtu=mtu,
-                peer={"ifname": ifname, "net_ns_fd": nsfd, "mtu": mtu},
-            )
+            nl.create_veth(host_name, host_mac, bridge_index, ifname, pod_mac, nsfd, mtu)
             return
-        except Exception as error:
-            code = _netlink_errno(error)
-            if code == errno.EEXIST and attempt == 1 and _link(ipr, host_name) is not None:
+        except rtnl.NetlinkError as error:
+            if error.errno == errno.EEXIST and attempt == 1 and nl.delete_link(host_name):
                 # Left by an ADD of this attachment that died half-way: replace it.
-                ipr.link("del", ifname=host_name)
                 continue
-            if code == errno.EEXIST:
+            if error.errno == errno.EEXIST:
                 raise CniError(
                     NETWORK_SETUP_FAILED,
                     f"interface {ifname} already exists in the pod's network namespace",
@@ -258,14 +255,11 @@ def _create_veth(ipr: Any, host_name: str, ifname: str, nsfd: int, mtu: int) -> 
 
 def delete_link(name: str) -> bool:
     """Delete the link `name` (its veth peer goes with it); False if there was none."""
-    with _iproute() as ipr:
+    with rtnl.Rtnl() as nl:
         try:
-            ipr.link("del", ifname=name)
-        except Exception as error:
-            if _netlink_errno(error) in (errno.ENODEV, errno.ENOENT) or _link(ipr, name) is None:
-                return False
+            return nl.delete_link(name)
+        except rtnl.NetlinkError as error:
             raise _setup_failed(f"cannot delete {name}", error) from error
-    return True
 
 
 def links_named(prefix: str) -> list[str]:
@@ -275,19 +269,16 @@ def links_named(prefix: str) -> list[str]:
 
 
 def link_index(name: str) -> int | None:
-    with _iproute() as ipr:
-        indexes = ipr.link_lookup(ifname=name)
-    return int(indexes[0]) if indexes else None
+    with rtnl.Rtnl() as nl:
+        link = nl.get_link(name)
+    return None if link is None else link.index
 
 
 def link_master(name: str) -> tuple[bool, int | None]:
     """Whether the link `name` exists, and the index of the bridge it is enslaved to."""
-    with _iproute() as ipr:
-        link = _link(ipr, name)
-        if link is None:
-            return False, None
-        master = link.get_attr("IFLA_MASTER")
-        return True, None if master is None else int(master)
+    with rtnl.Rtnl() as nl:
+        link = nl.get_link(name)
+    return (False, None) if link is None else (True, link.master)
 
 
 def pod_interface(netns_path: str, ifname: str) -> PodInterface | None:
