@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from demo.cri.client import CriError
 from smarter_common.errors import SmarterError
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 CLIENT_POD = "client-x8k2p"
 SENSOR_POD = "sensor-7xk2p"
 FIRMWARE_POD = "blinky-4hx9q"
+SECOND_FIRMWARE_POD = "blinky-9zz7m"
+CRASH_POD = "crasher-2kd8w"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -163,9 +166,34 @@ def _show(gateway: Gateway, console_seconds: float) -> None:
     _follow_console(gateway, firmware, console_seconds)
     print(f"  cores: {_cores(gateway)}")
 
-    _step(f"stopping {firmware.name}'s firmware (StopContainer)")
+    _heading("a second firmware pod for the same core")
+    try:
+        second = gateway.run_firmware_pod(SECOND_FIRMWARE_POD, "hello", allocation)
+    except CriError as error:
+        print(f"  {SECOND_FIRMWARE_POD}: refused: {_runtime_reason(error.details)}")
+    else:
+        print(f"  {SECOND_FIRMWARE_POD}: started (the core was not reserved!)")
+        gateway.remove_pod(second)
+    gateway.remove_every_pod_named(SECOND_FIRMWARE_POD)
+
+    _step(f"stopping {firmware.name}'s firmware (StopContainer), then removing the pod")
     cri.stop_container(firmware.containers["firmware"], timeout=5)
     print(f"  cores: {_cores(gateway)}")
+    gateway.remove_pod(firmware)
+
+    _heading("a firmware that crashes")
+    crasher = gateway.run_firmware_pod(CRASH_POD, "crash", gateway.allocate(allocation.resource))
+    status = cri.wait_container_exited(crasher.containers["firmware"], timeout=30)
+    for line in gateway.container_log(crasher, "firmware"):
+        print(f"  | {line}")
+    print(f"  {CRASH_POD}: exited with code {status.exit_code} ({status.reason or 'no reason'})")
+    print(f"  cores: {_cores(gateway)}")
+
+
+def _runtime_reason(details: str) -> str:
+    """The runtime's own message inside containerd's wrapping of it."""
+    _, _, reason = details.rpartition("OCI runtime create failed: ")
+    return (reason or details).removesuffix(": unknown")
 
 
 def _follow_console(gateway: Gateway, pod: Pod, seconds: float) -> None:

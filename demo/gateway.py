@@ -464,6 +464,11 @@ class Gateway:
         cri.remove_pod(pod.id)
         self.pods.pop(pod.id, None)
 
+    def remove_every_pod_named(self, name: str) -> None:
+        """Remove the pods called `name` (e.g. one whose container was refused)."""
+        for pod in [p for p in self.pods.values() if p.name == name]:
+            self.remove_pod(pod)
+
     def remove_every_pod(self) -> None:
         """Remove every sandbox containerd knows, also ones a failed test left behind."""
         if self.cri is None:

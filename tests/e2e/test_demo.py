@@ -58,6 +58,9 @@ def test_demo_shows_pods_names_devices_and_console_then_cleans_up() -> None:
     assert f"nslookup sensor         -> {pods['sensor-7xk2p']}" in output
     assert re.search(r"^  \| hello from cortex-m4 \d+$", output, re.M), output
     assert "cores: remoteproc0 offline" in output
+    assert "blinky-9zz7m: refused: remoteproc0 is reserved by another container" in output
+    assert "  | crashing now" in output
+    assert re.search(r"crasher-2kd8w: exited with code [1-9]\d*", output), output
     assert "done: every pod, process, namespace and mount of the gateway is gone" in output
     _assert_nothing_left(output)
 
