@@ -13,10 +13,8 @@ import socketserver
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
-from cni import config, plugin, request
-from cni.client import read_all
+from cni import client, config, plugin
 from cni.errors import CniError
 from cni.node import Node, WarmState
 from smarter_common.hostroot import HostRoot
@@ -39,21 +37,17 @@ class _Nodes:
         return Node(conf, self._root, warm)
 
 
-def answer(message: bytes, nodes: _Nodes) -> dict[str, Any]:
+def answer(message: bytes, nodes: _Nodes) -> bytes:
     """The reply to one wire message (see cni.client)."""
     try:
-        body = json.loads(message)
-        env = {k: str(v) for k, v in body["env"].items()}
-        req = request.parse(env, str(body["stdin"]).encode())
-        return {"result": plugin.handle(req, nodes)}
-    except CniError as error:
-        return {"error": error.to_dict("1.1.0")}
-    except Exception as error:
-        log.exception("request failed")
-        failure = CniError(
-            plugin.INTERNAL_ERROR, "smarter-cni agent failed", f"{type(error).__name__}: {error}"
-        )
-        return {"error": failure.to_dict("1.1.0")}
+        env, stdin = client.decode_request(message)
+    except (ValueError, UnicodeDecodeError) as error:
+        failure = CniError(plugin.INTERNAL_ERROR, "malformed request to the agent", str(error))
+        return client.encode_answer(1, json.dumps(failure.to_dict("1.1.0")).encode())
+    status, output = plugin.execute(env, stdin, nodes)
+    if status:
+        log.info("refused", command=env.get("CNI_COMMAND"), answer=output.decode(errors="replace"))
+    return client.encode_answer(status, output)
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):
@@ -65,8 +59,8 @@ class _Handler(socketserver.BaseRequestHandler):
     server: _Server
 
     def handle(self) -> None:
-        message = read_all(self.request)
-        self.request.sendall(json.dumps(answer(message, self.server.nodes)).encode())
+        message = client.read_all(self.request)
+        self.request.sendall(answer(message, self.server.nodes))
 
 
 def serve(conf_path: Path, socket_path: Path | None, host_root: HostRoot) -> int:

@@ -1,75 +1,106 @@
-"""The plugin's side of the agent: send the invocation over the agent's unix socket.
+"""The plugin's side of the agent: hand the invocation over the agent's unix socket.
 
-Standard library only. If the agent is absent, refuses, dies mid-request or does not answer in
-time, `AgentUnavailableError` tells the plugin to do the work itself.
+The fast path imports nothing but `os` and `_socket`: no json (with re, ~8 ms on a Debian
+python3) and no socket module (~6 ms). The agent parses and validates exactly as the plugin
+would, and answers with the exit status and the bytes to print. If the agent is absent,
+refuses, dies mid-request or does not answer in time, `AgentUnavailableError` tells the plugin
+to do the work itself.
 
-Wire format, one request per connection: the plugin sends
-`{"env": {CNI_*...}, "stdin": "<config>"}` and shuts down its writing side; the agent answers
-`{"result": <result or null>}` or `{"error": {"code", "msg", "details"}}` and closes.
+Wire format, one request per connection, both items as netstrings (`<len>:<bytes>,`): the
+`CNI_*` environment (`NAME=VALUE` joined by NUL) and stdin; the plugin then shuts down its
+writing side. The agent answers `<exit status>\\n<stdout bytes>` and closes.
 """
 
 from __future__ import annotations
 
-import json
+import _socket
 import os
-import socket
 
-from cni.errors import CniError
-
-# Not `from typing import TYPE_CHECKING`: importing typing costs every exec ~2.5 ms.
+# Not `from typing import ...`: importing typing costs every exec ~2.5 ms.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pathlib import Path
-    from typing import Any
+    from collections.abc import Mapping
 
+FORWARDED = frozenset({"ADD", "DEL", "CHECK", "STATUS", "GC"})
+ENV_NAMES = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
+DEFAULT_SOCKET = "/var/lib/smarter-cni/agent.sock"
 CONNECT_TIMEOUT = 0.5
 ANSWER_TIMEOUT = 10.0
 MAX_MESSAGE = 4 << 20
-
-
-def socket_path_for(config: dict[str, Any]) -> str:
-    """The agent's socket for this configuration, found without parsing all of it.
-
-    Mirrors config.agent_socket and HostRoot.path with string operations only: pathlib,
-    ipaddress and dataclasses would add ~20 ms to every exec of the plugin.
-    """
-    state_dir = config.get("stateDir")
-    if not isinstance(state_dir, str) or not state_dir.startswith("/"):
-        state_dir = "/var/lib/smarter-cni"
-    root = os.environ.get("SMARTER_HOST_ROOT") or "/"
-    return os.path.join(root, state_dir.lstrip("/"), "agent.sock")
 
 
 class AgentUnavailableError(Exception):
     """The agent could not be asked; the plugin should do the work in-process."""
 
 
-def forward(socket_path: str | Path, env: dict[str, str], stdin: bytes) -> dict[str, Any] | None:
-    """The agent's result; CniError if it refused, AgentUnavailableError if it is away."""
-    message = json.dumps({"env": env, "stdin": stdin.decode("utf-8", "replace")}).encode()
+def environment_of(environ: Mapping[str, str]) -> dict[str, str]:
+    """The `CNI_*` variables of `environ`: all the agent needs besides stdin."""
+    return {name: environ[name] for name in ENV_NAMES if name in environ}
+
+
+def socket_path_for(stdin: bytes, environ: Mapping[str, str]) -> str:
+    """The agent's socket for this configuration (`<stateDir>/agent.sock` under the host root).
+
+    The configuration is only decoded when it names a stateDir: the default needs no json.
+    """
+    path = DEFAULT_SOCKET
+    if b'"stateDir"' in stdin:
+        import json
+
+        try:
+            state_dir = json.loads(stdin).get("stateDir")
+        except (ValueError, AttributeError):
+            state_dir = None
+        if isinstance(state_dir, str) and state_dir.startswith("/"):
+            path = os.path.join(state_dir, "agent.sock")
+    root = environ.get("SMARTER_HOST_ROOT") or "/"
+    return os.path.join(root, path.lstrip("/"))
+
+
+def encode_request(env: dict[str, str], stdin: bytes) -> bytes:
+    blob = "\0".join(f"{name}={value}" for name, value in env.items()).encode()
+    return _netstring(blob) + _netstring(stdin)
+
+
+def decode_request(message: bytes) -> tuple[dict[str, str], bytes]:
+    """The environment and stdin of a request; ValueError if it is malformed."""
+    blob, rest = _read_netstring(message)
+    stdin, rest = _read_netstring(rest)
+    if rest:
+        raise ValueError("trailing bytes after the request")
+    env = {}
+    for item in filter(None, blob.decode().split("\0")):
+        name, _, value = item.partition("=")
+        env[name] = value
+    return env, stdin
+
+
+def encode_answer(status: int, output: bytes) -> bytes:
+    return b"%d\n" % status + output
+
+
+def forward(socket_path: str, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
+    """The agent's exit status and output for this invocation; AgentUnavailableError if away."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+        try:
             sock.settimeout(CONNECT_TIMEOUT)
-            sock.connect(str(socket_path))
+            sock.connect(socket_path)
             sock.settimeout(ANSWER_TIMEOUT)
-            sock.sendall(message)
-            sock.shutdown(socket.SHUT_WR)
+            sock.sendall(encode_request(env, stdin))
+            sock.shutdown(_socket.SHUT_WR)
             answer = read_all(sock)
+        finally:
+            sock.close()
     except OSError as error:  # absent, refused, reset, timed out, path too long
         raise AgentUnavailableError(str(error)) from error
-    if not answer:
+    status, newline, output = answer.partition(b"\n")
+    if not newline or not status.isdigit():
         raise AgentUnavailableError("the agent closed the connection without answering")
-    try:
-        body = json.loads(answer)
-    except ValueError as error:
-        raise AgentUnavailableError(f"unreadable answer from the agent: {error}") from error
-    if "error" in body:
-        raise CniError.from_dict(body["error"])
-    result: dict[str, Any] | None = body.get("result")
-    return result
+    return int(status), output
 
 
-def read_all(sock: socket.socket) -> bytes:
+def read_all(sock: _socket.socket) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -80,3 +111,15 @@ def read_all(sock: socket.socket) -> bytes:
         if size > MAX_MESSAGE:
             raise OSError("message larger than 4 MiB")
         chunks.append(chunk)
+
+
+def _netstring(data: bytes) -> bytes:
+    return b"%d:" % len(data) + data + b","
+
+
+def _read_netstring(data: bytes) -> tuple[bytes, bytes]:
+    length, colon, rest = data.partition(b":")
+    if not colon or not length.isdigit() or rest[int(length) : int(length) + 1] != b",":
+        raise ValueError("malformed netstring")
+    size = int(length)
+    return rest[:size], rest[size + 1 :]

@@ -1,18 +1,16 @@
 """The CNI plugin: `CNI_COMMAND` mapped to add/delete/check/status/gc/version.
 
-The exec'd path imports the standard library only. It hands the invocation to the agent and
-falls back to doing the same work in-process (importing pyroute2) when the agent is away.
+The exec'd path imports almost nothing: it hands the raw invocation to the agent (cni.client)
+and prints the agent's answer. Only when the agent is away does it parse, validate and do the
+work itself, the same way the agent does (`execute`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-from cni import client, request
-from cni.errors import INVALID_CONFIG, CniError
-from cni.request import SUPPORTED_VERSIONS, Request
+from cni import client
 
 # Not `from typing import TYPE_CHECKING`: importing typing costs every exec ~2.5 ms.
 TYPE_CHECKING = False
@@ -22,6 +20,7 @@ if TYPE_CHECKING:
 
     from cni.config import NetConf
     from cni.node import Node
+    from cni.request import Request
 
     NodeFor = Callable[[NetConf], Node]
 
@@ -29,6 +28,8 @@ INTERNAL_ERROR = 110
 
 
 def version_result(req: Request) -> dict[str, Any]:
+    from cni.request import SUPPORTED_VERSIONS
+
     wanted = req.config.get("cniVersion")
     return {
         "cniVersion": wanted if wanted in SUPPORTED_VERSIONS else "1.1.0",
@@ -45,6 +46,8 @@ def delete(node: Node, req: Request) -> None:
 
 
 def check(node: Node, req: Request) -> None:
+    from cni.errors import INVALID_CONFIG, CniError
+
     if node.conf.prev_result is None:
         raise CniError(INVALID_CONFIG, "CHECK needs prevResult", "the runtime passed none")
     node.check(req)
@@ -55,6 +58,8 @@ def status(node: Node, req: Request) -> None:
 
 
 def gc(node: Node, req: Request) -> None:
+    from cni.errors import INVALID_CONFIG, CniError
+
     valid = node.conf.valid_attachments
     if valid is None:
         raise CniError(
@@ -82,6 +87,26 @@ def handle(req: Request, node_for: NodeFor) -> dict[str, Any] | None:
     return COMMANDS[req.command](node_for(conf), req)
 
 
+def execute(env: Mapping[str, str], stdin: bytes, node_for: NodeFor) -> tuple[int, bytes]:
+    """One invocation, start to end: the exit status and what to print on stdout."""
+    import json
+
+    from cni import request
+    from cni.errors import CniError
+
+    version = "1.1.0"
+    try:
+        req = request.parse(env, stdin)
+        version = req.cni_version
+        result = handle(req, node_for)
+    except CniError as error:
+        return 1, json.dumps(error.to_dict(version)).encode()
+    except Exception as error:
+        failure = CniError(INTERNAL_ERROR, "smarter-cni failed", f"{type(error).__name__}: {error}")
+        return 1, json.dumps(failure.to_dict(version)).encode()
+    return 0, b"" if result is None else json.dumps(result).encode()
+
+
 def local_node(conf: NetConf) -> Node:
     from cni.node import Node
     from smarter_common import logs
@@ -93,36 +118,20 @@ def local_node(conf: NetConf) -> Node:
 def run(
     environ: Mapping[str, str] | None = None,
     stdin: IO[bytes] | None = None,
-    stdout: IO[str] | None = None,
+    stdout: IO[bytes] | None = None,
 ) -> int:
     """One plugin invocation as a runtime makes it; the exit status."""
     env = os.environ if environ is None else environ
-    out = sys.stdout if stdout is None else stdout
-    version = "1.1.0"
+    out = sys.stdout.buffer if stdout is None else stdout
+    data = (sys.stdin.buffer if stdin is None else stdin).read()
     try:
-        data = (sys.stdin.buffer if stdin is None else stdin).read()
-        req = request.parse(env, data)
-        version = req.cni_version
-        result: dict[str, Any] | None
-        if req.command == "VERSION":
-            result = version_result(req)
-        else:
-            try:
-                result = client.forward(
-                    client.socket_path_for(req.config), request.environment_of(env), data
-                )
-            except client.AgentUnavailableError:
-                result = handle(req, local_node)
-    except CniError as error:
-        out.write(json.dumps(error.to_dict(version)))
-        out.flush()
-        return 1
-    except Exception as error:
-        failure = CniError(INTERNAL_ERROR, "smarter-cni failed", f"{type(error).__name__}: {error}")
-        out.write(json.dumps(failure.to_dict(version)))
-        out.flush()
-        return 1
-    if result is not None:
-        out.write(json.dumps(result))
-        out.flush()
-    return 0
+        if env.get("CNI_COMMAND") not in client.FORWARDED:
+            raise client.AgentUnavailableError("not a command for the agent")
+        status, output = client.forward(
+            client.socket_path_for(data, env), client.environment_of(env), data
+        )
+    except client.AgentUnavailableError:
+        status, output = execute(env, data, local_node)
+    out.write(output)
+    out.flush()
+    return status

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
-ENV_NAMES = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
 _ATTACHMENT_COMMANDS = ("ADD", "DEL", "CHECK")
 _NEEDS_NETNS = ("ADD", "CHECK")
 _CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -68,11 +67,6 @@ class Request:
     def cni_version(self) -> str:
         version = self.config.get("cniVersion")
         return version if isinstance(version, str) and version else "1.1.0"
-
-
-def environment_of(environ: Mapping[str, str]) -> dict[str, str]:
-    """The `CNI_*` variables of `environ`: what the agent needs to redo the parse."""
-    return {name: environ[name] for name in ENV_NAMES if name in environ}
 
 
 def parse(environ: Mapping[str, str], stdin: bytes) -> Request:
