@@ -139,7 +139,8 @@ def _show(gateway: Gateway, console_seconds: float) -> None:
 
     _heading("resources smarter-device-manager advertises to the kubelet")
     for resource, ids in gateway.resources().items():
-        print(f"  {resource:32} {len(ids)} device(s): {', '.join(ids)}")
+        shown = ", ".join(ids) if len(ids) <= 3 else f"{ids[0]} .. {ids[-1]}"
+        print(f"  {resource:32} {len(ids):3} device(s): {shown}")
 
     _step("starting pods")
     client = gateway.run_busybox_pod(CLIENT_POD)

@@ -51,11 +51,9 @@ REFERENCE_PLUGINS = Path("/usr/lib/cni")
 PRODUCTION_CONFLIST = REPO / "deploy" / "cni" / "10-smarter.conflist"
 DOMAIN = "smarter.internal"
 RPROC_RESOURCE_PREFIX = "smarter-devices/rproc"
-DEVICE_RULES = """\
-# The gateway's serial ports and the simulator's console devices.
-- devicematch: ^ttyUSB[0-9]+$
-  nummaxdevices: 1
-- devicematch: ^ttyS[0-9]+$
+PRODUCTION_RULES = REPO / "deploy" / "device-manager" / "rules-configmap.yaml"
+FALLBACK_RULES = """\
+- devicematch: ^ttyUSB[0-9]*$
   nummaxdevices: 1
 """
 
@@ -312,7 +310,7 @@ class Gateway:
         self.kubelet = kubelet_module.Kubelet(self.plugin_dir)
         self.kubelet.start()
         rules = self.work / "device-rules.yaml"
-        rules.write_text(DEVICE_RULES)
+        rules.write_text(_device_rules())
         started = self.processes.start(
             "smarter-device-manager",
             [
@@ -654,6 +652,16 @@ class Gateway:
                 continue
         subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
         self._netns_made = False
+
+
+def _device_rules() -> str:
+    """The rules of the device manager's DaemonSet (its ConfigMap's conf.yaml)."""
+    if not PRODUCTION_RULES.is_file():
+        return FALLBACK_RULES
+    import yaml
+
+    configmap = yaml.safe_load(PRODUCTION_RULES.read_text())
+    return str(configmap["data"]["conf.yaml"])
 
 
 def _load_kubelet_stand_in() -> Any:

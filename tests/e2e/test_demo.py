@@ -49,7 +49,7 @@ def test_demo_shows_pods_names_devices_and_console_then_cleans_up() -> None:
     )
     output = result.stdout
     assert result.returncode == 0, output + result.stderr
-    assert re.search(r"smarter-devices/rproc0\s+1 device\(s\): remoteproc0", output), output
+    assert re.search(r"smarter-devices/rproc0\s+1 device\(s\): remoteproc0$", output, re.M), output
     pods = dict(
         re.findall(r"^  (\S+-\w{5})\s+(?:runc|hybrid)\s+(\d+\.\d+\.\d+\.\d+)", output, re.M)
     )
