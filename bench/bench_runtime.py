@@ -127,7 +127,15 @@ def _pass_through(workdir: Path, ours: Path) -> list[Measurement]:
                     capture_output=True,
                     check=False,
                 )
-    results = []
+    floor = [_timed([HOST_PYTHON, "-I", "-S", "-c", "pass"]) for _ in range(PASS_ROUNDS)]
+    results = [
+        Measurement(
+            SUITE,
+            "host python3 -I -S start, the floor (median)",
+            Summary.of(floor).median,
+            "ms",
+        )
+    ]
     for command in COMMANDS:
         ours_median = Summary.of(samples[("ours", command)]).median
         runc_median = Summary.of(samples[("runc", command)]).median

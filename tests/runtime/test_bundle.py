@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -120,3 +121,17 @@ def test_elf_peek_reads_class_and_machine(build_elf: BuildElf) -> None:
     assert bundle.peek_elf(str(build_elf("cortex-m0"))) == (True, True)
     assert bundle.peek_elf(str(X86_64_ELF)) == (True, False)
     assert bundle.peek_elf("/etc/hostname") == (False, False)
+
+
+def test_config_parses_as_json_would(runc_spec: dict[str, object]) -> None:
+    text = "\n " + json.dumps(runc_spec, indent=2) + "\n"
+    assert bundle.parse_json(text) == json.loads(text)
+    assert bundle.parse_json('{"a": [1, 2.5, null, true, "\\u00e9"]}') == {
+        "a": [1, 2.5, None, True, "é"]
+    }
+
+
+@pytest.mark.parametrize("text", ['{"a": 1} trailing', '{"a": ', "", "{bad}"])
+def test_invalid_config_raises_jsons_error(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError):
+        bundle.parse_json(text)

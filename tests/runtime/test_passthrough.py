@@ -119,8 +119,13 @@ def test_unreadable_bundle_is_reported_by_runc(tmp_path: Path, runc_root: Path) 
 HEAVY = ("json", "re", "typing", "dataclasses", "pathlib", "elftools", "structlog")
 
 
-def test_routing_a_call_to_runc_imports_nothing_heavy() -> None:
-    # Stops at the exec into runc and lists what routing had imported by then.
+def test_routing_calls_to_runc_imports_nothing_heavy(make_bundle: MakeBundle) -> None:
+    # Stops at each exec into runc and lists what routing had imported by then.
+    bundle = make_bundle(["/bin/sh"], busybox=True)
+    calls = [
+        ["--root", "/nonexistent", "--log", "/dev/null", "kill", "--all", "c1", "9"],
+        ["--root", "/nonexistent", "create", "--bundle", str(bundle), "c1"],
+    ]
     probe = (
         "import os, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
@@ -129,9 +134,13 @@ def test_routing_a_call_to_runc_imports_nothing_heavy() -> None:
         "    os._exit(0)\n"
         "os.execv = stop\n"
         "from runtime_handler.__main__ import main\n"
-        "main(['--root', '/nonexistent', '--log', '/dev/null', 'kill', '--all', 'c1', '9'])\n"
+        "main(sys.argv[1:])\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, check=True
-    )
-    assert result.stdout == "\n"
+    for call in calls:
+        result = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", probe, *call],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert result.stdout == "\n", call
