@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from types import ModuleType
@@ -170,3 +171,59 @@ def test_a_program_that_would_ship_grpc_is_refused(tmp_path: Path) -> None:
     with pytest.raises(builder.BuildError, match=r"would ship \['grpc'\]"):
         builder.build(program, tmp_path / "smarter-x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cni_status_through_the_agent_imports_only_the_standard_library(
+    zipapps: Path, tmp_path: Path
+) -> None:
+    from tests.netns import network_namespace
+
+    state = tmp_path / "state"
+    plugin = {"type": "smarter-cni", "subnet": "10.211.0.0/24", "stateDir": str(state)}
+    conflist = tmp_path / "10-smarter.conflist"
+    conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "smarter", "plugins": [plugin]}))
+    with network_namespace("se-za-") as netns:
+        agent = subprocess.Popen(
+            [
+                "nsenter",
+                f"--net=/run/netns/{netns}",
+                "--",
+                sys.executable,
+                "-m",
+                "cni",
+                "agent",
+                "--conf",
+                str(conflist),
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while not (state / "agent.sock").exists():
+                assert agent.poll() is None, agent.stderr.read() if agent.stderr else ""
+                assert time.monotonic() < deadline, "the agent did not open its socket"
+                time.sleep(0.05)
+            result = subprocess.run(
+                [HOST_PYTHON, "-I", "-c", _MODULES_PROBE, str(zipapps / "smarter-cni")],
+                input=json.dumps({"cniVersion": "1.0.0", "name": "smarter", **plugin}),
+                capture_output=True,
+                text=True,
+                env={**HOST_ENV, "CNI_COMMAND": "STATUS", "CNI_PATH": "/usr/lib/cni"},
+                cwd="/",
+            )
+        finally:
+            agent.terminate()
+            agent.wait(timeout=20)
+    assert result.returncode == 0, f"CNI STATUS failed: {result.stdout} {result.stderr}"
+    loaded = {name for name in json.loads(result.stderr.rsplit("MODULES ", 1)[1])}
+    assert "cni.client" in loaded, "the probe did not see the plugin's own modules: it is blind"
+    assert "cni.node" not in loaded, "the plugin did the work itself: the agent was not used"
+    top_level = {name.split(".", 1)[0] for name in loaded}
+    foreign = sorted(
+        m
+        for m in top_level - {"cni", "smarter_common", "__main__"}
+        if m not in sys.stdlib_module_names
+    )
+    assert not foreign, f"the CNI fast path imports non-stdlib modules: {foreign}"
