@@ -470,3 +470,20 @@ def test_start_never_replaces_a_firmware_file_it_did_not_make(
         assert not is_locked(core_lock(simulator, 0))
     finally:
         squatter.unlink()
+
+
+def test_terminal_is_refused_for_firmware(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    bundle = fw_bundle(make_bundle, firmware("hello", "cortex-m4"))
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["terminal"] = True
+    (bundle / "config.json").write_text(json.dumps(config))
+
+    refused = shim.create(bundle, "tty")
+
+    assert refused.returncode == 1
+    assert log_messages(bundle / "log.json") == [
+        "firmware containers have no terminal: set tty: false (process.terminal)"
+    ]
+    assert_nothing_left(shim, simulator, bundle, "tty")
