@@ -11,6 +11,7 @@ import os
 import signal
 import socketserver
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -44,9 +45,15 @@ def answer(message: bytes, nodes: _Nodes) -> bytes:
     except (ValueError, UnicodeDecodeError) as error:
         failure = CniError(plugin.INTERNAL_ERROR, "malformed request to the agent", str(error))
         return client.encode_answer(1, json.dumps(failure.to_dict("1.1.0")).encode())
+    started = time.perf_counter()
     status, output = plugin.execute(env, stdin, nodes)
-    if status:
-        log.info("refused", command=env.get("CNI_COMMAND"), answer=output.decode(errors="replace"))
+    log.info(
+        "served" if status == 0 else "refused",
+        command=env.get("CNI_COMMAND"),
+        container_id=env.get("CNI_CONTAINERID"),
+        ms=round((time.perf_counter() - started) * 1000, 2),
+        **({"answer": output.decode(errors="replace")} if status else {}),
+    )
     return client.encode_answer(status, output)
 
 

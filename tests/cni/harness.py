@@ -223,7 +223,7 @@ def _supervise(
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
         log.seek(0)
-        print(log.read().decode(errors="replace"))  # pytest shows it when the test fails
+        print(log.read().decode(errors="replace")[-3000:])  # pytest shows it when a test fails
 
 
 @contextmanager
