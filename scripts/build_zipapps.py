@@ -167,7 +167,10 @@ def _with_requirements(names: Iterable[str]) -> list[importlib.metadata.Distribu
 
 
 def _applicable_requirements(requirements: Iterable[str]) -> Iterator[str]:
-    from packaging.requirements import Requirement
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # a bare venv (e.g. the image build) has only pip's own copy
+        from pip._vendor.packaging.requirements import Requirement
 
     for text in requirements:
         requirement = Requirement(text)

@@ -227,3 +227,16 @@ def test_cni_status_through_the_agent_imports_only_the_standard_library(
         if m not in sys.stdlib_module_names
     )
     assert not foreign, f"the CNI fast path imports non-stdlib modules: {foreign}"
+
+
+def test_build_works_without_the_packaging_distribution(tmp_path: Path) -> None:
+    # A fresh venv (the image build) has pip but not `packaging` on its path.
+    script = REPO / "scripts/build_zipapps.py"
+    probe = (
+        "import runpy, sys; sys.modules['packaging'] = None; "
+        f"sys.argv = [{str(script)!r}, '--out', {str(tmp_path)!r}]; "
+        f"runpy.run_path({str(script)!r}, run_name='__main__')"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(PROGRAMS)
