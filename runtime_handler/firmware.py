@@ -242,7 +242,8 @@ def start(invocation: Invocation) -> int:
     deadline = time.monotonic() + start_timeout() + 5.0
     while time.monotonic() < deadline:
         record = state.load(directory)
-        if record.status == state.STATUS_RUNNING:
+        # Started counts even if the firmware has already ended: its exit is the container's.
+        if record.status == state.STATUS_RUNNING or record.started:
             return 0
         if record.status == state.STATUS_STOPPED:
             raise RuntimeCallError(record.error or f"container exited with {record.exit_code}")

@@ -63,6 +63,7 @@ class Record:
     exit_code: int | None = None
     error: str | None = None
     firmware_placed: bool = False
+    started: str | None = None
     annotations: dict[str, str] = field(default_factory=dict)
 
     @property

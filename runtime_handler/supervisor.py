@@ -105,10 +105,10 @@ class Supervisor:
         deadline = time.monotonic() + start_timeout()
         while True:
             current = _read_state(core)
-            if current == "running":
+            # Crashed means it did run: like a process that dies right after exec, the start
+            # succeeded and the exit status tells the rest.
+            if current in ("running", "crashed"):
                 break
-            if current == "crashed":
-                raise CoreError(f"{core.device_id} crashed while starting {record.firmware_name}")
             if time.monotonic() >= deadline:
                 raise CoreError(
                     f"{core.device_id} did not reach state running within {start_timeout():g}s"
@@ -119,6 +119,7 @@ class Supervisor:
         if self._console is not None:
             self._console.start()
         record.status = state.STATUS_RUNNING
+        record.started = state.now_rfc3339()
         state.save(self.directory, record)
         self._log.info("core started", core=core.device_id, firmware=record.firmware_name)
         return core

@@ -487,3 +487,18 @@ def test_terminal_is_refused_for_firmware(
         "firmware containers have no terminal: set tty: false (process.terminal)"
     ]
     assert_nothing_left(shim, simulator, bundle, "tty")
+
+
+def test_firmware_that_crashes_at_once_has_started_and_exits_non_zero(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    bundle = fw_bundle(make_bundle, firmware("crash", "cortex-m4", crash_after=0))
+    with pipe() as (read_end, write_end):
+        assert shim.create(bundle, "sudden", stdout=write_end).returncode == 0
+        os.close(write_end)
+        started = shim.call(bundle, "start", "sudden")
+        assert started.returncode == 0, started.stderr
+        assert read_lines(read_end, 1) == ["crashing now"]
+        assert shim.wait_exit("sudden") == 1
+    assert shim.call(bundle, "delete", "sudden").returncode == 0
+    assert core(simulator, 0).state() == "offline"
