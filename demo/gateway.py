@@ -416,14 +416,16 @@ class Gateway:
         cri.start_container(container_id)
         return container_id
 
-    def run_busybox_pod(self, name: str) -> Pod:
-        """A pod with one long-running busybox container named `main`."""
+    def run_busybox_pod(self, name: str, allocation: Allocation | None = None) -> Pod:
+        """A pod with one long-running busybox container named `main` (given `allocation`)."""
         pod = self.run_pod(name)
         self.start_container(
             pod,
             "main",
             image_build.BUSYBOX_IMAGE,
             command=["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"],
+            env=allocation.env if allocation else None,
+            devices=allocation.devices if allocation else (),
         )
         return pod
 
@@ -511,8 +513,11 @@ class Gateway:
         device_ids = tuple(available[:count])
         response = self.kubelet.allocate(resource, list(device_ids)).container_responses[0]
         envs = dict(response.envs)
+        # The device manager answers with host paths; this gateway's host is the simulator's
+        # root, so the path containerd opens is that path under it.
         devices = tuple(
-            (str(d.container_path), str(d.host_path), str(d.permissions)) for d in response.devices
+            (str(d.container_path), str(self.host.path(d.host_path)), str(d.permissions))
+            for d in response.devices
         )
         return Allocation(resource, device_ids, envs, devices)
 

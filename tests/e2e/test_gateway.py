@@ -87,6 +87,17 @@ def test_device_manager_advertises_the_simulated_core_and_allocates_it(
     assert allocation.env.get("SMARTER_RPROC") == "remoteproc0"
 
 
+def test_a_serial_port_from_the_device_manager_appears_in_the_pod(clean_gateway: Gateway) -> None:
+    gateway = clean_gateway
+    allocation = gateway.allocate("smarter-devices/ttyUSB0")
+    pod = gateway.run_busybox_pod("serial-3kq8v", allocation)
+    code, out, err = _exec(gateway, pod, "ls", "-l", "/dev/ttyUSB0")
+    assert code == 0, err
+    # The simulated gateway's ttyUSB0 is a real character device node, 188:0.
+    assert out.startswith("c"), out
+    assert "188,   0" in out, out
+
+
 def test_firmware_pod_runs_on_the_core_and_its_console_reaches_the_cri_log(
     clean_gateway: Gateway,
 ) -> None:
