@@ -22,6 +22,7 @@ from smarter_common.hostroot import HostRoot
 from smarter_common.logs import get_logger
 
 log = get_logger("smarter-cni-agent")
+_node_log = get_logger("smarter-cni")
 
 
 class _Nodes:
@@ -35,7 +36,7 @@ class _Nodes:
     def __call__(self, conf: config.NetConf) -> Node:
         with self._lock:
             warm = self._warm.setdefault(conf.key, WarmState())
-        return Node(conf, self._root, warm)
+        return Node(conf, self._root, warm, log=_node_log)
 
 
 def answer(message: bytes, nodes: _Nodes) -> bytes:

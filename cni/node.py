@@ -22,10 +22,31 @@ from cni.request import Request
 from smarter_common.hostroot import HostRoot
 
 
-def _log() -> Any:
-    from smarter_common.logs import get_logger
+class QuietLog:
+    """The exec'd plugin's logger: importing structlog would cost every exec ~55 ms.
 
-    return get_logger("smarter-cni")
+    Warnings and errors always go through smarter_common.logs (to stderr: stdout carries the
+    result); info only when SMARTER_LOG_LEVEL asks for it.
+    """
+
+    def __init__(self, **context: Any) -> None:
+        self._context = context
+
+    def bind(self, **context: Any) -> QuietLog:
+        return QuietLog(**self._context, **context)
+
+    def info(self, event: str, **fields: Any) -> None:
+        if os.environ.get("SMARTER_LOG_LEVEL", "").lower() in ("debug", "info"):
+            self._real().info(event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._real().warning(event, **fields)
+
+    def _real(self) -> Any:
+        from smarter_common import logs
+
+        logs.configure()
+        return logs.get_logger("smarter-cni", **self._context)
 
 
 @dataclass
@@ -40,9 +61,14 @@ class Node:
     """One network on this node. Cheap to build; `warm` state only saves repeated checks."""
 
     def __init__(
-        self, conf: NetConf, host_root: HostRoot | None = None, warm: WarmState | None = None
+        self,
+        conf: NetConf,
+        host_root: HostRoot | None = None,
+        warm: WarmState | None = None,
+        log: Any = None,
     ) -> None:
         self.conf = conf
+        self.log = log if log is not None else QuietLog()
         self.root = host_root or HostRoot()
         state = self.root.path(conf.state_dir)
         self.leases = LeaseStore(
@@ -55,7 +81,7 @@ class Node:
     # -- ADD -----------------------------------------------------------------------------------
 
     def add(self, request: Request) -> dict[str, Any]:
-        log = _log().bind(container_id=request.container_id, ifname=request.ifname)
+        log = self.log.bind(container_id=request.container_id, ifname=request.ifname)
         address = self.leases.acquire(request.container_id, request.ifname)
         interface = ipaddress.IPv4Interface(f"{address}/{self.conf.subnet.prefixlen}")
         host_name = netlink.host_ifname(request.container_id, request.ifname)
@@ -123,7 +149,7 @@ class Node:
             try:
                 step()
             except Exception as error:
-                _log().warning("undo step failed", error=str(error))
+                self.log.warning("undo step failed", error=str(error))
 
     def _result(
         self,
@@ -168,7 +194,7 @@ class Node:
         deleted = netlink.delete_link(host_name)
         record = self.hosts.remove(request.container_id, request.ifname)
         released = self.leases.release(request.container_id, request.ifname)
-        _log().info(
+        self.log.info(
             "deleted",
             container_id=request.container_id,
             ifname=request.ifname,
@@ -259,7 +285,7 @@ class Node:
             for name in netlink.links_named(netlink.HOST_IFNAME_PREFIX)
             if name not in expected and netlink.delete_link(name)
         ]
-        _log().info(
+        self.log.info(
             "collected",
             leases=[str(lease.address) for lease in stale],
             records=removed_records,

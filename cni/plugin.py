@@ -109,9 +109,7 @@ def execute(env: Mapping[str, str], stdin: bytes, node_for: NodeFor) -> tuple[in
 
 def local_node(conf: NetConf) -> Node:
     from cni.node import Node
-    from smarter_common import logs
 
-    logs.configure()  # to stderr: stdout carries the result
     return Node(conf)
 
 

@@ -356,7 +356,7 @@ def test_agent_down_gives_the_same_result_as_agent_up(cni_node: Node) -> None:
     with pods(2) as (a, b):
         with agent(cni_node):
             served = cni_node.add_pod(a, "via-agent", "one-7xk2p")
-        alone = cni_node.add_pod(b, "in-process", "two-7xk2p")
+        alone = cni_node.add_pod(b, "in-process", "two-7xk2p", env={"SMARTER_LOG_LEVEL": "info"})
         assert served.returncode == 0 and alone.returncode == 0
 
         def shape(result: dict[str, Any]) -> dict[str, Any]:
