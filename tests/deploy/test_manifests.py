@@ -145,3 +145,13 @@ def test_dockerfile_tag_is_the_pinned_image() -> None:
     kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     (entry,) = kustomization["images"]
     assert f"-t {entry['name']}:{entry['newTag']} " in (DEPLOY / "Dockerfile").read_text()
+
+
+def test_board_annotation_reaches_the_runtime() -> None:
+    from runtime_handler.bundle import BOARD_ANNOTATIONS
+
+    for config_path in ("runtime/containerd-hybrid.toml", "runtime/k3s-config.toml.tmpl"):
+        text = (DEPLOY / config_path).read_text()
+        assert f'pod_annotations = ["{BOARD_ANNOTATIONS[0]}"]' in text, config_path
+    pod = _one("Pod", "blinky")
+    assert BOARD_ANNOTATIONS[0] in pod["metadata"]["annotations"]
