@@ -76,7 +76,7 @@ def _idle_rss_mb(root: Path) -> float:
 
 def run() -> list[Measurement]:
     sys.path.insert(0, str(REPO))
-    from tests import kubelet as kubelet_module
+    from demo import kubelet as kubelet_module
 
     root = Path(tempfile.mkdtemp(prefix="sdmb", dir="/tmp"))
     process: subprocess.Popen[bytes] | None = None

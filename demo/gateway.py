@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cni.names import app_name
 from demo import images as image_build
 from demo.containerd import (
     HYBRID_HANDLER,
@@ -34,6 +35,7 @@ from demo.containerd import (
     unmount_all,
 )
 from demo.cri.client import ContainerSpec, CriClient, CriError, PodSpec
+from demo.kubelet import Kubelet
 from demo.processes import Processes, Started
 from smarter_common.errors import SmarterError
 from smarter_common.hostroot import HOST_ROOT_ENV, HostRoot
@@ -52,18 +54,10 @@ PRODUCTION_CONFLIST = REPO / "deploy" / "cni" / "10-smarter.conflist"
 DOMAIN = "smarter.internal"
 RPROC_RESOURCE_PREFIX = "smarter-devices/rproc"
 PRODUCTION_RULES = REPO / "deploy" / "device-manager" / "rules-configmap.yaml"
-FALLBACK_RULES = """\
-- devicematch: ^ttyUSB[0-9]*$
-  nummaxdevices: 1
-"""
 
 
 class GatewayError(SmarterError):
     """The simulated gateway could not be brought up or did something unexpected."""
-
-
-class MissingPieceError(GatewayError):
-    """A component the gateway needs has not been built yet (or is broken)."""
 
 
 Progress = Callable[[str], None]
@@ -135,7 +129,7 @@ class Gateway:
         self.images: image_build.Images | None = None
         self.containerd: Containerd | None = None
         self.cri: CriClient | None = None
-        self.kubelet: Any = None
+        self.kubelet: Kubelet | None = None
         self.pods: dict[str, Pod] = {}
         self._netns_made = False
         self._simulator: Started | None = None
@@ -185,7 +179,7 @@ class Gateway:
             text=True,
         )
         if result.returncode != 0:
-            raise MissingPieceError(f"building the zipapps failed: {result.stderr.strip()}")
+            raise GatewayError(f"building the zipapps failed: {result.stderr.strip()}")
         bin_dir = self.layout.cni_bin_dir
         bin_dir.mkdir(parents=True, exist_ok=True)
         for plugin in sorted(REFERENCE_PLUGINS.iterdir()):
@@ -227,7 +221,7 @@ class Gateway:
         try:
             self.processes.wait_for(started, ready, timeout=60, what="print `ready`")
         except SmarterError as error:
-            raise MissingPieceError(f"simulator: {error}") from error
+            raise GatewayError(f"simulator: {error}") from error
 
     def _conflist(self) -> dict[str, Any]:
         """The production conflist, as the CNI DaemonSet installs it (its paths are host paths)."""
@@ -290,7 +284,7 @@ class Gateway:
         try:
             self.processes.wait_for(agent, socket.exists, timeout=30, what=f"open {socket}")
         except SmarterError as error:
-            raise MissingPieceError(f"smarter-cni agent: {error}") from error
+            raise GatewayError(f"smarter-cni agent: {error}") from error
         dns = self.processes.start(
             "dnsmasq",
             [sys.executable, "-m", "cni", "dns", "--conf", self.conflist_path],
@@ -302,12 +296,11 @@ class Gateway:
         try:
             dns.check_alive()
         except SmarterError as error:
-            raise MissingPieceError(f"smarter-cni dns: {error}") from error
+            raise GatewayError(f"smarter-cni dns: {error}") from error
 
     def _start_device_manager(self) -> None:
-        kubelet_module = _load_kubelet_stand_in()
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
-        self.kubelet = kubelet_module.Kubelet(self.plugin_dir)
+        self.kubelet = Kubelet(self.plugin_dir)
         self.kubelet.start()
         rules = self.work / "device-rules.yaml"
         rules.write_text(_device_rules())
@@ -334,7 +327,7 @@ class Gateway:
         try:
             self.processes.wait_for(started, registered, timeout=30, what=f"register {rproc0}")
         except SmarterError as error:
-            raise MissingPieceError(f"smarter-device-manager: {error}") from error
+            raise GatewayError(f"smarter-device-manager: {error}") from error
 
     def _start_containerd(self) -> None:
         if not overlay_works(self.work):
@@ -379,7 +372,7 @@ class Gateway:
             dns_servers=self.netconf.dns.nameservers,
             dns_searches=self.netconf.dns.search,
             log_directory=str(log_directory),
-            labels={"app": _app_name(name)},
+            labels={"app": app_name(name) or name},
         )
 
     def run_pod(self, name: str, *, handler: str = "", namespace: str = "default") -> Pod:
@@ -506,7 +499,7 @@ class Gateway:
     def allocate(self, resource: str, count: int = 1) -> Allocation:
         """Allocate `count` devices of `resource` via the device manager, as the kubelet does."""
         if self.kubelet is None:
-            raise MissingPieceError("the device manager is not running in this gateway")
+            raise GatewayError("the device manager is not running in this gateway")
         available = self.resources().get(resource, [])
         if len(available) < count:
             raise GatewayError(f"{resource} advertises {available}, not {count} device(s)")
@@ -661,32 +654,10 @@ class Gateway:
 
 def _device_rules() -> str:
     """The rules of the device manager's DaemonSet (its ConfigMap's conf.yaml)."""
-    if not PRODUCTION_RULES.is_file():
-        return FALLBACK_RULES
     import yaml
 
     configmap = yaml.safe_load(PRODUCTION_RULES.read_text())
     return str(configmap["data"]["conf.yaml"])
-
-
-def _load_kubelet_stand_in() -> Any:
-    """tests/kubelet.py: the kubelet's device-manager side, which the gateway has no other of."""
-    import importlib.util
-
-    path = REPO / "tests" / "kubelet.py"
-    spec = importlib.util.spec_from_file_location("smarter_kubelet_stand_in", path)
-    if not path.is_file() or spec is None or spec.loader is None:
-        raise MissingPieceError(f"the kubelet stand-in {path} is not there")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _app_name(pod_name: str) -> str:
-    """The controller's name for a pod: `sensor-7xk2p` -> `sensor`."""
-    head, _, tail = pod_name.rpartition("-")
-    return head if head and len(tail) == 5 else pod_name
 
 
 def _pids_with(program: bytes, argument: bytes) -> list[int]:

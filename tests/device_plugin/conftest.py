@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import kubelet as kubelet_module
-from tests.kubelet import Kubelet
+from demo import kubelet as kubelet_module
+from demo.kubelet import Kubelet
 
 REPO = Path(__file__).resolve().parents[2]
 TTY_USB_MAJOR = 188

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import grpc
 import pytest
 
+from demo.kubelet import Devices, Kubelet, start
 from tests.device_plugin.conftest import (
     REPO,
     SOUND_MAJOR,
@@ -24,7 +25,6 @@ from tests.device_plugin.conftest import (
     HostTree,
     daemon_command,
 )
-from tests.kubelet import Devices, Kubelet, start
 
 RULES = """\
 - devicematch: ^ttyUSB[0-9]*$
