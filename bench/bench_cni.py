@@ -167,27 +167,28 @@ def _drive_concurrently(chain: _Chain, pods: list[str], tag: str, gateway: str) 
 
 @contextmanager
 def _process_in(netns: str, *command: str, ready: Any) -> Iterator[int]:
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen(
-        ["ip", "netns", "exec", netns, *command], stdout=log, stderr=log, cwd=REPO
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not ready():
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                raise RuntimeError(f"{command[3:]} did not start: {log.read().decode()[-2000:]}")
-            time.sleep(0.05)
-        yield process.pid
-    finally:
-        with suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
+    """A process in `netns` (`ip netns exec` execs it: same PID), killed by PID afterwards."""
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", netns, *command], stdout=log, stderr=log, cwd=REPO
+        )
         try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+            deadline = time.monotonic() + 30
+            while not ready():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    output = log.read().decode(errors="replace")[-2000:]
+                    raise RuntimeError(f"{command[3:]} did not start: {output}")
+                time.sleep(0.05)
+            yield process.pid
+        finally:
+            with suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 def _series(node: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -234,7 +235,6 @@ def _timings(
 
 
 def run() -> list[Measurement]:
-    from tests.cni.dnsquery import query
     from tests.netns import network_namespace
 
     state = Path(tempfile.mkdtemp(prefix="scnib-", dir="/tmp"))
@@ -272,7 +272,7 @@ def run() -> list[Measurement]:
             {"type": "dnsname", "domainName": "bench.internal"},
         ],
     }
-    ours = [sys.executable, "-m", "cni"]
+    ours = _plugin_command(state)
     reference = [str(REFERENCE_PLUGINS / "bridge"), str(REFERENCE_PLUGINS / "dnsname")]
 
     def spec(tag: str, **extra: Any) -> dict[str, Any]:
@@ -300,7 +300,7 @@ def run() -> list[Measurement]:
                     "dns",
                     "--conf",
                     str(conflist_path),
-                    ready=lambda: _answers(node, query),
+                    ready=lambda: _answers(node),
                 ),
             ):
                 up = _series(node, spec("up", resolve=True))
@@ -349,7 +349,26 @@ def run() -> list[Measurement]:
     return measurements
 
 
-def _answers(node: str, query: Any) -> bool:
+def _plugin_command(state: Path) -> list[str]:
+    """The plugin as a node runs it: the zipapp, by the system's python3 (as its shebang does).
+
+    Falls back to this interpreter and the source tree when the zipapp cannot be built here.
+    """
+    system_python = Path("/usr/bin/python3")
+    build = subprocess.run(
+        [sys.executable, str(REPO / "scripts/build_zipapps.py"), "--out", str(state / "host")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    zipapp = state / "host" / "smarter-cni"
+    if build.returncode == 0 and zipapp.is_file() and system_python.is_file():
+        return [str(system_python), str(zipapp)]
+    print(f"bench cni: zipapp unavailable ({build.stderr.strip()[-200:]})", file=sys.stderr)
+    return [sys.executable, "-m", "cni"]
+
+
+def _answers(node: str) -> bool:
     result = subprocess.run(
         [
             "ip",
