@@ -280,10 +280,15 @@ class Node:
             and self.hosts.remove(record.container_id)
         ]
         expected = {netlink.host_ifname(c, i) for c, i in valid}
+        bridge = netlink.link_index(self.conf.bridge)
+        # Only veths on this network's bridge: another network's are not ours to judge.
         removed_links = [
             name
             for name in netlink.links_named(netlink.HOST_IFNAME_PREFIX)
-            if name not in expected and netlink.delete_link(name)
+            if name not in expected
+            and bridge is not None
+            and netlink.link_master(name)[1] == bridge
+            and netlink.delete_link(name)
         ]
         self.log.info(
             "collected",

@@ -93,6 +93,11 @@ def test_add_result_describes_bridge_veth_and_pod_interface(cni_node: Node) -> N
     assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": GATEWAY}]
     assert result["dns"]["nameservers"] == [GATEWAY]
     assert result["dns"]["search"] == ["smarter.internal"]
+    # One masquerade rule set for the subnet, in the node's namespace.
+    rules = in_netns(cni_node.netns, "iptables", "-t", "nat", "-S").stdout
+    assert "-A POSTROUTING -s 10.210.0.0/16" in rules and "-j SMARTER-CNI" in rules
+    assert "-A SMARTER-CNI -d 10.210.0.0/16 -j RETURN" in rules
+    assert "-A SMARTER-CNI -j MASQUERADE" in rules
 
 
 def test_pod_resolves_another_by_pod_name_namespace_and_app_until_del(
