@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -494,3 +496,39 @@ def test_result_is_a_valid_prev_result_for_tuning_and_bandwidth(cni_node: Node) 
             assert outcome.returncode == 0, (plugin, outcome)
             previous = outcome.json
         assert in_netns(pod, "cat", "/proc/sys/net/core/somaxconn").stdout.strip() == "512"
+
+
+def test_agent_killed_outright_leaves_a_dead_socket_that_the_plugin_works_around(
+    cni_node: Node,
+) -> None:
+    socket_path = cni_node.state / "agent.sock"
+    with agent(cni_node) as process:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert socket_path.exists()  # nobody listens on it any more
+        with pods(1) as (pod,):
+            outcome = cni_node.add_pod(pod, "orphaned", "orphaned-7xk2p")
+            assert outcome.returncode == 0, outcome
+            assert cni_node.leases() == [_address(outcome.json)]
+
+
+def test_agent_stopped_by_sigterm_removes_its_socket(cni_node: Node) -> None:
+    socket_path = cni_node.state / "agent.sock"
+    with agent(cni_node) as process:
+        assert socket_path.exists()
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+    assert not socket_path.exists()
+
+
+def test_add_replaces_a_host_veth_left_by_an_add_that_died_half_way(cni_node: Node) -> None:
+    from cni.netlink import host_ifname
+
+    leftover = host_ifname("half-done", "eth0")
+    ip("link", "add", leftover, "type", "ifb", netns=cni_node.netns)
+    with pods(1) as (pod,):
+        outcome = cni_node.add_pod(pod, "half-done", "half-7xk2p")
+        assert outcome.returncode == 0, outcome
+        assert outcome.json["interfaces"][1]["name"] == leftover
+        kind = ip("-d", "link", "show", leftover, netns=cni_node.netns).stdout
+        assert "veth" in kind
