@@ -104,23 +104,12 @@ def _iproute() -> Any:
     return IPRoute()
 
 
-def _netlink_errno(error: BaseException) -> int | None:
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    return error.code if isinstance(error, NetlinkError) else None
-
-
 def _link(ipr: Any, name: str) -> Any | None:
     indexes = ipr.link_lookup(ifname=name)
     if not indexes:
         return None
     links = ipr.get_links(indexes[0])
     return links[0] if links else None
-
-
-def _kind(link: Any) -> str | None:
-    info = link.get_attr("IFLA_LINKINFO")
-    return None if info is None else info.get_attr("IFLA_INFO_KIND")
 
 
 def _as_link(link: Any) -> Link:
