@@ -46,6 +46,12 @@ def answer(message: bytes, nodes: _Nodes) -> bytes:
     except (ValueError, UnicodeDecodeError) as error:
         failure = CniError(plugin.INTERNAL_ERROR, "malformed request to the agent", str(error))
         return client.encode_answer(1, json.dumps(failure.to_dict("1.1.0")).encode())
+    netns = env.get("CNI_NETNS", "")
+    if netns and env.get("CNI_COMMAND") in ("ADD", "CHECK") and not os.path.exists(netns):
+        # Not mounted where the agent can see it (e.g. /proc/<pid>/ns/net of a host process):
+        # the plugin, on the host, can; and if it cannot either, it says so with code 4.
+        log.info("deferred", container_id=env.get("CNI_CONTAINERID"), netns=netns)
+        return client.DEFER
     started = time.perf_counter()
     status, output = plugin.execute(env, stdin, nodes)
     log.info(

@@ -8,7 +8,8 @@ to do the work itself.
 
 Wire format, one request per connection, both items as netstrings (`<len>:<bytes>,`): the
 `CNI_*` environment (`NAME=VALUE` joined by NUL) and stdin; the plugin then shuts down its
-writing side. The agent answers `<exit status>\\n<stdout bytes>` and closes.
+writing side. The agent answers `<exit status>\\n<stdout bytes>` and closes, or `defer\\n` when
+the plugin should do the work itself.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ DEFAULT_SOCKET = "/var/lib/smarter-cni/agent.sock"
 CONNECT_TIMEOUT = 0.5
 ANSWER_TIMEOUT = 10.0
 MAX_MESSAGE = 4 << 20
+# The agent's answer when the plugin should do the work itself (it cannot see the netns).
+DEFER = b"defer\n"
 
 
 class AgentUnavailableError(Exception):
@@ -106,6 +109,8 @@ def forward(socket_path: str, env: dict[str, str], stdin: bytes) -> tuple[int, b
             sock.close()
     except OSError as error:  # absent, refused, reset, timed out, path too long
         raise AgentUnavailableError(str(error)) from error
+    if answer == DEFER:
+        raise AgentUnavailableError("the agent cannot see this network namespace")
     status, newline, output = answer.partition(b"\n")
     if not newline or not status.isdigit():
         raise AgentUnavailableError("the agent closed the connection without answering")

@@ -64,3 +64,17 @@ def test_fast_path_imports_neither_json_nor_socket() -> None:
         cwd=str(Path(__file__).resolve().parents[2]),
     )
     assert result.stdout.strip() == ""
+
+
+def test_agent_defers_to_the_plugin_for_a_netns_it_cannot_see(tmp_path: Path) -> None:
+    from cni.agent import _Nodes, answer
+    from smarter_common.hostroot import HostRoot
+
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "c1",
+        "CNI_IFNAME": "eth0",
+        "CNI_NETNS": "/proc/999999999/ns/net",
+    }
+    reply = answer(encode_request(env, b'{"cniVersion": "1.0.0"}'), _Nodes(HostRoot(tmp_path)))
+    assert reply == b"defer\n"
