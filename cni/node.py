@@ -69,7 +69,7 @@ class Node:
     ) -> None:
         self.conf = conf
         self.log = log if log is not None else QuietLog()
-        self.root = host_root or HostRoot()
+        self.root = host_root or HostRoot.from_env()
         state = self.root.path(conf.state_dir)
         self.leases = LeaseStore(
             state / "leases", conf.range_start, conf.range_end, reserved=[conf.gateway]
