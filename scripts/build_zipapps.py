@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 REPO = Path(__file__).resolve().parent.parent
-SHEBANG = b"#!/usr/bin/env python3\n"
+# -I: the host's PYTHONPATH, user site and current directory never change what runs; -S: no site
+# import (everything the program needs is inside the archive), ~3 ms less per exec.
+SHEBANG = b"#!/usr/bin/env -S python3 -I -S\n"
 # 1980-01-01, the earliest time a zip entry can hold: no build time leaks into the archive.
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 # Never shipped to the host: compiled extensions, or not needed there.
