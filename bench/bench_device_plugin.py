@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.report import Measurement, Summary
 
@@ -74,6 +75,46 @@ def _idle_rss_mb(root: Path) -> float:
         process.wait(timeout=10)
 
 
+# A Raspberry Pi class gateway as the default rules (deploy/.../rules-configmap.yaml) see it.
+TYPICAL_GATEWAY = {
+    "ttyAMA0": (204, 64),
+    "ttyUSB0": (188, 0),
+    "ttyACM0": (166, 0),
+    "i2c-1": (89, 1),
+    "gpiochip0": (254, 0),
+    "video0": (81, 0),
+    "rtc0": (249, 0),
+    "snd/controlC0": (116, 0),
+    "snd/pcmC0D0p": (116, 16),
+}
+PRODUCTION_RULES = REPO / "deploy" / "device-manager" / "rules-configmap.yaml"
+
+
+def _typical_rss(root: Path, kubelet_module: Any) -> tuple[int, float]:
+    """Resources and RSS of the daemon on a typical gateway with the default rules."""
+    import yaml
+
+    rules = root / "etc/conf.yaml"
+    rules.parent.mkdir(parents=True, exist_ok=True)
+    rules.write_text(yaml.safe_load(PRODUCTION_RULES.read_text())["data"]["conf.yaml"])
+    for name, (major, minor) in TYPICAL_GATEWAY.items():
+        _mknod(root / "dev" / name, major, minor)
+    stand_in = kubelet_module.start(root / "var/lib/kubelet/device-plugins")
+    process = subprocess.Popen(_command(root, rules), cwd=REPO, stderr=subprocess.DEVNULL)
+    try:
+        wanted = {"smarter-devices/ttyUSB0", "smarter-devices/snd", "smarter-devices/rtc0"}
+        stand_in.wait_registered(wanted, timeout=60)
+        time.sleep(1.0)
+        registered = set(stand_in.registered())
+        for resource in registered:
+            stand_in.wait_devices(resource, lambda devices: bool(devices), timeout=30)
+        return len(registered), _rss_mb(process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+        stand_in.stop()
+
+
 def run() -> list[Measurement]:
     sys.path.insert(0, str(REPO))
     from demo import kubelet as kubelet_module
@@ -91,6 +132,7 @@ def run() -> list[Measurement]:
             _mknod(dev / f"ttyUSB{index}", 188, index)
         _mknod(dev / "snd/controlC0", 116, 0)
         idle_rss = _idle_rss_mb(root / "idle")
+        typical_count, typical_rss = _typical_rss(root / "typical", kubelet_module)
         stand_in = kubelet_module.start(plugin_dir)
         wanted = {f"smarter-devices/ttyUSB{i}" for i in range(NODES - 1)} | {"smarter-devices/snd"}
 
@@ -189,6 +231,13 @@ def run() -> list[Measurement]:
                 "ms",
             ),
             Measurement(SUITE, "RSS serving no resource (the import floor)", idle_rss, "MB"),
+            Measurement(
+                SUITE,
+                f"RSS on a typical gateway, default rules ({typical_count} resources)",
+                typical_rss,
+                "MB",
+                target="< 45 MB",
+            ),
         ]
     finally:
         if process is not None and process.poll() is None:
