@@ -306,14 +306,20 @@ def in_pod(netns_path: str, work: Callable[[Any], T]) -> T:
     return in_netns(netns_path, run)
 
 
-def is_own_netns(netns_path: str) -> bool:
-    """Whether `netns_path` is the network namespace of the calling thread (the node's)."""
+def refuse_own_netns(netns_path: str) -> None:
+    """Refuse a "pod" namespace that is the calling thread's own, i.e. the node's."""
     try:
         target = os.stat(netns_path)
     except OSError:
-        return False
+        return  # not there: the caller reports that in its own words
     own = os.stat("/proc/thread-self/ns/net")
-    return (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino)
+    if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
+        raise CniError(
+            INVALID_ENVIRONMENT,
+            "CNI_NETNS is the node's own network namespace",
+            netns_path,
+            hint="pass the container's network namespace",
+        )
 
 
 def add_pod_interface(
@@ -325,14 +331,10 @@ def add_pod_interface(
     gateway: ipaddress.IPv4Address,
     mtu: int,
 ) -> tuple[Link, Link]:
-    """A veth pair: `host_name` on the bridge, `ifname` in the pod with address and route."""
-    if is_own_netns(netns_path):
-        raise CniError(
-            INVALID_ENVIRONMENT,
-            "CNI_NETNS is the node's own network namespace",
-            netns_path,
-            hint="pass the container's network namespace",
-        )
+    """A veth pair: `host_name` on the bridge, `ifname` in the pod with address and route.
+
+    The caller has refused the node's own namespace (`refuse_own_netns`) before taking a lease.
+    """
     host_mac, pod_mac = random_mac(), random_mac()
     try:
         nsfd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)

@@ -82,6 +82,8 @@ class Node:
 
     def add(self, request: Request) -> dict[str, Any]:
         log = self.log.bind(container_id=request.container_id, ifname=request.ifname)
+        netns = str(self.root.path(request.netns))
+        netlink.refuse_own_netns(netns)
         address = self.leases.acquire(request.container_id, request.ifname)
         interface = ipaddress.IPv4Interface(f"{address}/{self.conf.subnet.prefixlen}")
         host_name = netlink.host_ifname(request.container_id, request.ifname)
@@ -90,7 +92,7 @@ class Node:
             if self.conf.ip_masq:
                 self.ensure_masquerade()
             host, pod = netlink.add_pod_interface(
-                str(self.root.path(request.netns)),
+                netns,
                 host_name,
                 request.ifname,
                 bridge.index,

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 log = get_logger("demo.gateway")
 
 REPO = Path(__file__).resolve().parents[1]
-# containerd's PATH: the zipapps' `#!/usr/bin/env -S python3 ...` must find the distribution's python3.
+# containerd's PATH: the zipapps' `#!/usr/bin/env -S python3 ...` must find the distribution's
+# python3.
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 PRODUCTION_CONFLIST = REPO / "deploy" / "cni" / "10-smarter.conflist"
