@@ -1,7 +1,7 @@
 """Entry point of `smarter-cni`.
 
 With no arguments it is the CNI plugin, as a container runtime execs it (the fast path: only
-the standard library). With a subcommand it is an operator's tool: `agent`, `dns`.
+the standard library). With a subcommand it is an operator's tool: `agent`, `dns`, `install`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         from cni.plugin import run
 
         return run()
+    if arguments[0] == "install":
+        from cni.install import main as install
+
+        return install(arguments[1:])
     return _operator(arguments)
 
 
@@ -51,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     dns.add_argument("--conf", required=True, help="the node's conflist")
     dns.add_argument("--print", action="store_true", help="print dnsmasq's command line and exit")
     dns.add_argument("--dnsmasq", default=None, help="dnsmasq binary (default /usr/sbin/dnsmasq)")
+    commands.add_parser(
+        "install", help="copy the plugin and conflist into the node's CNI dirs (see install -h)"
+    )
     return parser
 
 

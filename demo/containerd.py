@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from demo.processes import Processes, Started
+from runtime_handler.containerd_config import HANDLER, with_runtime
 from smarter_common.errors import SmarterError
 from smarter_common.logs import get_logger
 
 log = get_logger("demo.containerd")
 
+HYBRID_HANDLER = HANDLER
+
 K8S_NAMESPACE = "k8s.io"
-HYBRID_HANDLER = "hybrid"
 
 
 class ContainerdError(SmarterError):
@@ -82,7 +84,7 @@ def render_config(
 
     cri = '[plugins."io.containerd.grpc.v1.cri"'
     runtimes = f'{cri[:-1]}".containerd.runtimes'
-    return "\n".join(
+    base = "\n".join(
         [
             "version = 2",
             f"root = {q(layout.root)}",
@@ -121,14 +123,17 @@ def render_config(
             f"  BinaryName = {q(runc)}",
             f"  Root = {q(layout.runc_root)}",
             "",
-            f"{runtimes}.{HYBRID_HANDLER}]",
-            '  runtime_type = "io.containerd.runc.v2"',
-            f"{runtimes}.{HYBRID_HANDLER}.options]",
-            f"  BinaryName = {q(hybrid_runtime)}",
-            f"  Root = {q(layout.runc_root)}",
-            "",
         ]
     )
+    # The hybrid runtime exactly as the runtime DaemonSet's installer adds it to a node's config.
+    with_hybrid = with_runtime(
+        base,
+        binary=str(hybrid_runtime),
+        source=str(layout.config),
+        extra_options={"Root": str(layout.runc_root)},
+    )
+    assert with_hybrid is not None
+    return with_hybrid
 
 
 def overlay_works(directory: Path) -> bool:

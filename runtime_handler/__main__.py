@@ -22,6 +22,9 @@ every other container is handed to runc with the same arguments.
 Takes runc's command line (global --root, --log, --log-format, --systemd-cgroup, --debug;
 create, start, state, kill, delete, features, ps, pause, resume, update, exec, run...).
 
+  install-containerd-config [--host-root DIR] [--restart]
+                         add the runtime "hybrid" to the node's containerd (or k3s) config
+
 environment:
   SMARTER_HOST_ROOT      directory standing for the host's / (default /)
   SMARTER_RUNC           runc to hand other containers to (default /usr/sbin/runc)
@@ -39,6 +42,10 @@ _FIRMWARE_COMMANDS = frozenset(
 
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["install-containerd-config"]:  # the installer's, never the shim's
+        from runtime_handler.containerd_config import main as install
+
+        return install(words[1:])
     invocation = cli.parse(words)
     command = invocation.command
     if command is None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+
+from cni import install as cni_install
+from runtime_handler import containerd_config
+from smarter_common import containerd
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 # The oldest Kubernetes a k3s fleet is likely to run, and the newest schema we have.
@@ -18,11 +23,7 @@ KUBERNETES_VERSIONS = ["1.28.0", "1.37.0"]
 
 
 def _manifest_files() -> list[Path]:
-    return sorted(
-        path
-        for path in DEPLOY.rglob("*.yaml")
-        if path.name != "kustomization.yaml"
-    )
+    return sorted(path for path in DEPLOY.rglob("*.yaml") if path.name != "kustomization.yaml")
 
 
 def _documents(path: Path) -> Iterator[dict[str, Any]]:
@@ -57,9 +58,11 @@ def test_kustomization_names_only_files_that_exist() -> None:
         for entry in generator["files"]:
             assert (DEPLOY / entry.split("=", 1)[-1]).is_file(), entry
     listed = {str(p.relative_to(DEPLOY)) for p in _manifest_files()}
-    unlisted = listed - set(kustomization["resources"]) - {
-        str(p.relative_to(DEPLOY)) for p in (DEPLOY / "examples").glob("*.yaml")
-    }
+    unlisted = (
+        listed
+        - set(kustomization["resources"])
+        - {str(p.relative_to(DEPLOY)) for p in (DEPLOY / "examples").glob("*.yaml")}
+    )
     assert not unlisted, f"manifests not in kustomization.yaml: {sorted(unlisted)}"
 
 
@@ -74,44 +77,148 @@ def test_every_config_map_a_daemonset_mounts_is_deployed() -> None:
                 assert volume["configMap"]["name"] in available, daemonset["metadata"]["name"]
 
 
-def _containerd_runtimes(toml_text: str) -> dict[str, Any]:
-    runtimes: dict[str, Any] = tomllib.loads(toml_text)["plugins"]["io.containerd.grpc.v1.cri"][
-        "containerd"
-    ]["runtimes"]
+def _containerd_runtimes(toml_text: str, version: int = 2) -> dict[str, Any]:
+    document = tomllib.loads(re.sub(r"\{\{.*?\}\}", "", toml_text, flags=re.DOTALL))
+    plugin = containerd.cri_runtime_plugin(version)
+    runtimes: dict[str, Any] = containerd.lookup(document, (*plugin, "containerd", "runtimes"))
     return runtimes
 
 
-def _k3s_template_body() -> str:
-    """The TOML that k3s appends to its base template: the file without template actions."""
-    text = (DEPLOY / "runtime/k3s-config.toml.tmpl").read_text()
-    return re.sub(r"\{\{.*?\}\}", "", text, flags=re.DOTALL)
+def _pod_spec(name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = _one("DaemonSet", name)["spec"]["template"]["spec"]
+    return spec
 
 
-def test_runtimeclass_handler_is_the_containerd_runtime_name() -> None:
+def _host_path_of(spec: dict[str, Any], container: dict[str, Any], path: str) -> PurePosixPath:
+    """The host path that `path`, as `container` sees it, is a mount of."""
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    for mount in sorted(container["volumeMounts"], key=lambda m: -len(m["mountPath"])):
+        inside = PurePosixPath(mount["mountPath"])
+        if PurePosixPath(path).is_relative_to(inside) and mount["name"] in host_paths:
+            return PurePosixPath(host_paths[mount["name"]]) / PurePosixPath(path).relative_to(
+                inside
+            )
+    raise AssertionError(f"{path} is on no host path in {container['name']}")
+
+
+def test_runtimeclass_handler_is_the_runtime_the_installer_adds() -> None:
     handler = _one("RuntimeClass", "hybrid")["handler"]
-    dropin = _containerd_runtimes((DEPLOY / "runtime/containerd-hybrid.toml").read_text())
-    k3s = _containerd_runtimes(_k3s_template_body())
-    assert set(dropin) == {handler}
-    assert set(k3s) == {handler}
-    assert dropin[handler]["runtime_type"] == "io.containerd.runc.v2"
-    assert dropin == k3s
+    assert handler == containerd_config.HANDLER
+    runtime = DEPLOY / "runtime"
+    shipped = {
+        "containerd-hybrid.toml": _containerd_runtimes(
+            (runtime / "containerd-hybrid.toml").read_text()
+        ),
+        "k3s v2": _containerd_runtimes((runtime / "k3s-config.toml.tmpl").read_text()),
+        "k3s v3": _containerd_runtimes((runtime / "k3s-config-v3.toml.tmpl").read_text(), 3),
+    }
+    for name, runtimes in shipped.items():
+        assert set(runtimes) == {handler}, name
+        assert runtimes[handler]["runtime_type"] == "io.containerd.runc.v2", name
+        assert runtimes[handler]["options"]["BinaryName"] == containerd_config.BINARY, name
+
+
+def test_the_reference_tables_are_what_the_installer_appends() -> None:
+    text = (DEPLOY / "runtime/containerd-hybrid.toml").read_text()
+    assert text.endswith("\n" + containerd_config.runtime_tables(2))
 
 
 def test_runtime_binary_is_installed_where_containerd_looks_for_it() -> None:
-    dropin = _containerd_runtimes((DEPLOY / "runtime/containerd-hybrid.toml").read_text())
-    binary = Path(dropin["hybrid"]["options"]["BinaryName"])
-    daemonset = _one("DaemonSet", "smarter-hybrid-runtime")
-    spec = daemonset["spec"]["template"]["spec"]
-    host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    spec = _pod_spec("smarter-hybrid-runtime")
     (install,) = spec["initContainers"]
-    mounts = {m["mountPath"]: host_paths.get(m["name"]) for m in install["volumeMounts"]}
     script = install["args"][0]
-    installed = [
-        Path(host) / binary.name
-        for mount, host in mounts.items()
-        if host and f"mv -f {mount}/.{binary.name}.new {mount}/{binary.name}" in script
+    moved = re.findall(r"^mv -f \S+ (\S+)$", script, flags=re.MULTILINE)
+    assert [_host_path_of(spec, install, path) for path in moved] == [
+        PurePosixPath(containerd_config.BINARY)
     ]
-    assert installed == [binary]
+
+
+def test_runtime_installer_configures_the_hosts_containerd_and_may_restart_it() -> None:
+    spec = _pod_spec("smarter-hybrid-runtime")
+    (install,) = spec["initContainers"]
+    command = install["args"][0].splitlines()[-1].split()
+    assert command[:3] == ["exec", "smarter-hybrid-runtime", "install-containerd-config"]
+    (host_root,) = [word.split("=", 1)[1] for word in command if word.startswith("--host-root=")]
+    assert _host_path_of(spec, install, host_root) == PurePosixPath("/")
+    # The restart enters PID 1's namespaces: only a privileged pod in the host PID namespace can.
+    assert "--restart" in command
+    assert spec["hostPID"] is True and install["securityContext"]["privileged"] is True
+
+
+def test_cni_installer_installs_the_conflist_the_agent_and_dnsmasq_read() -> None:
+    spec = _pod_spec("smarter-cni")
+    (install,) = spec["initContainers"]
+    assert install["command"] == ["smarter-cni"] and install["args"][0] == "install"
+    options = dict(arg.removeprefix("--").split("=", 1) for arg in install["args"][1:])
+    assert _host_path_of(spec, install, options["host-root"]) == PurePosixPath("/")
+    assert PurePosixPath(options["plugin"]).name == cni_install.PLUGIN_NAME
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    (generator,) = [
+        g for g in kustomization["configMapGenerator"] if g["name"] == "smarter-cni-conflist"
+    ]
+    (entry,) = generator["files"]
+    key, source = entry.split("=", 1)
+    conflist = json.loads((DEPLOY / source).read_text())
+    assert conflist["plugins"][0]["type"] == cni_install.PLUGIN_NAME
+    conflist_volume = {
+        v["name"]
+        for v in spec["volumes"]
+        if v.get("configMap", {}).get("name") == generator["name"]
+    }
+    for container in [install, *spec["containers"]]:
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        conf = (
+            options["conflist"] if container is install else container["args"][1].split("=", 1)[1]
+        )
+        assert PurePosixPath(conf).name == key, container["name"]
+        assert mounts[str(PurePosixPath(conf).parent)] in conflist_volume, container["name"]
+
+
+def test_cni_state_and_hosts_dirs_are_the_hosts_own_paths_in_both_containers() -> None:
+    spec = _pod_spec("smarter-cni")
+    (plugin, *_) = json.loads((DEPLOY / "cni/10-smarter.conflist").read_text())["plugins"]
+    for container in spec["containers"]:
+        for path in (plugin["stateDir"], plugin["dns"]["hostsDir"]):
+            # The exec'd plugin runs on the host and sees the host's paths: so must the agent.
+            assert _host_path_of(spec, container, path) == PurePosixPath(path), container["name"]
+
+
+def test_dnsmasq_forwards_to_the_nodes_resolvers_not_to_itself() -> None:
+    assert _pod_spec("smarter-cni")["dnsPolicy"] == "Default"
+
+
+def test_device_manager_reads_the_rules_configmap_and_serves_the_kubelets_plugin_dir() -> None:
+    from smarter_common.hostroot import HostRoot
+
+    spec = _pod_spec("smarter-device-manager")
+    (container,) = spec["containers"]
+    options = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"])
+    rules = PurePosixPath(options["rules"])
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(rules.parent)]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    configmap = _one("ConfigMap", volume["configMap"]["name"])
+    assert rules.name in configmap["data"]
+    plugin_dir = HostRoot(Path(options["host-root"])).device_plugins
+    assert _host_path_of(spec, container, str(plugin_dir)) == PurePosixPath(
+        "/var/lib/kubelet/device-plugins"
+    )
+
+
+def test_example_pods_ask_for_resources_the_device_manager_advertises() -> None:
+    from device_plugin import rules as device_rules
+
+    configmap = _one("ConfigMap", "smarter-device-manager-rules")
+    parsed = device_rules.parse_rules(configmap["data"]["conf.yaml"])
+    for pod in _objects("Pod"):
+        for container in pod["spec"]["containers"]:
+            for resource in container.get("resources", {}).get("limits", {}):
+                if not resource.startswith("smarter-devices/"):
+                    continue
+                name = resource.removeprefix("smarter-devices/")
+                advertised = re.fullmatch(r"rproc[0-9]+", name) or any(
+                    rule.pattern.search(name) for rule in parsed
+                )
+                assert advertised, f"{pod['metadata']['name']} asks for {resource}"
 
 
 def test_runtimeclass_schedules_only_where_the_runtime_is_installed() -> None:
@@ -150,7 +257,11 @@ def test_dockerfile_tag_is_the_pinned_image() -> None:
 def test_board_annotation_reaches_the_runtime() -> None:
     from runtime_handler.bundle import BOARD_ANNOTATIONS
 
-    for config_path in ("runtime/containerd-hybrid.toml", "runtime/k3s-config.toml.tmpl"):
+    for config_path in (
+        "runtime/containerd-hybrid.toml",
+        "runtime/k3s-config.toml.tmpl",
+        "runtime/k3s-config-v3.toml.tmpl",
+    ):
         text = (DEPLOY / config_path).read_text()
         assert f'pod_annotations = ["{BOARD_ANNOTATIONS[0]}"]' in text, config_path
     pod = _one("Pod", "blinky")
