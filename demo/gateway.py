@@ -563,6 +563,7 @@ class Gateway:
             found.extend(f"held lock {p}" for p in sorted(run.rglob("*.lock")) if is_locked(p))
         found.extend(f"runc state {container}" for container in self.runc_containers())
         found.extend(f"firmware record {container}" for container in self.firmware_records())
+        found.extend(f"firmware file {path}" for path in self.firmware_copies())
         for name, state in self.core_states().items():
             if state not in ("offline", "crashed"):
                 found.append(f"core {name} is {state}")
@@ -571,6 +572,13 @@ class Gateway:
         if self.cri is not None:
             found.extend(f"sandbox {item.metadata.name}" for item in self.cri.list_pods())
         return found
+
+    def firmware_copies(self) -> list[Path]:
+        """Firmware files the runtime placed for its containers where remoteproc loads them."""
+        from runtime_handler.firmware import FIRMWARE_PREFIX, firmware_dir
+
+        directory = firmware_dir(self.host)
+        return sorted(directory.glob(f"{FIRMWARE_PREFIX}*")) if directory.is_dir() else []
 
     def qemu_pids(self) -> list[int]:
         """QEMU processes running this gateway's cores."""

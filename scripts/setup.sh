@@ -55,7 +55,8 @@ install_python_project() {
   fi
   say "Python: installing the project and its test extras into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e "$REPO[test]"
+  # Not quiet: on a fresh machine this is a slow step, and its progress should show.
+  "$VENV/bin/python" -m pip install --progress-bar off -e "$REPO[test]"
   echo "$want" > "$stamp"
 }
 

@@ -158,6 +158,8 @@ def test_second_firmware_pod_for_a_busy_core_is_refused(clean_gateway: Gateway) 
     assert gateway.leases() == [first.ip]
     assert gateway.dns_records() == [first.id]
     assert gateway.firmware_records() == [first.containers["firmware"]]
+    placed = [path.name for path in gateway.firmware_copies()]
+    assert placed == [f"smarter-{first.containers['firmware']}.elf"]
     assert sorted(gateway.runc_containers()) == [first.id]
 
 
