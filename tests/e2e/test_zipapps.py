@@ -240,3 +240,28 @@ def test_build_works_without_the_packaging_distribution(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(PROGRAMS)
+
+
+def test_zipapps_install_themselves_into_a_debian_node_under_the_host_python(
+    zipapps: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "host"
+    (root / "etc/containerd").mkdir(parents=True)
+    debian = '[plugins."io.containerd.grpc.v1.cri".cni]\n  bin_dir = "/usr/lib/cni"\n'
+    (root / "etc/containerd/config.toml").write_text(f"version = 2\n{debian}")
+    conflist = REPO / "deploy/cni/10-smarter.conflist"
+    commands = [
+        [str(zipapps / "smarter-cni"), "install", f"--host-root={root}",
+         f"--plugin={zipapps / 'smarter-cni'}", f"--conflist={conflist}"],
+        [str(zipapps / "smarter-hybrid-runtime"), "install-containerd-config",
+         f"--host-root={root}"],
+    ]  # fmt: skip
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True, env=HOST_ENV, cwd="/")
+        assert result.returncode == 0, result.stderr
+    installed = root / "usr/lib/cni/smarter-cni"
+    assert installed.read_bytes() == (zipapps / "smarter-cni").read_bytes()
+    assert (root / "etc/cni/net.d/10-smarter.conflist").read_bytes() == conflist.read_bytes()
+    config = (root / "etc/containerd/config.toml").read_text()
+    assert config.startswith(f"version = 2\n{debian}")
+    assert 'BinaryName = "/usr/local/bin/smarter-hybrid-runtime"' in config
