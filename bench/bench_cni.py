@@ -6,7 +6,8 @@ execs each plugin exactly as a runtime would and times it, so `ip netns exec` is
 
 Measured: ADD and DEL latency (min/median/p95 over PODS pods) for smarter-cni with its agent
 up, with the agent down (the plugin does the work itself), and for the reference chain; the
-time from ADD's return until the pod's name resolves; and CONCURRENT simultaneous ADDs.
+time from ADD's return until the pod's name resolves; and CONCURRENT simultaneous ADDs. The
+agent's log counts the ADDs it did itself, so "agent up" is known not to hide in-process runs.
 """
 
 from __future__ import annotations
@@ -166,9 +167,11 @@ def _drive_concurrently(chain: _Chain, pods: list[str], tag: str, gateway: str) 
 
 
 @contextmanager
-def _process_in(netns: str, *command: str, ready: Any) -> Iterator[int]:
+def _process_in(
+    netns: str, *command: str, ready: Any, log_path: Path | None = None
+) -> Iterator[int]:
     """A process in `netns` (`ip netns exec` execs it: same PID), killed by PID afterwards."""
-    with tempfile.TemporaryFile() as log:
+    with open(log_path, "w+b") if log_path else tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             ["ip", "netns", "exec", netns, *command], stdout=log, stderr=log, cwd=REPO
         )
@@ -253,6 +256,7 @@ def run() -> list[Measurement]:
     }
     conflist_path = state / "10-smarter.conflist"
     conflist_path.write_text(json.dumps(ours_conflist))
+    agent_log = state / "agent.log"
     reference_conflist = {
         "cniVersion": "1.0.0",
         "name": reference_name,
@@ -287,10 +291,13 @@ def run() -> list[Measurement]:
                     sys.executable,
                     "-m",
                     "cni",
+                    "--log-format",
+                    "json",
                     "agent",
                     "--conf",
                     str(conflist_path),
                     ready=(state / "smarter" / "agent.sock").exists,
+                    log_path=agent_log,
                 ),
                 _process_in(
                     node,
@@ -305,6 +312,7 @@ def run() -> list[Measurement]:
             ):
                 up = _series(node, spec("up", resolve=True))
                 together = _series(node, spec("conc", pods=CONCURRENT, concurrent=True))
+            by_agent = _added_by_agent(agent_log)
             down = _series(node, spec("down"))
             ref = _series(
                 node,
@@ -330,7 +338,21 @@ def run() -> list[Measurement]:
         Measurement(
             SUITE, "names never resolved (of 30)", up["unresolved"], "pods", ref["unresolved"], "0"
         ),
+        Measurement(
+            SUITE,
+            f"ADDs done by the agent, agent up (of {PODS})",
+            sum(c.startswith("up-") for c in by_agent),
+            "pods",
+            target=str(PODS),
+        ),
         Measurement(SUITE, f"{CONCURRENT} concurrent ADDs, wall time", together["wall"], "ms"),
+        Measurement(
+            SUITE,
+            f"{CONCURRENT} concurrent ADDs done by the agent",
+            sum(c.startswith("conc-") for c in by_agent),
+            "pods",
+            target=str(CONCURRENT),
+        ),
         Measurement(
             SUITE,
             f"{CONCURRENT} concurrent ADDs, distinct addresses",
@@ -347,6 +369,19 @@ def run() -> list[Measurement]:
         ),
     ]
     return measurements
+
+
+def _added_by_agent(log_path: Path) -> list[str]:
+    """Container ids of the ADDs the agent logged as done (JSON lines, event `added`)."""
+    found = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "added":
+            found.append(str(event.get("container_id")))
+    return found
 
 
 def _plugin_command(state: Path) -> list[str]:

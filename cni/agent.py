@@ -50,7 +50,12 @@ def answer(message: bytes, nodes: _Nodes) -> bytes:
     if netns and env.get("CNI_COMMAND") in ("ADD", "CHECK") and not os.path.exists(netns):
         # Not mounted where the agent can see it (e.g. /proc/<pid>/ns/net of a host process):
         # the plugin, on the host, can; and if it cannot either, it says so with code 4.
-        log.info("deferred", container_id=env.get("CNI_CONTAINERID"), netns=netns)
+        log.info(
+            "deferred",
+            command=env.get("CNI_COMMAND"),
+            container_id=env.get("CNI_CONTAINERID"),
+            netns=netns,
+        )
         return client.DEFER
     started = time.perf_counter()
     status, output = plugin.execute(env, stdin, nodes)
@@ -66,6 +71,10 @@ def answer(message: bytes, nodes: _Nodes) -> bytes:
 
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    # The listen backlog. socketserver's default of 5 makes a burst of pods (a node coming up,
+    # a DaemonSet rollout) overflow it; the overflow waits out the plugin's 0.5 s connect
+    # timeout and then does its work in-process, slowly.
+    request_queue_size = 128
     nodes: _Nodes
 
 
@@ -74,7 +83,12 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         message = client.read_all(self.request)
-        self.request.sendall(answer(message, self.server.nodes))
+        reply = answer(message, self.server.nodes)
+        try:
+            self.request.sendall(reply)
+        except OSError as error:
+            # The plugin stopped waiting (and told the runtime to try again later).
+            log.warning("answer undelivered", error=str(error))
 
 
 def serve(conf_path: Path, socket_path: Path | None, host_root: HostRoot) -> int:

@@ -2,9 +2,15 @@
 
 The fast path imports nothing but `os` and `_socket`: no json (with re, ~8 ms on a Debian
 python3) and no socket module (~6 ms). The agent parses and validates exactly as the plugin
-would, and answers with the exit status and the bytes to print. If the agent is absent,
-refuses, dies mid-request or does not answer in time, `AgentUnavailableError` tells the plugin
-to do the work itself.
+would, and answers with the exit status and the bytes to print.
+
+Who does the work is decided by what the plugin knows happened to the request:
+- not delivered (no socket, nobody listening, backlog full, the agent's read cut short) or
+  delivered and the connection closed without an answer (the agent died), or the agent says
+  `defer`: `AgentUnavailableError`, the plugin does the work itself;
+- delivered and no answer within the answer timeout: `AgentTimeoutError`. The agent may still
+  be doing the work, so the plugin must not do it too (two ADDs of one attachment would undo
+  each other); it reports code 11, try again later.
 
 Wire format, one request per connection, both items as netstrings (`<len>:<bytes>,`): the
 `CNI_*` environment (`NAME=VALUE` joined by NUL) and stdin; the plugin then shuts down its
@@ -27,6 +33,8 @@ ENV_NAMES = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_A
 DEFAULT_SOCKET = "/var/lib/smarter-cni/agent.sock"
 CONNECT_TIMEOUT = 0.5
 ANSWER_TIMEOUT = 10.0
+# Seconds to wait for the agent's answer, instead of ANSWER_TIMEOUT (set in the runtime's env).
+ANSWER_TIMEOUT_ENV = "SMARTER_CNI_AGENT_TIMEOUT"
 MAX_MESSAGE = 4 << 20
 # The agent's answer when the plugin should do the work itself (it cannot see the netns).
 DEFER = b"defer\n"
@@ -34,6 +42,10 @@ DEFER = b"defer\n"
 
 class AgentUnavailableError(Exception):
     """The agent could not be asked; the plugin should do the work in-process."""
+
+
+class AgentTimeoutError(Exception):
+    """The agent has the request but did not answer in time; nobody else may do the work."""
 
 
 def environment_of(environ: Mapping[str, str]) -> dict[str, str]:
@@ -49,17 +61,32 @@ def socket_path_for(stdin: bytes, environ: Mapping[str, str]) -> str:
     configuration itself and works in the state directory it names, and no agent at all
     means the plugin does the work.
     """
-    state_dir = _state_dir(stdin)
+    state_dir = _string_value(stdin, b'"stateDir"')
+    if state_dir is not None and not state_dir.startswith("/"):
+        state_dir = None
     path = os.path.join(state_dir, "agent.sock") if state_dir else DEFAULT_SOCKET
     root = environ.get("SMARTER_HOST_ROOT") or "/"
     return os.path.join(root, path.lstrip("/"))
 
 
-def _state_dir(stdin: bytes) -> str | None:
-    key = stdin.find(b'"stateDir"')
-    if key < 0:
+def answer_timeout(environ: Mapping[str, str]) -> float:
+    """Seconds to wait for the agent's answer: ANSWER_TIMEOUT unless the environment says."""
+    try:
+        value = float(environ.get(ANSWER_TIMEOUT_ENV) or ANSWER_TIMEOUT)
+    except ValueError:
+        return ANSWER_TIMEOUT
+    return value if 0 < value <= 3600 else ANSWER_TIMEOUT
+
+
+def _string_value(stdin: bytes, key: bytes) -> str | None:
+    """The first string value of `key` in the JSON `stdin`, found without decoding it.
+
+    None when absent, or when it holds an escape (decoding it right needs json).
+    """
+    at = stdin.find(key)
+    if at < 0:
         return None
-    rest = stdin[key + len(b'"stateDir"') :].lstrip()
+    rest = stdin[at + len(key) :].lstrip()
     if not rest.startswith(b":"):
         return None
     rest = rest[1:].lstrip()
@@ -67,9 +94,22 @@ def _state_dir(stdin: bytes) -> str | None:
     if not rest.startswith(b'"') or end < 0:
         return None
     value = rest[1:end]
-    if b"\\" in value or not value.startswith(b"/"):
+    if b"\\" in value:
         return None
     return value.decode("utf-8", "replace")
+
+
+def error_output(stdin: bytes, code: int, msg: str, details: str) -> bytes:
+    """The spec's error JSON for a failure the plugin reports without importing json."""
+    version = _string_value(stdin, b'"cniVersion"') or "1.1.0"
+    fields = (("cniVersion", version), ("msg", msg), ("details", details))
+    body = ", ".join(f'"{name}": {_json_string(value)}' for name, value in fields)
+    return f'{{"code": {int(code)}, {body}}}'.encode()
+
+
+def _json_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + "".join(c if c >= " " else f"\\u{ord(c):04x}" for c in escaped) + '"'
 
 
 def encode_request(env: dict[str, str], stdin: bytes) -> bytes:
@@ -94,21 +134,39 @@ def encode_answer(status: int, output: bytes) -> bytes:
     return b"%d\n" % status + output
 
 
-def forward(socket_path: str, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
-    """The agent's exit status and output for this invocation; AgentUnavailableError if away."""
+def forward(
+    socket_path: str, env: dict[str, str], stdin: bytes, timeout: float = ANSWER_TIMEOUT
+) -> tuple[int, bytes]:
+    """The agent's exit status and output for this invocation.
+
+    AgentUnavailableError when the plugin should do the work itself, AgentTimeoutError when
+    nobody may (see the module's docstring).
+    """
     try:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    except OSError as error:
+        raise AgentUnavailableError(str(error)) from error
+    try:
         try:
             sock.settimeout(CONNECT_TIMEOUT)
             sock.connect(socket_path)
-            sock.settimeout(ANSWER_TIMEOUT)
+            sock.settimeout(timeout)
+            # The agent starts only once it has read the whole request, up to our shutdown:
+            # a failure before that point leaves it nothing to do.
             sock.sendall(encode_request(env, stdin))
             sock.shutdown(_socket.SHUT_WR)
+        except OSError as error:  # absent, refused, backlog full, path too long, reset
+            raise AgentUnavailableError(str(error)) from error
+        try:
             answer = read_all(sock)
-        finally:
-            sock.close()
-    except OSError as error:  # absent, refused, reset, timed out, path too long
-        raise AgentUnavailableError(str(error)) from error
+        except TimeoutError as error:
+            raise AgentTimeoutError(
+                f"no answer from the agent at {socket_path} within {timeout:g}s"
+            ) from error
+        except OSError as error:  # reset: the agent died with the request
+            raise AgentUnavailableError(str(error)) from error
+    finally:
+        sock.close()
     if answer == DEFER:
         raise AgentUnavailableError("the agent cannot see this network namespace")
     status, newline, output = answer.partition(b"\n")

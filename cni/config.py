@@ -1,7 +1,8 @@
 """The plugin's section of the conflist: parsed, defaulted and validated before any work.
 
 Standard library only. Unknown keys fail with code 2 (naming key and value), bad values with
-code 7 naming the field, an unsupported `cniVersion` with code 1.
+code 7 naming the field, an unsupported `cniVersion` (or `cniVersions` without a supported
+entry) with code 1.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, NoReturn
 
 from cni.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, UNSUPPORTED_FIELD, CniError
 from cni.names import is_dns_subdomain
-from cni.request import SUPPORTED_VERSIONS
+from cni.request import SUPPORTED_VERSIONS, negotiate_version
 
 PLUGIN_TYPE = "smarter-cni"
 
@@ -52,6 +53,8 @@ _OWN_KEYS = frozenset(
 _DNS_KEYS = frozenset({"domain", "hostsDir", "upstream", "nameservers", "search", "options"})
 _IFNAME = re.compile(r"[A-Za-z0-9_.\-]{1,15}")
 _NETWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+# resolv.conf(5) options: a name, and for ndots, timeout, attempts a number after ':'.
+_RESOLVER_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9\-]*(:[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -99,12 +102,16 @@ def agent_socket(state_dir: PurePosixPath) -> PurePosixPath:
 
 def parse(raw: dict[str, Any]) -> NetConf:
     """Validate `raw` (one plugin's configuration as the runtime passes it)."""
-    version = raw.get("cniVersion", "")
+    _check_versions_list(raw)
+    version = negotiate_version(raw) or ""
     if version not in SUPPORTED_VERSIONS:
+        offered = f"cniVersion {raw.get('cniVersion', '')!r}"
+        if "cniVersions" in raw:
+            offered += f" and cniVersions {raw['cniVersions']!r}"
         raise CniError(
             INCOMPATIBLE_VERSION,
             "incompatible CNI version",
-            f"cniVersion {version!r} is not one of {', '.join(SUPPORTED_VERSIONS)}",
+            f"{offered}: none is one of {', '.join(SUPPORTED_VERSIONS)}",
         )
     for key in raw:
         if key not in _SPEC_KEYS and key not in _OWN_KEYS:
@@ -162,6 +169,14 @@ def _invalid(field_name: str, value: object, expected: str) -> NoReturn:
         f"invalid network configuration field {field_name!r}",
         f"{field_name}={json.dumps(value)}: expected {expected}",
     )
+
+
+def _check_versions_list(raw: dict[str, Any]) -> None:
+    versions = raw.get("cniVersions")
+    if versions is not None and (
+        not isinstance(versions, list) or not all(isinstance(v, str) for v in versions)
+    ):
+        _invalid("cniVersions", versions, 'a list of CNI versions such as ["1.0.0", "1.1.0"]')
 
 
 def _string(raw: dict[str, Any], key: str, default: str) -> str:
@@ -230,14 +245,24 @@ def _dns(raw: object, state_dir: PurePosixPath, gateway: ipaddress.IPv4Address) 
     for server in upstream:
         _check_upstream(server)
     nameservers = _strings(raw, "nameservers", (str(gateway),))
+    for server in nameservers:
+        _check_nameserver(server)
     search = _strings(raw, "search", (domain,))
+    for suffix in search:
+        # A trailing dot (fully qualified) is fine, as Kubernetes' dnsConfig allows.
+        if not is_dns_subdomain(suffix[:-1] if suffix.endswith(".") else suffix):
+            _invalid("dns.search", suffix, "DNS domains such as smarter.internal")
+    options = _strings(raw, "options", ())
+    for option in options:
+        if not _RESOLVER_OPTION.fullmatch(option):
+            _invalid("dns.options", option, "resolver options such as ndots:2 or edns0")
     return DnsConfig(
         domain=domain,
         hosts_dir=hosts_dir,
         upstream=upstream,
         nameservers=nameservers,
         search=search,
-        options=_strings(raw, "options", ()),
+        options=options,
     )
 
 
@@ -248,6 +273,14 @@ def _strings(raw: dict[str, Any], key: str, default: tuple[str, ...]) -> tuple[s
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         _invalid(f"dns.{key}", value, "a list of strings")
     return tuple(value)
+
+
+def _check_nameserver(server: str) -> None:
+    # The result's nameservers end up in the pod's resolv.conf: plain addresses, no port.
+    try:
+        ipaddress.ip_address(server)
+    except ValueError:
+        _invalid("dns.nameservers", server, "IPv4 or IPv6 addresses")
 
 
 def _check_upstream(server: str) -> None:
@@ -298,10 +331,15 @@ def load_conflist(path: Path) -> dict[str, Any]:
     plugins = conflist.get("plugins") if isinstance(conflist, dict) else None
     if not isinstance(plugins, list):
         raise CniError(INVALID_CONFIG, f"{path} is not a conflist", "it has no 'plugins' list")
+    _check_versions_list(conflist)
     for plugin in plugins:
         if isinstance(plugin, dict) and plugin.get("type") == PLUGIN_TYPE:
             merged = dict(plugin)
-            merged["cniVersion"] = conflist.get("cniVersion", merged.get("cniVersion"))
+            # As a runtime does: the list's version (negotiated from cniVersions, CNI 1.1) and
+            # name replace the plugin's own.
+            if "cniVersion" in conflist or "cniVersions" in conflist:
+                merged.pop("cniVersions", None)
+                merged["cniVersion"] = negotiate_version(conflist) or conflist.get("cniVersion")
             merged["name"] = conflist.get("name", merged.get("name"))
             return merged
     raise CniError(INVALID_CONFIG, f"{path} has no plugin of type {PLUGIN_TYPE!r}")

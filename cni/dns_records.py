@@ -3,18 +3,22 @@
 A record is `<hostsDir>/<container id>`, replaced atomically so dnsmasq (which follows the
 directory by inotify) never reads half a file:
 
-    # smarter-cni container=<id> ifname=<ifname>
+    # smarter-cni container=<id> ifname=<ifname> added=<ns since the epoch>
     <ip> <pod> <pod>.<namespace> [<app>]
 
-The application name is added only if no other record on the node claims it.
+A name is never in two records. The application name goes to the first pod that claims it
+while no other record holds it (as its app name or as a pod name); a pod whose own name is
+another record's app name takes it from that record. When a record that held a name goes, the
+oldest remaining pod with that application name gets it. All of it under one lock.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Collection
-from dataclasses import dataclass
+import time
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cni.names import app_name, is_dns_label
@@ -30,6 +34,18 @@ class Record:
     ifname: str
     address: ipaddress.IPv4Address
     names: tuple[str, ...]
+    # When the pod was first registered (time.time_ns()): who is oldest at an app name handover.
+    added: int = 0
+
+    @property
+    def pod(self) -> str:
+        return self.names[0] if self.names else ""
+
+    @property
+    def app(self) -> str | None:
+        """The application name this record holds, if it holds it."""
+        app = app_name(self.pod)
+        return app if app is not None and app in self.names else None
 
 
 def names_for(pod: str, namespace: str, claimed: Collection[str]) -> list[str]:
@@ -46,9 +62,23 @@ def names_for(pod: str, namespace: str, claimed: Collection[str]) -> list[str]:
     return names
 
 
+def heir(name: str, remaining: Iterable[Record]) -> Record | None:
+    """The record that should now hold the app name `name`, or None.
+
+    The oldest record whose pod has `name` as its application name; nobody if some record
+    already holds `name` (a pod of that very name, or an app name never given up).
+    """
+    records = list(remaining)
+    if any(name in record.names for record in records):
+        return None
+    candidates = [record for record in records if app_name(record.pod) == name]
+    return min(candidates, key=lambda record: (record.added, record.container_id), default=None)
+
+
 def render(record: Record) -> str:
     return (
-        f"{_HEADER} container={record.container_id} ifname={record.ifname}\n"
+        f"{_HEADER} container={record.container_id} ifname={record.ifname}"
+        f" added={record.added}\n"
         f"{record.address} {' '.join(record.names)}\n"
     )
 
@@ -62,9 +92,12 @@ def parse(container_id: str, text: str) -> Record | None:
     address, *names = lines[1].split()
     try:
         ip = ipaddress.IPv4Address(address)
+        added = int(fields.get("added", "0"))
     except ValueError:
         return None
-    return Record(fields.get("container", container_id), fields.get("ifname", ""), ip, tuple(names))
+    return Record(
+        fields.get("container", container_id), fields.get("ifname", ""), ip, tuple(names), added
+    )
 
 
 class HostsDirectory:
@@ -84,33 +117,53 @@ class HostsDirectory:
     ) -> Record | None:
         """Write the pod's record; None (and nothing written) if it has no valid name."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(self._lock_path):
-            claimed = {
-                name
-                for other in self.records()
-                if other.container_id != container_id
-                for name in other.names
-            }
-            names = names_for(pod, namespace, claimed)
+        with self._locked():
+            others = [r for r in self.records() if r.container_id != container_id]
+            names = names_for(pod, namespace, {name for other in others for name in other.names})
             if not names:
                 return None
-            record = Record(container_id, ifname, address, tuple(names))
+            previous = self.read(container_id)
+            added = previous.added if previous is not None else time.time_ns()
+            record = Record(container_id, ifname, address, tuple(names), added)
+            for other in others:
+                if other.app == pod:
+                    # The name is this pod's own: the other keeps its pod names only.
+                    kept = replace(other, names=tuple(n for n in other.names if n != pod))
+                    write_atomic(self.path / other.container_id, render(kept))
             write_atomic(self.path / container_id, render(record))
             return record
 
     def read(self, container_id: str) -> Record | None:
+        path = self.path / container_id
         try:
-            return parse(container_id, (self.path / container_id).read_text())
+            record = parse(container_id, path.read_text())
+            if record is not None and not record.added:
+                # Written before records carried `added`: the file's age is the best guess.
+                record = replace(record, added=path.stat().st_mtime_ns)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        return record
 
     def remove(self, container_id: str, ifname: str | None = None) -> bool:
-        """Remove the container's record (only if it is for `ifname`, when given)."""
-        record = self.read(container_id)
-        if record is None or (ifname is not None and record.ifname != ifname):
+        """Remove the container's record (only if it is for `ifname`, when given).
+
+        A name it held passes to the oldest remaining pod of that application.
+        """
+        if not self.path.is_dir():
             return False
-        return remove_durably(self.path / container_id)
+        with self._locked():
+            record = self.read(container_id)
+            if record is None or (ifname is not None and record.ifname != ifname):
+                return False
+            removed = remove_durably(self.path / container_id)
+            remaining = self.records()
+            for name in record.names:
+                successor = heir(name, remaining)
+                if successor is not None:
+                    taken = replace(successor, names=(*successor.names, name))
+                    write_atomic(self.path / successor.container_id, render(taken))
+                    remaining = [taken if r is successor else r for r in remaining]
+            return removed
 
     def records(self) -> list[Record]:
         try:
@@ -125,3 +178,7 @@ class HostsDirectory:
             if record is not None:
                 found.append(record)
         return found
+
+    def _locked(self) -> FileLock:
+        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(self._lock_path)

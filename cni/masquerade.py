@@ -11,11 +11,16 @@ import ipaddress
 import subprocess
 from pathlib import Path
 
-from cni.errors import NETWORK_SETUP_FAILED, CniError
+from cni.errors import NETWORK_SETUP_FAILED, TRY_AGAIN_LATER, CniError
 from smarter_common.locks import FileLock
 
 CHAIN = "SMARTER-CNI"
 _COMMENT = "smarter-cni: masquerade pod traffic leaving the node"
+_LOCK_WAIT_SECONDS = "5"
+# iptables' exit status for "resource problem": the xtables lock not won within -w, or (nft
+# backend) the ruleset changing under it. Both pass; the runtime retries on code 11.
+_RESOURCE_PROBLEM = 4
+_TRANSIENT = ("xtables lock", "Resource temporarily unavailable", "Device or resource busy")
 
 
 def jump_rule(subnet: ipaddress.IPv4Network) -> list[str]:
@@ -28,14 +33,33 @@ def chain_rules(subnet: ipaddress.IPv4Network) -> list[list[str]]:
 
 
 def _iptables(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `iptables -t nat ARGS`; CniError 11 when iptables is busy rather than failing."""
     try:
-        return subprocess.run(
-            ["iptables", "-w", "5", "-t", "nat", *args], capture_output=True, text=True, check=False
+        result = subprocess.run(
+            ["iptables", "-w", _LOCK_WAIT_SECONDS, "-t", "nat", *args],
+            capture_output=True,
+            text=True,
+            check=False,
         )
     except OSError as error:
         raise CniError(
             NETWORK_SETUP_FAILED, "cannot run iptables", str(error), hint="install iptables"
         ) from error
+    if is_transient_failure(result.returncode, result.stderr):
+        raise CniError(
+            TRY_AGAIN_LATER,
+            "iptables is busy",
+            f"{' '.join(map(str, result.args))}: {result.stderr.strip()}",
+            hint=f"another program held the xtables lock for over {_LOCK_WAIT_SECONDS}s",
+        )
+    return result
+
+
+def is_transient_failure(returncode: int, stderr: str) -> bool:
+    """Whether an iptables failure is contention that goes away (lock held, EAGAIN, EBUSY)."""
+    return returncode == _RESOURCE_PROBLEM or (
+        returncode != 0 and any(sign in stderr for sign in _TRANSIENT)
+    )
 
 
 def _listed_rules() -> list[str] | None:

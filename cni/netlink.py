@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cni.errors import INVALID_ENVIRONMENT, NETWORK_SETUP_FAILED, CniError
+from cni.errors import INVALID_ENVIRONMENT, NETWORK_SETUP_FAILED, TRY_AGAIN_LATER, CniError
 
 T = TypeVar("T")
 
@@ -189,7 +189,12 @@ def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface, mtu: int) -> Link
             ipr.link("set", index=index, state="up")
         return _as_link(link)
 
-    bridge = _node.run(ensure)
+    try:
+        bridge = _node.run(ensure)
+    except CniError:
+        raise
+    except Exception as error:
+        raise _setup_failed(f"cannot set up bridge {name}", error) from error
     _enable_forwarding()
     return bridge
 
@@ -451,5 +456,16 @@ def pod_interface(netns_path: str, ifname: str) -> PodInterface | None:
     return in_pod(netns_path, look)
 
 
+# The kernel is busy, not refusing: the same request can succeed a moment later.
+_TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EBUSY})
+
+
 def _setup_failed(what: str, error: BaseException) -> CniError:
-    return CniError(NETWORK_SETUP_FAILED, what, str(error) or type(error).__name__)
+    """The CniError for a failed netlink request: 11 (try again later) if the kernel was busy."""
+    transient = _netlink_errno(error) in _TRANSIENT_ERRNOS
+    return CniError(
+        TRY_AGAIN_LATER if transient else NETWORK_SETUP_FAILED,
+        what,
+        str(error) or type(error).__name__,
+        hint="the kernel was busy; try again" if transient else None,
+    )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,12 @@ from typing import Any
 from cni import masquerade, netlink
 from cni.config import NetConf
 from cni.dns_records import HostsDirectory
-from cni.errors import CHECK_FAILED, NOT_AVAILABLE, CniError
+from cni.errors import CHECK_FAILED, INTERNAL_FAILURE, IO_FAILURE, NOT_AVAILABLE, CniError
 from cni.ipam import LeaseStore
 from cni.request import Request
+from smarter_common.errors import LockBusyError
 from smarter_common.hostroot import HostRoot
+from smarter_common.locks import FileLock
 
 
 class QuietLog:
@@ -76,7 +80,33 @@ class Node:
         )
         self.hosts = HostsDirectory(self.root.path(conf.dns.hosts_dir), state / "dns.lock")
         self._masquerade_lock = state / "masquerade.lock"
+        self._attachment_locks = state / "attachments"
         self.warm = warm or WarmState()
+
+    @contextmanager
+    def _attachment(self, host_name: str, *, removing: bool = False) -> Iterator[None]:
+        """Hold the attachment's lock: one ADD or DEL of it at a time, across processes.
+
+        The runtime never overlaps operations on one container, but the agent and the plugin
+        can (an ADD the agent is still doing when the plugin gave up waiting, and the DEL the
+        runtime sends next). The lock file is named after the host veth (a hash, so any
+        ifname is safe in a path); DEL removes it, and whoever then finds it replaced retries.
+        """
+        path = self._attachment_locks / host_name
+        try:
+            self._attachment_locks.mkdir(parents=True, exist_ok=True)
+            lock = _take_current(path)
+        except OSError as error:
+            # Only a guard against a rare overlap: no reason to fail a DEL (or ADD) on its own.
+            self.log.warning("attachment lock unavailable", path=str(path), error=str(error))
+            yield
+            return
+        try:
+            yield
+            if removing:
+                path.unlink(missing_ok=True)
+        finally:
+            lock.release()
 
     # -- ADD -----------------------------------------------------------------------------------
 
@@ -84,28 +114,46 @@ class Node:
         log = self.log.bind(container_id=request.container_id, ifname=request.ifname)
         netns = str(self.root.path(request.netns))
         netlink.refuse_own_netns(netns)
-        address = self.leases.acquire(request.container_id, request.ifname)
-        interface = ipaddress.IPv4Interface(f"{address}/{self.conf.subnet.prefixlen}")
         host_name = netlink.host_ifname(request.container_id, request.ifname)
-        try:
-            bridge = self.ensure_bridge()
-            if self.conf.ip_masq:
-                self.ensure_masquerade()
-            host, pod = netlink.add_pod_interface(
-                netns,
-                host_name,
-                request.ifname,
-                bridge.index,
-                interface,
-                self.conf.gateway,
-                self.conf.mtu,
-            )
-            self._register(request, address, log)
-        except BaseException:
-            self._undo(request, host_name)
-            raise
+        with self._attachment(host_name):
+            address = self.leases.acquire(request.container_id, request.ifname)
+            interface = ipaddress.IPv4Interface(f"{address}/{self.conf.subnet.prefixlen}")
+            try:
+                bridge, host, pod = self._plug(netns, host_name, request.ifname, interface, log)
+                self._register(request, address, log)
+            except BaseException:
+                self._undo(request, host_name)
+                raise
         log.info("added", address=str(interface), veth=host_name)
         return self._result(request, bridge, host, pod, interface)
+
+    def _plug(
+        self, netns: str, host_name: str, ifname: str, interface: ipaddress.IPv4Interface, log: Any
+    ) -> tuple[netlink.Link, netlink.Link, netlink.Link]:
+        """Bridge, rules and the veth pair; once more from scratch if the bridge known was stale."""
+        remembered = self.warm.bridge is not None
+        bridge = self.ensure_bridge()
+        if self.conf.ip_masq:
+            self.ensure_masquerade()
+
+        def plug(bridge: netlink.Link) -> tuple[netlink.Link, netlink.Link]:
+            return netlink.add_pod_interface(
+                netns, host_name, ifname, bridge.index, interface, self.conf.gateway, self.conf.mtu
+            )
+
+        try:
+            return (bridge, *plug(bridge))
+        except CniError:
+            if not remembered or netlink.link_index(self.conf.bridge) == bridge.index:
+                raise
+        # The bridge this process remembered is gone (deleted, or replaced by another process
+        # under the same name). Whoever removed it may have flushed the rules too.
+        log.warning("bridge gone, re-creating", bridge=self.conf.bridge, stale_index=bridge.index)
+        self.forget_warm_state()
+        bridge = self.ensure_bridge()
+        if self.conf.ip_masq:
+            self.ensure_masquerade()
+        return (bridge, *plug(bridge))
 
     def ensure_bridge(self) -> netlink.Link:
         bridge = self.warm.bridge
@@ -191,19 +239,44 @@ class Node:
     # -- DEL -----------------------------------------------------------------------------------
 
     def delete(self, request: Request) -> None:
-        """Release lease, record and veth; anything already gone is not an error."""
+        """Release veth, record and lease; anything already gone is not an error.
+
+        Every step is tried even when one fails, so a DEL frees all it can; the first failure
+        is reported afterwards (the runtime retries DEL until it succeeds). The one exception:
+        while the veth could not be removed the pod may still hold its address, so the lease is
+        kept until a retried DEL removes the veth; handing the address out would duplicate it.
+        """
         host_name = netlink.host_ifname(request.container_id, request.ifname)
-        deleted = netlink.delete_link(host_name)
-        record = self.hosts.remove(request.container_id, request.ifname)
-        released = self.leases.release(request.container_id, request.ifname)
-        self.log.info(
-            "deleted",
-            container_id=request.container_id,
-            ifname=request.ifname,
-            veth=host_name if deleted else None,
-            record=record,
-            released=[str(a) for a in released],
+        log = self.log.bind(container_id=request.container_id, ifname=request.ifname)
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("veth", lambda: netlink.delete_link(host_name)),
+            ("DNS record", lambda: self.hosts.remove(request.container_id, request.ifname)),
+            ("address lease", lambda: self.leases.release(request.container_id, request.ifname)),
+        ]
+        done: dict[str, object] = {}
+        failures: list[tuple[str, Exception]] = []
+        lease_kept = False
+        with self._attachment(host_name, removing=True):
+            for what, step in steps:
+                if what == "address lease" and any(f == "veth" for f, _ in failures):
+                    log.warning("lease kept", reason="the veth may still hold the address")
+                    lease_kept = True
+                    continue
+                try:
+                    done[what] = step()
+                except Exception as error:
+                    log.warning("delete step failed", step=what, error=str(error))
+                    failures.append((what, error))
+        released = done.get("address lease")
+        log.info(
+            "deleted" if not failures else "deleted partly",
+            veth=host_name if done.get("veth") else None,
+            record=done.get("DNS record"),
+            released=[str(a) for a in released] if isinstance(released, list) else None,
+            failed=[what for what, _ in failures] or None,
         )
+        if failures:
+            raise _first_failure(failures, lease_kept=lease_kept)
 
     # -- CHECK ---------------------------------------------------------------------------------
 
@@ -243,11 +316,17 @@ class Node:
                 problems.append(f"address {expected} is missing on {request.ifname}")
             if conf.gateway not in pod.default_gateways:
                 problems.append(f"default route via {conf.gateway} is missing")
-        if request.pod_name and self.hosts.read(request.container_id) is None:
+        record = self.hosts.read(request.container_id) if request.pod_name else None
+        if request.pod_name and record is None:
             from cni.dns_records import names_for
 
             if names_for(request.pod_name, request.pod_namespace or "default", ()):
                 problems.append(f"DNS record for {request.pod_name} is missing")
+        elif record is not None and leased is not None and record.address != leased:
+            problems.append(
+                f"DNS record for {request.pod_name} points at {record.address},"
+                f" not the leased {leased}"
+            )
         if conf.ip_masq and not masquerade.is_present(conf.subnet):
             problems.append(f"masquerade rules for {conf.subnet} are missing")
         return problems
@@ -292,6 +371,7 @@ class Node:
             and netlink.link_master(name)[1] == bridge
             and netlink.delete_link(name)
         ]
+        self._collect_attachment_locks(expected)
         self.log.info(
             "collected",
             leases=[str(lease.address) for lease in stale],
@@ -299,6 +379,62 @@ class Node:
             links=removed_links,
             valid=len(valid_ids),
         )
+
+    def _collect_attachment_locks(self, expected: set[str]) -> None:
+        try:
+            names = os.listdir(self._attachment_locks)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name in expected:
+                continue
+            path = self._attachment_locks / name
+            try:
+                lock = _take_current(path, timeout=0)
+            except LockBusyError:
+                continue  # an ADD or DEL of it is running now: not stale
+            try:
+                path.unlink(missing_ok=True)
+            finally:
+                lock.release()
+
+
+def _first_failure(failures: list[tuple[str, Exception]], *, lease_kept: bool) -> CniError:
+    what, error = failures[0]
+    if isinstance(error, CniError):
+        return error
+    others = [other for other, _ in failures[1:]]
+    if others:
+        rest = f"; nor the {', '.join(others)}"
+    elif lease_kept:
+        rest = "; the address lease is kept until a DEL removes the veth"
+    else:
+        rest = "; the rest was released"
+    return CniError(
+        IO_FAILURE if isinstance(error, OSError) else INTERNAL_FAILURE,
+        f"DEL could not remove the {what}",
+        f"{type(error).__name__}: {error}{rest}",
+    )
+
+
+def _take_current(path: Path, timeout: float | None = None) -> FileLock:
+    """The lock on the file now at `path`; LockBusyError if not had within `timeout`.
+
+    Locking an open file that was unlinked meanwhile locks nothing anyone else can see, so
+    check that the path still names the file locked, and start again if not.
+    """
+    while True:
+        lock = FileLock(path)
+        lock.acquire(timeout=timeout)
+        try:
+            here = os.stat(path)
+        except FileNotFoundError:
+            lock.release()
+            continue
+        held = os.fstat(lock.fileno)
+        if (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino):
+            return lock
+        lock.release()
 
 
 def _address_in(result: dict[str, Any]) -> ipaddress.IPv4Interface | None:

@@ -2,7 +2,8 @@
 
 The exec'd path imports almost nothing: it hands the raw invocation to the agent (cni.client)
 and prints the agent's answer. Only when the agent is away does it parse, validate and do the
-work itself, the same way the agent does (`execute`).
+work itself, the same way the agent does (`execute`); when the agent has the request but is
+slow to answer, it reports code 11 rather than racing it.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ if TYPE_CHECKING:
 
     NodeFor = Callable[[NetConf], Node]
 
-INTERNAL_ERROR = 110
+INTERNAL_ERROR = 110  # cni.errors.INTERNAL_FAILURE, without importing it on the fast path
 
 
 def version_result(req: Request) -> dict[str, Any]:
-    from cni.request import SUPPORTED_VERSIONS
+    from cni.request import SUPPORTED_VERSIONS, negotiate_version
 
-    wanted = req.config.get("cniVersion")
+    wanted = negotiate_version(req.config)
     return {
         "cniVersion": wanted if wanted in SUPPORTED_VERSIONS else "1.1.0",
         "supportedVersions": list(SUPPORTED_VERSIONS),
@@ -126,10 +127,24 @@ def run(
         if env.get("CNI_COMMAND") not in client.FORWARDED:
             raise client.AgentUnavailableError("not a command for the agent")
         status, output = client.forward(
-            client.socket_path_for(data, env), client.environment_of(env), data
+            client.socket_path_for(data, env),
+            client.environment_of(env),
+            data,
+            client.answer_timeout(env),
         )
     except client.AgentUnavailableError:
         status, output = execute(env, data, local_node)
+    except client.AgentTimeoutError as error:
+        # The agent may still be doing this very request: doing it here too would race it.
+        from cni.errors import TRY_AGAIN_LATER
+
+        status = 1
+        output = client.error_output(
+            data,
+            TRY_AGAIN_LATER,
+            "the smarter-cni agent did not answer in time",
+            f"{error}; it may still be working on it, so the plugin did not do it too",
+        )
     out.write(output)
     out.flush()
     return status

@@ -65,8 +65,23 @@ class Request:
 
     @property
     def cni_version(self) -> str:
-        version = self.config.get("cniVersion")
-        return version if isinstance(version, str) and version else "1.1.0"
+        return negotiate_version(self.config) or "1.1.0"
+
+
+def negotiate_version(config: Mapping[str, Any]) -> str | None:
+    """The spec version to speak: the highest of `cniVersions` and `cniVersion` we support.
+
+    CNI 1.1 lets a configuration list several versions (`cniVersions`); the runtime picks the
+    highest it supports, counting `cniVersion` too (libcni's rule). With no supported one, or
+    no list, it is `cniVersion` as given (which config.parse then refuses if unsupported).
+    """
+    version = config.get("cniVersion")
+    given = version if isinstance(version, str) and version else None
+    versions = config.get("cniVersions")
+    if not isinstance(versions, list):
+        return given
+    candidates = [v for v in SUPPORTED_VERSIONS if v in versions or v == given]
+    return candidates[-1] if candidates else given
 
 
 def parse(environ: Mapping[str, str], stdin: bytes) -> Request:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -80,6 +81,8 @@ class Node:
     state: Path
     conflist: dict[str, Any]
     command: list[str] = field(default_factory=lambda: [PYTHON, "-m", "cni"])
+    # (CNI_COMMAND, CNI_CONTAINERID) of every run of smarter-cni, in order.
+    invocations: list[tuple[str, str | None]] = field(default_factory=list)
 
     @property
     def conflist_path(self) -> Path:
@@ -130,6 +133,8 @@ class Node:
                 variables[name] = value
         variables.update(env or {})
         payload = json.dumps(runtime_config(self.conflist) if config is None else config)
+        if plugin is None:
+            self.invocations.append((command, container_id))
         result = subprocess.run(
             ["ip", "netns", "exec", self.netns, *(plugin or self.command)],
             input=payload,
@@ -226,20 +231,69 @@ def _supervise(
         print(log.read().decode(errors="replace")[-3000:])  # pytest shows it when a test fails
 
 
+@dataclass
+class Agent:
+    """A running `smarter-cni agent` and its structured (JSON) log."""
+
+    process: subprocess.Popen[bytes]
+    log: Any
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every JSON event the agent logged so far."""
+        # pread: the agent writes through the same open file, so its offset must not move.
+        fd = self.log.fileno()
+        text = os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+        found = []
+        for line in text.splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and "event" in event:
+                found.append(event)
+        return found
+
+    def answered(self, *events: str) -> list[tuple[str, str | None]]:
+        """(command, container id) of every request the agent answered itself (or `events`)."""
+        wanted = events or ("served", "refused")
+        return [
+            (e["command"], e.get("container_id")) for e in self.events() if e["event"] in wanted
+        ]
+
+    def added(self) -> list[str | None]:
+        """Container ids of the ADDs whose work this agent did."""
+        return [e.get("container_id") for e in self.events() if e["event"] == "added"]
+
+
 @contextmanager
-def agent(node_: Node) -> Iterator[subprocess.Popen[bytes]]:
+def agent(node_: Node, *, serves_every_call: bool = True) -> Iterator[Agent]:
+    """The agent in the node netns, logging JSON events that tests can read.
+
+    With `serves_every_call`, on leaving, every run of the plugin meanwhile must have been
+    answered (or knowingly deferred) by this agent: a test in agent mode then proves the agent
+    did the work, not the plugin's in-process fallback.
+    """
     socket_path = node_.state / "agent.sock"
-    with process_in(
-        node_.netns,
-        PYTHON,
-        "-m",
-        "cni",
-        "agent",
-        "--conf",
-        str(node_.conflist_path),
-        ready=socket_path.exists,
-    ) as process:
-        yield process
+    start = len(node_.invocations)
+    conf = str(node_.conflist_path)
+    command = (PYTHON, "-m", "cni", "--log-format", "json", "agent", "--conf", conf)
+    supervised = contextmanager(_supervise)
+    with (
+        tempfile.TemporaryFile() as log,
+        supervised(node_.netns, command, socket_path.exists, log) as process,
+    ):
+        made = Agent(process, log)
+        yield made
+        if serves_every_call:
+            _assert_agent_served(made, node_.invocations[start:])
+
+
+def _assert_agent_served(made: Agent, invocations: list[tuple[str, str | None]]) -> None:
+    expected = Counter(call for call in invocations if call[0] != "VERSION")
+    # A deferred request (a netns the agent cannot see) is the plugin's by design.
+    answered = Counter(made.answered("served", "refused", "deferred"))
+    missing = expected - answered
+    assert not missing, f"done in-process, not by the agent: {sorted(missing.elements())}"
 
 
 @contextmanager

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import io
+import json
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from cni.client import (
+    ANSWER_TIMEOUT,
+    ANSWER_TIMEOUT_ENV,
+    CONNECT_TIMEOUT,
+    AgentTimeoutError,
     AgentUnavailableError,
+    answer_timeout,
     decode_request,
     encode_request,
+    error_output,
     forward,
+    read_all,
     socket_path_for,
 )
 
@@ -78,3 +91,107 @@ def test_agent_defers_to_the_plugin_for_a_netns_it_cannot_see(tmp_path: Path) ->
     }
     reply = answer(encode_request(env, b'{"cniVersion": "1.0.0"}'), _Nodes(HostRoot(tmp_path)))
     assert reply == b"defer\n"
+
+
+@contextmanager
+def _agent_that(path: Path, reply: Callable[[socket.socket], None]) -> Iterator[None]:
+    """A stand-in agent on `path` that reads one whole request, then does `reply`."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        held.append(connection)
+        read_all(connection)
+        reply(connection)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(timeout=5)
+        for connection in held:
+            connection.close()
+        server.close()
+
+
+def _say_nothing(connection: socket.socket) -> None:
+    pass
+
+
+def test_agent_that_has_the_request_but_is_slow_is_a_timeout_not_a_fallback(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agent.sock"
+    with _agent_that(path, _say_nothing), pytest.raises(AgentTimeoutError, match=r"within 0\.3s"):
+        forward(str(path), {"CNI_COMMAND": "ADD"}, b"{}", timeout=0.3)
+
+
+def test_agent_that_closes_without_answering_means_doing_the_work_here(tmp_path: Path) -> None:
+    path = tmp_path / "agent.sock"
+    with _agent_that(path, lambda c: c.close()), pytest.raises(AgentUnavailableError):
+        forward(str(path), {"CNI_COMMAND": "ADD"}, b"{}", timeout=5)
+
+
+def test_socket_nobody_listens_on_means_doing_the_work_here(tmp_path: Path) -> None:
+    path = tmp_path / "agent.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))
+    dead.close()  # the file stays, as after an agent killed outright: ECONNREFUSED
+    with pytest.raises(AgentUnavailableError, match="refused"):
+        forward(str(path), {"CNI_COMMAND": "ADD"}, b"{}")
+
+
+def test_agent_timeout_is_code_11_and_the_plugin_does_not_redo_the_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cni import plugin
+
+    def in_process(*args: object) -> tuple[int, bytes]:
+        raise AssertionError("the plugin did the work the agent still has")
+
+    monkeypatch.setattr(plugin, "execute", in_process)
+    stdin = json.dumps({"cniVersion": "1.0.0", "stateDir": str(tmp_path)}).encode()
+    environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "slow", ANSWER_TIMEOUT_ENV: "0.3"}
+    out = io.BytesIO()
+    with _agent_that(tmp_path / "agent.sock", _say_nothing):
+        status = plugin.run(environ, io.BytesIO(stdin), out)
+    error = json.loads(out.getvalue())
+    assert status == 1
+    assert (error["cniVersion"], error["code"]) == ("1.0.0", 11)
+    assert error["msg"] == "the smarter-cni agent did not answer in time"
+    assert "within 0.3s" in error["details"]
+
+
+@pytest.mark.parametrize("value", ["", "soon", "0", "-1", "nan", "inf"])
+def test_answer_timeout_falls_back_to_the_default_for_unusable_values(value: str) -> None:
+    assert answer_timeout({ANSWER_TIMEOUT_ENV: value}) == ANSWER_TIMEOUT
+    assert answer_timeout({ANSWER_TIMEOUT_ENV: "2.5"}) == 2.5
+
+
+def test_error_json_written_without_json_is_valid_for_any_text() -> None:
+    text = 'a "quoted" \\path\\ with\nnewline, tab\t and ünïcode'
+    stdin = b'{"cniVersion": "0.4.0", "prevResult": {"cniVersion": "1.0.0"}}'
+    body = json.loads(error_output(stdin, 11, "msg " + text, text))
+    assert body == {"cniVersion": "0.4.0", "code": 11, "msg": "msg " + text, "details": text}
+
+
+def test_agent_takes_a_burst_of_connections_before_accepting_any(tmp_path: Path) -> None:
+    from cni.agent import _Handler, _Server
+
+    path = str(tmp_path / "agent.sock")
+    server = _Server(path, _Handler)  # listening, but not accepting: as under load
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(100):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            clients.append(client)
+            client.settimeout(CONNECT_TIMEOUT)
+            client.connect(path)  # with socketserver's default backlog (5) the 7th times out
+    finally:
+        for client in clients:
+            client.close()
+        server.server_close()

@@ -99,7 +99,19 @@ def test_every_field_can_be_set() -> None:
         ({"dns": {"upstream": "8.8.8.8"}}, "dns.upstream"),
         ({"dns": {"upstream": ["8.8.8.8#99999"]}}, "dns.upstream"),
         ({"dns": {"hostsDir": "hosts"}}, "dns.hostsDir"),
+        ({"dns": {"nameservers": ["dns.example"]}}, "dns.nameservers"),
+        ({"dns": {"nameservers": ["10.210.0.1#53"]}}, "dns.nameservers"),
+        ({"dns": {"nameservers": "10.210.0.1"}}, "dns.nameservers"),
+        ({"dns": {"search": ["Not A Domain"]}}, "dns.search"),
+        ({"dns": {"search": ["iot.svc..local"]}}, "dns.search"),
+        ({"dns": {"search": ["a" * 64 + ".example"]}}, "dns.search"),
+        ({"dns": {"options": ["ndots:two"]}}, "dns.options"),
+        ({"dns": {"options": ["edns0 rotate"]}}, "dns.options"),
+        ({"dns": {"options": ["timeout:1\nnameserver 6.6.6.6"]}}, "dns.options"),
+        ({"dns": {"options": [""]}}, "dns.options"),
         ({"name": "bad name"}, "name"),
+        ({"cniVersions": "1.1.0"}, "cniVersions"),
+        ({"cniVersions": ["1.1.0", 1]}, "cniVersions"),
     ],
 )
 def test_invalid_value_is_code_7_naming_the_field(fields: dict[str, Any], named: str) -> None:
@@ -177,3 +189,77 @@ def test_deployed_conflist_is_valid_and_chains_portmap() -> None:
     assert [p["type"] for p in conflist["plugins"]] == ["smarter-cni", "portmap"]
     conf = config.parse(config.load_conflist(path))
     assert conf.bridge == "smarter0"
+
+
+def test_dns_settings_for_the_result_accept_what_a_resolv_conf_takes() -> None:
+    conf = config.parse(
+        _raw(
+            dns={
+                "nameservers": ["10.210.0.1", "fd00::53"],
+                "search": ["iot.smarter.internal", "smarter.internal."],
+                "options": ["ndots:2", "edns0", "single-request-reopen", "timeout:1"],
+            }
+        )
+    )
+    assert conf.dns.nameservers == ("10.210.0.1", "fd00::53")
+    assert conf.dns.search == ("iot.smarter.internal", "smarter.internal.")
+    assert conf.dns.options == ("ndots:2", "edns0", "single-request-reopen", "timeout:1")
+
+
+@pytest.mark.parametrize(
+    ("versions", "chosen"),
+    [
+        (["1.0.0", "1.1.0"], "1.1.0"),
+        (["0.4.0", "1.0.0", "1.1.0", "1.2.0", "2.0.0"], "1.1.0"),
+        (["0.3.1", "0.4.0"], "0.4.0"),
+        (["1.1.0", "1.0.0"], "1.1.0"),
+    ],
+)
+def test_cni_versions_alone_speaks_the_highest_version_supported(
+    versions: list[str], chosen: str
+) -> None:
+    raw = _raw(cniVersions=versions)
+    del raw["cniVersion"]
+    assert config.parse(raw).cni_version == chosen
+
+
+def test_cni_versions_counts_cni_version_too_as_libcni_does() -> None:
+    assert config.parse(_raw(cniVersions=["0.4.0"])).cni_version == "1.0.0"
+    raw = _raw(cniVersions=["9.9.9"])
+    raw["cniVersion"] = "0.4.0"
+    assert config.parse(raw).cni_version == "0.4.0"
+
+
+def test_cni_versions_with_no_supported_version_is_code_1() -> None:
+    raw = _raw(cniVersions=["0.3.1", "2.0.0"])
+    del raw["cniVersion"]
+    with pytest.raises(CniError) as caught:
+        config.parse(raw)
+    assert caught.value.code == 1
+    assert "cniVersions ['0.3.1', '2.0.0']" in caught.value.details
+
+
+def test_conflist_with_only_cni_versions_loads_with_the_highest_supported(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "10-smarter.conflist"
+    path.write_text(
+        json.dumps(
+            {
+                "cniVersions": ["1.0.0", "1.1.0", "1.2.0"],
+                "name": "smarter",
+                "plugins": [{"type": "smarter-cni"}, {"type": "portmap"}],
+            }
+        )
+    )
+    loaded = config.load_conflist(path)
+    assert loaded == {"type": "smarter-cni", "cniVersion": "1.1.0", "name": "smarter"}
+    assert config.parse(loaded).cni_version == "1.1.0"
+
+
+def test_version_command_speaks_the_negotiated_version() -> None:
+    from cni import plugin
+
+    stdin = json.dumps({"cniVersions": ["1.0.0", "1.1.0"], "name": "x", "type": "t"}).encode()
+    status, output = plugin.execute({"CNI_COMMAND": "VERSION"}, stdin, plugin.local_node)
+    assert (status, json.loads(output)["cniVersion"]) == (0, "1.1.0")

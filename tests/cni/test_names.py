@@ -74,8 +74,15 @@ def test_names_that_are_not_labels_get_no_record() -> None:
 def test_record_round_trips_through_its_hosts_file_text() -> None:
     import ipaddress
 
-    record = Record("abc123", "eth0", ipaddress.IPv4Address("10.210.0.7"), ("a-7xk2p", "a"))
+    address = ipaddress.IPv4Address("10.210.0.7")
+    record = Record("abc123", "eth0", address, ("a-7xk2p", "a"), added=1700000000123456789)
     text = render(record)
-    assert text == "# smarter-cni container=abc123 ifname=eth0\n10.210.0.7 a-7xk2p a\n"
+    assert text == (
+        "# smarter-cni container=abc123 ifname=eth0 added=1700000000123456789\n"
+        "10.210.0.7 a-7xk2p a\n"
+    )
     assert parse("abc123", text) == record
+    # Records written before `added` existed still parse (their age is unknown: 0).
+    old = "# smarter-cni container=abc123 ifname=eth0\n10.210.0.7 a-7xk2p a\n"
+    assert parse("abc123", old) == Record("abc123", "eth0", address, ("a-7xk2p", "a"))
     assert parse("x", "10.0.0.1 someone-elses\n") is None

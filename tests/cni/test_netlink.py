@@ -6,7 +6,9 @@ exec`), never in the test's own namespace, which is the machine's.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
@@ -181,3 +183,37 @@ def test_in_netns_refuses_a_path_that_is_not_a_network_namespace(cni_node: Node)
     assert outcome.returncode == 0, outcome.stderr
     assert outcome.stdout.strip() == "22"  # EINVAL from setns(2)
     assert "10.250.0.8" not in ip("-br", "addr", netns=cni_node.netns).stdout
+
+
+@pytest.mark.parametrize(
+    ("code", "cni_code"),
+    [(errno.EBUSY, 11), (errno.EAGAIN, 11), (errno.EPERM, 101), (errno.EINVAL, 101)],
+)
+def test_kernel_busy_is_try_again_later_and_a_refusal_is_setup_failed(
+    code: int, cni_code: int
+) -> None:
+    from pyroute2 import NetlinkError
+
+    from cni.netlink import _setup_failed
+
+    error = _setup_failed("cannot create veth scni0", NetlinkError(code, os.strerror(code)))
+    assert (error.code, error.msg) == (cni_code, "cannot create veth scni0")
+
+
+@pytest.mark.parametrize(
+    ("returncode", "stderr", "transient"),
+    [
+        (4, "Another app is currently holding the xtables lock. Stopped waiting after 5s.\n", True),
+        (1, "iptables: Resource temporarily unavailable.\n", True),
+        (1, "iptables v1.8.9 (nf_tables): Device or resource busy\n", True),
+        (1, "iptables: No chain/target/match by that name.\n", False),
+        (2, 'iptables v1.8.9 (nf_tables): unknown option "--bogus"\n', False),
+        (0, "", False),
+    ],
+)
+def test_iptables_busy_is_told_apart_from_iptables_refusing(
+    returncode: int, stderr: str, transient: bool
+) -> None:
+    from cni.masquerade import is_transient_failure
+
+    assert is_transient_failure(returncode, stderr) is transient

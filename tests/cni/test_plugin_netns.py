@@ -10,10 +10,14 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cni.client import ANSWER_TIMEOUT_ENV
+from cni.netlink import host_ifname
+from smarter_common.locks import FileLock
 from tests.cni.harness import (
     GATEWAY,
     PYTHON,
@@ -361,8 +365,9 @@ def test_existing_interface_in_the_pod_is_an_error_and_leaves_nothing_of_ours(
 
 def test_agent_down_gives_the_same_result_as_agent_up(cni_node: Node) -> None:
     with pods(2) as (a, b):
-        with agent(cni_node):
+        with agent(cni_node) as running:
             served = cni_node.add_pod(a, "via-agent", "one-7xk2p")
+            assert running.added() == ["via-agent"]  # the agent did the work, once
         alone = cni_node.add_pod(b, "in-process", "two-7xk2p", env={"SMARTER_LOG_LEVEL": "info"})
         assert served.returncode == 0 and alone.returncode == 0
 
@@ -376,17 +381,17 @@ def test_agent_down_gives_the_same_result_as_agent_up(cni_node: Node) -> None:
             return copy
 
         assert shape(served.json) == shape(alone.json)
-        assert "added" not in served.stderr  # the agent did the work: the plugin only forwarded
-        assert "added" in alone.stderr
+        assert '"event": "added"' in alone.stderr  # no agent: the plugin did it itself
         # And each side undoes what the other did.
-        with agent(cni_node):
+        with agent(cni_node) as running:
             assert cni_node.del_pod("in-process", b).returncode == 0
+            assert running.answered() == [("DEL", "in-process")]
         assert cni_node.del_pod("via-agent", a).returncode == 0
         _assert_nothing_left(cni_node, a)
 
 
 def test_console_script_is_the_same_plugin(cni_node: Node) -> None:
-    script = str(__import__("pathlib").Path(PYTHON).with_name("smarter-cni"))
+    script = str(Path(PYTHON).with_name("smarter-cni"))
     with pods(1) as (pod,):
         outcome = cni_node.add_pod(pod, "script", "script-7xk2p", plugin=[script])
         assert outcome.returncode == 0, outcome
@@ -502,9 +507,9 @@ def test_agent_killed_outright_leaves_a_dead_socket_that_the_plugin_works_around
     cni_node: Node,
 ) -> None:
     socket_path = cni_node.state / "agent.sock"
-    with agent(cni_node) as process:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+    with agent(cni_node, serves_every_call=False) as running:
+        os.kill(running.process.pid, signal.SIGKILL)
+        running.process.wait()
         assert socket_path.exists()  # nobody listens on it any more
         with pods(1) as (pod,):
             outcome = cni_node.add_pod(pod, "orphaned", "orphaned-7xk2p")
@@ -514,16 +519,14 @@ def test_agent_killed_outright_leaves_a_dead_socket_that_the_plugin_works_around
 
 def test_agent_stopped_by_sigterm_removes_its_socket(cni_node: Node) -> None:
     socket_path = cni_node.state / "agent.sock"
-    with agent(cni_node) as process:
+    with agent(cni_node) as running:
         assert socket_path.exists()
-        process.terminate()
-        assert process.wait(timeout=10) == 0
+        running.process.terminate()
+        assert running.process.wait(timeout=10) == 0
     assert not socket_path.exists()
 
 
 def test_add_replaces_a_host_veth_left_by_an_add_that_died_half_way(cni_node: Node) -> None:
-    from cni.netlink import host_ifname
-
     leftover = host_ifname("half-done", "eth0")
     ip("link", "add", leftover, "type", "ifb", netns=cni_node.netns)
     with pods(1) as (pod,):
@@ -532,3 +535,201 @@ def test_add_replaces_a_host_veth_left_by_an_add_that_died_half_way(cni_node: No
         assert outcome.json["interfaces"][1]["name"] == leftover
         kind = ip("-d", "link", "show", leftover, netns=cni_node.netns).stdout
         assert "veth" in kind
+
+
+def test_agent_mode_notices_work_the_plugin_did_in_process(cni_node: Node) -> None:
+    with (
+        pytest.raises(AssertionError, match="done in-process, not by the agent"),
+        agent(cni_node),
+        pods(1) as (pod,),
+    ):
+        (cni_node.state / "agent.sock").unlink()  # the plugin can no longer reach the agent
+        assert cni_node.add_pod(pod, "bypass", "bypass-7xk2p").returncode == 0
+
+
+def test_agent_timeout_is_code_11_and_the_plugin_does_not_redo_the_work(cni_node: Node) -> None:
+    cni_node.leases_dir.mkdir(parents=True)
+    busy = FileLock(cni_node.leases_dir / ".lock")  # the agent's ADD will wait on it
+    with agent(cni_node) as running, pods(1) as (pod,):
+        busy.acquire()
+        try:
+            env = {ANSWER_TIMEOUT_ENV: "1", "SMARTER_LOG_LEVEL": "info"}
+            outcome = cni_node.add_pod(pod, "slow", "slow-7xk2p", env=env)
+            # Answered while the lock is still held: the plugin did not start the ADD itself.
+            assert outcome.returncode == 1, outcome
+            assert outcome.json["code"] == 11
+            assert "within 1s" in outcome.json["details"]
+            assert cni_node.leases() == []
+        finally:
+            busy.release()
+        # The agent finishes the ADD it was given, and it alone did it, once.
+        assert _eventually(lambda: running.added() == ["slow"], timeout=20), running.events()
+        assert '"event": "added"' not in outcome.stderr
+        assert len(cni_node.leases()) == 1
+        assert [link for link in cni_node.links() if link.startswith("scni")] == [
+            host_ifname("slow", "eth0")
+        ]
+        assert _pod_links(pod) == ["lo", "eth0"]
+        # The runtime's DEL after the failed ADD releases it all.
+        assert cni_node.del_pod("slow", pod).returncode == 0
+        _assert_nothing_left(cni_node, pod)
+
+
+def test_del_that_arrives_while_the_agent_is_still_adding_waits_for_it_and_leaves_nothing(
+    cni_node: Node,
+) -> None:
+    cni_node.leases_dir.mkdir(parents=True)
+    busy = FileLock(cni_node.leases_dir / ".lock")
+    with agent(cni_node), pods(1) as (pod,), ThreadPoolExecutor(1) as pool:
+        busy.acquire()
+        try:
+            added = cni_node.add_pod(pod, "racing", "racing-7xk2p", env={ANSWER_TIMEOUT_ENV: "1"})
+            assert added.json["code"] == 11
+            deleting = pool.submit(cni_node.del_pod, "racing", pod)
+            time.sleep(0.5)  # the DEL is at the agent, beside the ADD still in progress
+        finally:
+            busy.release()
+        deleted = deleting.result(timeout=60)
+        assert (deleted.returncode, deleted.stdout) == (0, ""), deleted
+        _assert_nothing_left(cni_node, pod)
+
+
+def test_app_name_resolves_to_the_oldest_remaining_pod_after_its_holder_is_deleted(
+    cni_node: Node,
+) -> None:
+    with agent(cni_node), dnsmasq(cni_node), pods(4) as (client, *sensors):
+        assert cni_node.add_pod(client, "client", "client-5d4f8b7c9d-x7k2p").returncode == 0
+        addresses = []
+        for index, (pod, name) in enumerate(zip(sensors, ["7xk2p", "b2c4d", "x9z8w"], strict=True)):
+            added = cni_node.add_pod(pod, f"sensor-{index}", f"sensor-{name}", "iot")
+            assert added.returncode == 0, added
+            addresses.append(_address(added.json))
+        assert _eventually(_resolves_to(cni_node, "sensor", client, addresses[:1]))
+        assert cni_node.del_pod("sensor-0", sensors[0]).returncode == 0
+        assert _eventually(_resolves_to(cni_node, "sensor", client, addresses[1:2]))
+        assert cni_node.del_pod("sensor-1", sensors[1]).returncode == 0
+        assert _eventually(_resolves_to(cni_node, "sensor", client, addresses[2:3]))
+        assert cni_node.resolve("sensor-x9z8w.iot", from_netns=client) == addresses[2:3]
+
+
+def test_del_releases_lease_and_veth_even_when_the_record_cannot_be_removed(
+    cni_node: Node, mode: AgentMode
+) -> None:
+    with mode(cni_node), pods(1) as (pod,):
+        assert cni_node.add_pod(pod, "partly", "partly-7xk2p").returncode == 0
+        dns_lock = cni_node.state / "dns.lock"
+        dns_lock.unlink()
+        dns_lock.mkdir()  # now the record cannot be removed: its lock cannot be opened
+        outcome = cni_node.del_pod("partly", pod)
+        assert outcome.returncode == 1
+        assert outcome.json["code"] == 5
+        assert outcome.json["msg"] == "DEL could not remove the DNS record"
+        assert "the rest was released" in outcome.json["details"]
+        assert cni_node.leases() == []
+        assert [link for link in cni_node.links() if link.startswith("scni")] == []
+        assert _pod_links(pod) == ["lo"]
+        assert cni_node.records() == ["partly"]
+        # The runtime retries DEL; once the record can go, it goes.
+        dns_lock.rmdir()
+        again = cni_node.del_pod("partly", pod)
+        assert (again.returncode, again.stdout) == (0, ""), again
+        _assert_nothing_left(cni_node, pod)
+
+
+# The plugin in-process, with the kernel refusing to delete any link.
+_VETH_REMOVAL_REFUSED = """
+import errno, sys
+from cni import netlink, plugin
+
+def refuse(name):
+    raise OSError(errno.EPERM, "Operation not permitted")
+
+netlink.delete_link = refuse
+sys.exit(plugin.run())
+"""
+
+
+def test_del_keeps_the_lease_while_the_veth_cannot_be_removed(cni_node: Node) -> None:
+    with pods(1) as (pod,):
+        assert cni_node.add_pod(pod, "stuck", "stuck-7xk2p").returncode == 0
+        leased = cni_node.leases()
+        refused = cni_node.del_pod("stuck", pod, plugin=[PYTHON, "-c", _VETH_REMOVAL_REFUSED])
+        assert refused.returncode == 1, refused
+        assert refused.json["code"] == 5
+        assert refused.json["msg"] == "DEL could not remove the veth"
+        assert refused.json["details"] == (
+            "PermissionError: [Errno 1] Operation not permitted;"
+            " the address lease is kept until a DEL removes the veth"
+        )
+        # The pod may still answer on its address: nobody else may be given it yet.
+        assert cni_node.leases() == leased
+        assert cni_node.records() == []
+        again = cni_node.del_pod("stuck", pod)
+        assert (again.returncode, again.stdout) == (0, ""), again
+        _assert_nothing_left(cni_node, pod)
+
+
+def test_check_reports_a_dns_record_that_points_away_from_the_lease(cni_node: Node) -> None:
+    with pods(1) as (pod,):
+        added = cni_node.add_pod(pod, "moved", "moved-7xk2p")
+        assert added.returncode == 0
+        leased = _address(added.json)
+        record = cni_node.hosts_dir / "moved"
+        record.write_text(record.read_text().replace(f"{leased} ", "10.210.0.250 "))
+        config = runtime_config(cni_node.conflist, prevResult=added.json)
+        check = cni_node.cni(
+            "CHECK",
+            config,
+            container_id="moved",
+            netns=netns_path(pod),
+            args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=moved-7xk2p",
+        )
+        assert check.returncode == 1
+        assert check.json["code"] == 102
+        assert check.json["details"] == (
+            f"DNS record for moved-7xk2p points at 10.210.0.250, not the leased {leased}"
+        )
+
+
+def test_agent_recreates_a_deleted_bridge_and_its_masquerade_rules_on_the_next_add(
+    cni_node: Node,
+) -> None:
+    with agent(cni_node) as running, pods(2) as (a, b):
+        assert cni_node.add_pod(a, "before", "before-7xk2p").returncode == 0
+        # Someone removes the bridge and flushes the NAT table under the running agent.
+        ip("link", "del", "smarter0", netns=cni_node.netns)
+        for flush in (["-F", "POSTROUTING"], ["-F", "SMARTER-CNI"], ["-X", "SMARTER-CNI"]):
+            in_netns(cni_node.netns, "iptables", "-t", "nat", *flush)
+        after = cni_node.add_pod(b, "after", "after-7xk2p")
+        assert after.returncode == 0, (after, running.events()[-3:])
+        assert running.added() == ["before", "after"]
+        bridge = ip("-br", "addr", "show", "smarter0", netns=cni_node.netns).stdout
+        assert f"{GATEWAY}/16" in bridge
+        assert after.json["interfaces"][0]["mac"] == "02:5c:0a:d2:00:01"
+        rules = in_netns(cni_node.netns, "iptables", "-t", "nat", "-S").stdout
+        assert "-A POSTROUTING -s 10.210.0.0/16" in rules
+        assert "-A SMARTER-CNI -j MASQUERADE" in rules
+        ping = in_netns(b, "/bin/busybox", "ping", "-c", "1", "-W", "2", GATEWAY, check=False)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+
+
+def test_iptables_lock_timeout_is_code_11_and_leaves_nothing(
+    cni_node: Node, tmp_path: Path
+) -> None:
+    # An iptables that finds the xtables lock held past its -w wait, as iptables-legacy says it.
+    fake = tmp_path / "bin" / "iptables"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo 'Another app is currently holding the xtables lock. Stopped waiting after 5s.' >&2\n"
+        "exit 4\n"
+    )
+    fake.chmod(0o755)
+    path = f"{fake.parent}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    with pods(1) as (pod,):
+        outcome = cni_node.add_pod(pod, "locked", "locked-7xk2p", env={"PATH": path})
+        assert outcome.returncode == 1
+        assert outcome.json["code"] == 11, outcome.json
+        assert outcome.json["msg"] == "iptables is busy"
+        assert "xtables lock" in outcome.json["details"]
+        _assert_nothing_left(cni_node, pod)
