@@ -1,7 +1,7 @@
 """smarter-device-manager: hotplug-to-ListAndWatch latency, Allocate latency, start-up with 200
 matching device nodes, and the daemon's resident memory, against the kubelet stand-in.
 
-Run: python -m bench device_plugin
+Run: python -m bench device_plugin   (the daemon gets the env the DaemonSet gives it)
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ RULES = """\
   nummaxdevices: 20
 """
 REPO = Path(__file__).resolve().parents[1]
+DAEMONSET = REPO / "deploy" / "device-manager" / "daemonset.yaml"
+RSS_TARGET_MB = 45.0
 
 
 def _mknod(path: Path, major: int, minor: int) -> None:
@@ -44,6 +46,30 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _deployed_env() -> dict[str, str]:
+    """This environment plus the env the DaemonSet gives the daemon (MALLOC_ARENA_MAX), so the
+    memory measured is the memory deployed."""
+    import yaml
+
+    daemonset = yaml.safe_load(DAEMONSET.read_text())
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    env = dict(os.environ)
+    env.update({item["name"]: str(item["value"]) for item in container.get("env", [])})
+    return env
+
+
+def _daemon(root: Path, rules: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        _command(root, rules), cwd=REPO, env=_deployed_env(), stderr=subprocess.DEVNULL
+    )
+
+
+def _target(value: float, limit: float, unit: str) -> str:
+    """The target column, saying plainly when this run missed it."""
+    target = f"< {limit:g} {unit}"
+    return target if value < limit else f"{target}: NOT MET"
 
 
 def _command(root: Path, rules: Path) -> list[str]:
@@ -66,7 +92,7 @@ def _idle_rss_mb(root: Path) -> float:
     rules.parent.mkdir(parents=True, exist_ok=True)
     rules.write_text("- devicematch: ^no-such-device$\n  nummaxdevices: 1\n")
     (root / "dev").mkdir(exist_ok=True)
-    process = subprocess.Popen(_command(root, rules), cwd=REPO, stderr=subprocess.DEVNULL)
+    process = _daemon(root, rules)
     try:
         time.sleep(2.0)
         return _rss_mb(process.pid)
@@ -100,7 +126,7 @@ def _typical_rss(root: Path, kubelet_module: Any) -> tuple[int, float]:
     for name, (major, minor) in TYPICAL_GATEWAY.items():
         _mknod(root / "dev" / name, major, minor)
     stand_in = kubelet_module.start(root / "var/lib/kubelet/device-plugins")
-    process = subprocess.Popen(_command(root, rules), cwd=REPO, stderr=subprocess.DEVNULL)
+    process = _daemon(root, rules)
     try:
         wanted = {"smarter-devices/ttyUSB0", "smarter-devices/snd", "smarter-devices/rtc0"}
         stand_in.wait_registered(wanted, timeout=60)
@@ -137,7 +163,7 @@ def run() -> list[Measurement]:
         wanted = {f"smarter-devices/ttyUSB{i}" for i in range(NODES - 1)} | {"smarter-devices/snd"}
 
         started = time.perf_counter()
-        process = subprocess.Popen(_command(root, rules), cwd=REPO, stderr=subprocess.DEVNULL)
+        process = _daemon(root, rules)
         stand_in.wait_registered(wanted, timeout=60)
         startup_s = time.perf_counter() - started
         for resource in wanted:
@@ -194,7 +220,7 @@ def run() -> list[Measurement]:
                 f"hotplug: node vanishes/returns -> ListAndWatch, median of {len(toggles)}",
                 health.median,
                 "ms",
-                target="< 100 ms",
+                target=_target(health.median, 100, "ms"),
             ),
             Measurement(
                 SUITE, "hotplug: node vanishes/returns -> ListAndWatch, p95", health.p95, "ms"
@@ -204,7 +230,7 @@ def run() -> list[Measurement]:
                 f"hotplug: new node -> registered + listed, median of {len(arrivals)}",
                 new.median,
                 "ms",
-                target="< 100 ms",
+                target=_target(new.median, 100, "ms"),
             ),
             Measurement(SUITE, "hotplug: new node -> registered + listed, p95", new.p95, "ms"),
             Measurement(
@@ -212,17 +238,25 @@ def run() -> list[Measurement]:
                 f"Allocate round trip, median of {len(allocations)}",
                 allocate.median,
                 "ms",
-                target="< 2 ms",
+                target=_target(allocate.median, 2, "ms"),
             ),
             Measurement(SUITE, "Allocate round trip, p95", allocate.p95, "ms"),
             Measurement(
                 SUITE, f"start -> {len(wanted)} resources registered", startup_s * 1000, "ms"
             ),
             Measurement(
-                SUITE, f"RSS after registering {len(wanted)} resources", rss, "MB", target="< 45 MB"
+                SUITE,
+                f"RSS after registering {len(wanted)} resources",
+                rss,
+                "MB",
+                target=_target(rss, RSS_TARGET_MB, "MB"),
             ),
             Measurement(
-                SUITE, "RSS after the hotplug and Allocate runs", rss_after, "MB", target="< 45 MB"
+                SUITE,
+                "RSS after the hotplug and Allocate runs",
+                rss_after,
+                "MB",
+                target=_target(rss_after, RSS_TARGET_MB, "MB"),
             ),
             Measurement(
                 SUITE,
@@ -236,7 +270,7 @@ def run() -> list[Measurement]:
                 f"RSS on a typical gateway, default rules ({typical_count} resources)",
                 typical_rss,
                 "MB",
-                target="< 45 MB",
+                target=_target(typical_rss, RSS_TARGET_MB, "MB"),
             ),
         ]
     finally:

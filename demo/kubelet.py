@@ -2,9 +2,10 @@
 
 Like the kubelet's device manager it serves `Registration` on `<plugin dir>/kubelet.sock`,
 validates each RegisterRequest, dials the plugin's endpoint (a socket name in the same
-directory) before answering, and consumes its ListAndWatch stream. `restart()` does what a
-kubelet restart does to the directory: every socket in it is deleted, then kubelet.sock is
-created anew.
+directory) and asks it GetDevicePluginOptions before answering (an error there refuses the
+registration, as the kubelet's `PluginConnected` does), then consumes its ListAndWatch stream.
+`restart()` does what a kubelet restart does to the directory: every socket in it is deleted,
+then kubelet.sock is created anew.
 
     with kubelet.start(plugin_dir) as k:
         k.wait_registered(["smarter-devices/ttyUSB0"])
@@ -56,8 +57,11 @@ class PluginConnection:
         self._stub: Any = cast(Callable[[Any], Any], api_grpc.DevicePluginStub)(self._channel)
         self._watches: list[Any] = []
 
-    def options(self) -> api.DevicePluginOptions:
-        return cast(api.DevicePluginOptions, self._stub.GetDevicePluginOptions(api.Empty()))
+    def options(self, timeout: float = DIAL_TIMEOUT_S) -> api.DevicePluginOptions:
+        return cast(
+            api.DevicePluginOptions,
+            self._stub.GetDevicePluginOptions(api.Empty(), timeout=timeout),
+        )
 
     def watch(
         self, updates: queue.Queue[Devices | None] | None = None
@@ -115,11 +119,18 @@ class PluginConnection:
 
 
 class _Endpoint:
-    """A registered resource: its request, connection and what ListAndWatch last said."""
+    """A registered resource: its request, connection, the options the plugin answered at
+    registration, and what ListAndWatch last said."""
 
-    def __init__(self, request: api.RegisterRequest, connection: PluginConnection) -> None:
+    def __init__(
+        self,
+        request: api.RegisterRequest,
+        connection: PluginConnection,
+        options: api.DevicePluginOptions,
+    ) -> None:
         self.request = request
         self.connection = connection
+        self.options = options
         self.devices: Devices | None = None
         self.updates: queue.Queue[Devices | None] = queue.Queue()
 
@@ -127,9 +138,9 @@ class _Endpoint:
 class Kubelet:
     """The stand-in; see the module docstring."""
 
-    def __init__(self, plugin_dir: Path) -> None:
+    def __init__(self, plugin_dir: Path, socket_name: str = KUBELET_SOCKET) -> None:
         self.plugin_dir = plugin_dir
-        self.socket = plugin_dir / KUBELET_SOCKET
+        self.socket = plugin_dir / socket_name
         self.registrations: list[api.RegisterRequest] = []
         self.refused: list[tuple[api.RegisterRequest, str]] = []
         self._endpoints: dict[str, _Endpoint] = {}
@@ -197,17 +208,27 @@ class Kubelet:
             self.registrations.append(request)
             self._changed.notify_all()
         problem = _validate(request)
+        connection: PluginConnection | None = None
+        options = api.DevicePluginOptions()
         if problem is None:
             try:
                 connection = PluginConnection(self.plugin_dir / request.endpoint)
+                # Synchronously, before answering, as the kubelet's PluginConnected does.
+                options = connection.options()
             except ConnectionError as exc:
                 problem = str(exc)
-        if problem is not None:
+            except grpc.RpcError as exc:
+                problem = f"failed to get device plugin options: {_details(exc)}"
+        if problem is not None or connection is None:
+            if connection is not None:
+                connection.close()
+            problem = problem or "no connection"
             with self._changed:
                 self.refused.append((request, problem))
                 self._changed.notify_all()
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        endpoint = _Endpoint(request, connection)
+            # The kubelet answers with a plain Go error, which gRPC sends as UNKNOWN.
+            context.abort(grpc.StatusCode.UNKNOWN, problem)
+        endpoint = _Endpoint(request, connection, options)
         with self._changed:
             old = self._endpoints.get(request.resource_name)
             self._endpoints[request.resource_name] = endpoint
@@ -247,6 +268,11 @@ class Kubelet:
         wanted = set(resources)
         self._wait(lambda: wanted <= set(self._endpoints), timeout, f"registration of {wanted}")
         return self.registered()
+
+    def options(self, resource: str) -> api.DevicePluginOptions:
+        """What the plugin of `resource` answered to GetDevicePluginOptions when it registered."""
+        with self._changed:
+            return self._endpoints[resource].options
 
     def devices(self, resource: str) -> Devices | None:
         with self._changed:
@@ -315,6 +341,11 @@ def _validate(request: api.RegisterRequest) -> str | None:
     return None
 
 
-def start(plugin_dir: Path) -> Kubelet:
-    """A running stand-in serving `<plugin_dir>/kubelet.sock`."""
-    return Kubelet(plugin_dir).start()
+def _details(error: grpc.RpcError) -> str:
+    call = cast(grpc.Call, error)
+    return f"{call.code().name}: {call.details()}"
+
+
+def start(plugin_dir: Path, socket_name: str = KUBELET_SOCKET) -> Kubelet:
+    """A running stand-in serving `<plugin_dir>/<socket_name>` (kubelet.sock)."""
+    return Kubelet(plugin_dir, socket_name).start()

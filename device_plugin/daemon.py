@@ -54,10 +54,16 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
-        watcher = Watcher(self.notify, self.host.dev, self.rules_file, self.plugin_dir)
+        watcher = Watcher(
+            self.notify,
+            self.host.dev,
+            self.rules_file,
+            self.plugin_dir,
+            quiet_dirs=lambda: self.dev.quiet,
+        )
         watcher.start()
         try:
-            await self._refresh(forget_absent=False)
+            await self._refresh(reloaded=False)
             _log.info("started", resources=sum(1 for _ in self.plugins))
             stopping = asyncio.ensure_future(stop.wait())
             while not stop.is_set():
@@ -83,11 +89,15 @@ class Daemon:
 
     async def _handle(self, changes: set[Change]) -> None:
         _log.debug("rescan", changes=sorted(change.value for change in changes))
-        forget = Change.RULES in changes and self._reload_rules()
+        reloaded = Change.RULES in changes and self._reload_rules()
         if Change.KUBELET in changes:
             _log.info("kubelet_restarted")
             await self.plugins.restart()
-        await self._refresh(forget_absent=forget)
+        else:
+            # Also on every periodic tick: a deleted socket is how a plugin notices a kubelet
+            # restart whose kubelet.sock event it missed.
+            await self.plugins.revive()
+        await self._refresh(reloaded=reloaded)
         await self.plugins.register()
 
     def _reload_rules(self) -> bool:
@@ -105,13 +115,19 @@ class Daemon:
         _log.info("rules_reloaded", file=str(self.rules_file), rules=len(rules))
         return True
 
-    async def _refresh(self, *, forget_absent: bool) -> None:
-        for source in (self.dev, self.remoteproc):
-            await self.plugins.apply(
-                source.name,
-                _scan(source),
-                forget_absent=forget_absent and source is self.dev,
-            )
+    async def _refresh(self, *, reloaded: bool) -> None:
+        """Rescan both sources. After a rules reload, a /dev resource whose device is absent is
+        dropped only if no rule matches its path any more; otherwise it stays, Unhealthy."""
+        await self.plugins.apply(
+            self.dev.name,
+            _scan(self.dev),
+            forget=(lambda resource: not self.dev.wants(resource)) if reloaded else _keep,
+        )
+        await self.plugins.apply(self.remoteproc.name, _scan(self.remoteproc))
+
+
+def _keep(resource: str) -> bool:
+    return False
 
 
 def _scan(source: Source) -> list[Offer]:

@@ -9,6 +9,7 @@ replaced by `_`. The whole file is validated before any of it is used.
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -26,6 +27,9 @@ _KEYS = ("devicematch", "nummaxdevices")
 _QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _NOT_NAME_CHAR = re.compile(r"[^-A-Za-z0-9_.]")
 _MAX_NAME = 63
+# Device IDs were meant to be DNS-label sized when the API was designed (kubernetes#49342); the
+# kubelet does not check, but tools that read them back (pod resources API, labels) may.
+MAX_DEVICE_ID = 63
 
 EntryKind = Literal["char", "block", "dir", "link", "other"]
 
@@ -85,16 +89,30 @@ class Resource:
 
 @dataclass(frozen=True)
 class Rejection:
-    """A matched entry that is not handed over, and why."""
+    """A matched entry that is not handed over, and why (`devicematch` is the rule's pattern)."""
 
     rule: int
+    devicematch: str
     entry: str
     reason: str
 
 
 def device_ids(short_name: str, shares: int) -> tuple[str, ...]:
-    """The IDs of a device shared `shares` times: `<name>-0` .. `<name>-<shares-1>`."""
-    return tuple(f"{short_name}-{index}" for index in range(shares))
+    """The IDs of a device shared `shares` times: `<name>-0` .. `<name>-<shares-1>`.
+
+    When the longest ID would exceed MAX_DEVICE_ID characters, `<name>` is cut and a digest of
+    the whole name appended (`<start of name>-<crc32>`), so IDs stay valid and distinct.
+    """
+    base = _id_base(short_name, shares)
+    return tuple(f"{base}-{index}" for index in range(shares))
+
+
+def _id_base(short_name: str, shares: int) -> str:
+    room = MAX_DEVICE_ID - len(f"-{max(shares - 1, 0)}")
+    if len(short_name) <= room:
+        return short_name
+    digest = f"{zlib.crc32(short_name.encode()):08x}"
+    return f"{short_name[: room - len(digest) - 1]}-{digest}"
 
 
 def parse_rules(text: str, source: str = "rules") -> list[Rule]:
@@ -205,7 +223,9 @@ def match_devices(
 
     def reject(rule: Rule, path: str, reason: str) -> None:
         if rejected is not None:
-            rejected.append(Rejection(rule=rule.number, entry=path, reason=reason))
+            rejected.append(
+                Rejection(rule=rule.number, devicematch=rule.devicematch, entry=path, reason=reason)
+            )
 
     for rule in rules:
         for path in ordered:

@@ -3,7 +3,8 @@
 Follows the kubelet's device plugin API v1beta1: each resource is served on its own unix socket
 in the plugin directory, then registered on `kubelet.sock` (the server must answer before the
 kubelet dials back). ListAndWatch sends the full device list on connect and again on every
-change. All servers share one asyncio loop, so an open ListAndWatch stream costs no thread.
+change. All servers share one asyncio loop, so an open ListAndWatch stream costs no thread, and
+one small thread pool (used by gRPC only for handlers that are not coroutines: none today).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import re
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,8 +30,21 @@ KUBELET_SOCKET = "kubelet.sock"
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 REGISTER_TIMEOUT_S = 5.0
-# sockaddr_un holds 108 bytes including the terminating NUL.
-_MAX_SOCKET_PATH = 107
+# The kubelet's socket file appears (bind) a moment before it accepts (listen): a Register sent
+# on the inotify event can meet ECONNREFUSED. So the channel retries the connection quickly for
+# this long, rather than failing and waiting for the daemon's periodic retry. Bounded, because
+# a kubelet that died leaves its socket behind and nothing would ever answer.
+KUBELET_READY_S = 2.0
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 20),
+    ("grpc.max_reconnect_backoff_ms", 250),
+    ("grpc.enable_channelz", 0),
+)
+# No channelz bookkeeping: nothing reads it, and it costs a little memory per server.
+_SERVER_OPTIONS = (("grpc.enable_channelz", 0),)
+# sockaddr_un holds 108 bytes including the terminating NUL, but gRPC (1.85, measured) refuses
+# to bind a path of 106 bytes or more (its message says "more than 107 characters").
+_MAX_SOCKET_PATH = 105
 _SLOT = re.compile(r"^(?P<device>.+)-(?P<slot>\d+)$")
 
 _log = get_logger("smarter-device-manager")
@@ -112,6 +127,10 @@ class ResourcePlugin:
     def healthy(self) -> bool:
         return self.offer is not None
 
+    @property
+    def serving(self) -> bool:
+        return self._server is not None
+
     def devices(self) -> list[api.Device]:
         health = HEALTHY if self.healthy else UNHEALTHY
         return [api.Device(ID=device_id, health=health) for device_id in self.ids]
@@ -127,11 +146,11 @@ class ResourcePlugin:
             for stream in self._streams:
                 stream.put_nowait(True)
 
-    async def serve(self) -> None:
+    async def serve(self, executor: Executor | None = None) -> None:
         """Listen on the plugin's socket (replacing a stale one)."""
         await self.shutdown()
         self.socket.unlink(missing_ok=True)
-        server = grpc.aio.server()
+        server = grpc.aio.server(migration_thread_pool=executor, options=_SERVER_OPTIONS)
         _add_servicer(self, server)
         server.add_insecure_port(f"unix://{self.socket}")
         await server.start()
@@ -246,6 +265,9 @@ class Plugins:
         self.kubelet_socket = plugin_dir / KUBELET_SOCKET
         self._plugins: dict[str, ResourcePlugin] = {}
         self._kubelet_absent_logged = False
+        # One pool for every server rather than one each; the handlers are coroutines, so it
+        # idles (no thread is started until gRPC needs one).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpc-handler")
 
     def __iter__(self) -> Any:
         return iter(list(self._plugins.values()))
@@ -253,9 +275,15 @@ class Plugins:
     def get(self, resource: str) -> ResourcePlugin | None:
         return self._plugins.get(resource)
 
-    async def apply(self, source: str, offers: Iterable[Offer], *, forget_absent: bool) -> None:
+    async def apply(
+        self,
+        source: str,
+        offers: Iterable[Offer],
+        *,
+        forget: Callable[[str], bool] = lambda resource: False,
+    ) -> None:
         """Bring `source`'s resources to `offers`: new ones are served and registered; absent
-        ones turn Unhealthy, or are stopped when `forget_absent` (the rules no longer want them).
+        ones turn Unhealthy, or are stopped when `forget(resource)` (no rule wants them now).
         """
         present: dict[str, Offer] = {}
         for offer in offers:
@@ -277,7 +305,7 @@ class Plugins:
         for plugin in list(self._plugins.values()):
             if plugin.source != source or plugin.resource in present:
                 continue
-            if forget_absent:
+            if forget(plugin.resource):
                 _log.info("resource_dropped", resource=plugin.resource)
                 await plugin.shutdown()
                 del self._plugins[plugin.resource]
@@ -288,7 +316,7 @@ class Plugins:
 
     async def _start(self, plugin: ResourcePlugin) -> None:
         try:
-            await plugin.serve()
+            await plugin.serve(self._executor)
         except Exception as exc:
             _log.error("serve_failed", resource=plugin.resource, error=str(exc))
 
@@ -298,12 +326,27 @@ class Plugins:
         await asyncio.gather(*(self._start(plugin) for plugin in plugins))
         await self.register(plugins)
 
+    async def revive(self) -> None:
+        """Serve anew, and register again, every plugin whose socket is gone.
+
+        The kubelet deletes every socket in the directory when it starts; the Kubernetes docs
+        name a plugin noticing its own socket's deletion as the way to detect that, which also
+        covers a restart whose new kubelet.sock was missed.
+        """
+        missing = [plugin for plugin in self._plugins.values() if not plugin.socket.is_socket()]
+        if not missing:
+            return
+        _log.info("sockets_missing", resources=sorted(plugin.resource for plugin in missing))
+        await asyncio.gather(*(self._start(plugin) for plugin in missing))
+        await self.register(missing)
+
     async def register(self, plugins: Iterable[ResourcePlugin] | None = None) -> None:
         """Register `plugins` (default: every unregistered one) if the kubelet is listening."""
         chosen = [
             plugin
             for plugin in (self._plugins.values() if plugins is None else plugins)
-            if not plugin.registered and plugin.resource in self._plugins
+            # One that could not serve is not offered: the kubelet would dial in vain.
+            if not plugin.registered and plugin.serving and plugin.resource in self._plugins
         ]
         if not chosen:
             return
@@ -313,13 +356,27 @@ class Plugins:
                 self._kubelet_absent_logged = True
             return
         self._kubelet_absent_logged = False
-        async with grpc.aio.insecure_channel(f"unix://{self.kubelet_socket}") as channel:
+        async with grpc.aio.insecure_channel(
+            f"unix://{self.kubelet_socket}", options=_CHANNEL_OPTIONS
+        ) as channel:
+            try:
+                await asyncio.wait_for(channel.channel_ready(), KUBELET_READY_S)
+            except TimeoutError:
+                _log.warning(
+                    "kubelet_unreachable",
+                    socket=str(self.kubelet_socket),
+                    waited_s=KUBELET_READY_S,
+                    resources=len(chosen),
+                )
+                return
             stub = _registration_stub(channel)
             await asyncio.gather(*(self._register_one(stub, plugin) for plugin in chosen))
 
     async def _register_one(self, stub: Any, plugin: ResourcePlugin) -> None:
         try:
-            await stub.Register(plugin.register_request(), timeout=REGISTER_TIMEOUT_S)
+            await stub.Register(
+                plugin.register_request(), timeout=REGISTER_TIMEOUT_S, wait_for_ready=True
+            )
         except grpc.aio.AioRpcError as exc:
             _log.warning(
                 "register_failed",
@@ -335,3 +392,4 @@ class Plugins:
         """Stop every server and remove every socket."""
         plugins, self._plugins = list(self._plugins.values()), {}
         await asyncio.gather(*(plugin.shutdown() for plugin in plugins), return_exceptions=True)
+        self._executor.shutdown(wait=False)

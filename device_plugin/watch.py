@@ -1,10 +1,13 @@
 """The filesystem events the daemon reacts to, by inotify (watchdog).
 
 - `/dev`, recursively: device nodes appearing, vanishing or renamed (no modify/access events,
-  so a busy serial port does not wake the daemon).
+  so a busy serial port does not wake the daemon), except below the pseudo directories (`pts`,
+  `shm`, ...) the rules do not name: a new pty per `kubectl exec` is not a reason to rescan.
 - the rules file's directory: a ConfigMap volume swaps its `..data` symlink rather than writing
   the file, so the directory is watched, not the file.
-- the plugin directory: `kubelet.sock` created means the kubelet (re)started.
+- the plugin directory: `kubelet.sock` created means the kubelet (re)started; any other socket
+  deleted may be one of ours, gone because the kubelet restarted (the documented fallback for
+  noticing a restart) or because someone removed it.
 
 sysfs cannot be watched by inotify, so remote cores are rescanned on `/dev` events (a core's
 console appears there) and by the daemon's periodic check.
@@ -13,7 +16,7 @@ console appears there) and by the daemon's periodic check.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
 
@@ -30,8 +33,6 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from device_plugin.dev_source import NO_DEVICES
-
 _STRUCTURE_EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
     FileDeletedEvent,
@@ -46,34 +47,41 @@ class Change(Enum):
     DEV = "dev"
     RULES = "rules"
     KUBELET = "kubelet"
+    PLUGIN_SOCKET = "plugin_socket"
 
 
 class _Forward(FileSystemEventHandler):
     def __init__(
-        self, notify: Callable[[Change], None], change: Change, ignore: tuple[str, ...] = ()
+        self,
+        notify: Callable[[Change], None],
+        change: Change,
+        ignore: Callable[[str], bool] = lambda path: False,
     ) -> None:
         self._notify = notify
         self._change = change
         self._ignore = ignore
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        path = os.fsdecode(event.src_path)
-        if not any(path.startswith(prefix) for prefix in self._ignore):
+        if not self._ignore(os.fsdecode(event.src_path)):
             self._notify(self._change)
 
 
-class _KubeletSocket(FileSystemEventHandler):
-    def __init__(self, notify: Callable[[Change], None], socket: Path) -> None:
+class _PluginDir(FileSystemEventHandler):
+    def __init__(self, notify: Callable[[Change], None], kubelet_socket: Path) -> None:
         self._notify = notify
-        self._socket = str(socket)
+        self._kubelet_socket = str(kubelet_socket)
 
     def on_created(self, event: FileSystemEvent) -> None:
-        if event.src_path == self._socket:
+        if os.fsdecode(event.src_path) == self._kubelet_socket:
             self._notify(Change.KUBELET)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        if event.dest_path == self._socket:
+        if os.fsdecode(event.dest_path) == self._kubelet_socket:
             self._notify(Change.KUBELET)
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        if os.fsdecode(event.src_path) != self._kubelet_socket:
+            self._notify(Change.PLUGIN_SOCKET)
 
 
 class Watcher:
@@ -85,9 +93,19 @@ class Watcher:
         dev: Path,
         rules_file: Path,
         plugin_dir: Path,
+        quiet_dirs: Callable[[], Iterable[str]] = lambda: (),
     ) -> None:
+        """`quiet_dirs()` names the directories below `dev` whose contents are not heard; it is
+        asked on each event (from watchdog's thread), so it may change as the rules do."""
         self._observer = Observer()
-        quiet = tuple(f"{dev}/{name}/" for name in NO_DEVICES)
+        root = f"{dev}/"
+
+        def quiet(path: str) -> bool:
+            if not path.startswith(root):
+                return False
+            top, slash, _ = path[len(root) :].partition("/")
+            return bool(slash) and top in quiet_dirs()
+
         self._observer.schedule(
             _Forward(notify, Change.DEV, quiet),
             str(dev),
@@ -103,10 +121,10 @@ class Watcher:
                 event_filter=[*_STRUCTURE_EVENTS, FileClosedEvent],
             )
         self._observer.schedule(
-            _KubeletSocket(notify, plugin_dir / "kubelet.sock"),
+            _PluginDir(notify, plugin_dir / "kubelet.sock"),
             str(plugin_dir),
             recursive=False,
-            event_filter=[FileCreatedEvent, FileMovedEvent],
+            event_filter=[FileCreatedEvent, FileMovedEvent, FileDeletedEvent],
         )
 
     def start(self) -> None:

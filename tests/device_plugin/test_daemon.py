@@ -6,18 +6,23 @@ runs `python -m device_plugin --host-root ...` and plays kubelet.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
 
 from demo.kubelet import Devices, Kubelet, start
+from device_plugin.daemon import PERIODIC_S
 from tests.device_plugin.conftest import (
     REPO,
     SOUND_MAJOR,
@@ -83,6 +88,17 @@ def test_every_matching_device_and_core_is_registered(
     assert kubelet.refused == []
 
 
+def test_registration_is_answered_after_the_kubelet_got_the_plugin_options(
+    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+) -> None:
+    start_daemon()
+    kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
+    for resource in EXPECTED:
+        options = kubelet.options(resource)
+        assert options.get_preferred_allocation_available
+        assert not options.pre_start_required
+
+
 def test_list_and_watch_offers_as_many_healthy_ids_as_the_rule_allows(
     gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
@@ -137,21 +153,14 @@ def test_shared_memory_churn_under_dev_does_not_wake_the_daemon(
     daemon = start_daemon("--log-level", "debug")
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
 
-    def dev_rescans() -> int:
-        return sum(
-            1
-            for line in daemon.log_text().splitlines()
-            if '"rescan"' in line and "dev" in json.loads(line)["changes"]
-        )
-
-    before = dev_rescans()
+    before = _dev_rescans(daemon)
     for index in range(20):
         (gateway.dev / f"shm/segment{index}").write_text("x")
         (gateway.dev / f"shm/segment{index}").unlink()
         time.sleep(0.03)  # apart: each would be a rescan of its own if it were heard
     gateway.node("ttyUSB1", minor=1)
     kubelet.wait_registered({"smarter-devices/ttyUSB1"}, timeout=WAIT_S)
-    assert dev_rescans() - before == 1
+    assert _dev_rescans(daemon) - before == 1
 
 
 def test_a_node_in_a_new_subdirectory_is_seen(
@@ -172,9 +181,9 @@ def test_after_a_kubelet_restart_every_resource_is_served_and_registered_again(
     first = len(kubelet.registrations)
 
     kubelet.restart()
-    assert kubelet.registered() == {}
     registered = kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
-    assert len(kubelet.registrations) >= first + len(EXPECTED)
+    # Every resource sent a Register to the new kubelet, not only to the old one.
+    assert {r.resource_name for r in kubelet.registrations[first:]} >= EXPECTED
     for request in registered.values():
         assert (gateway.plugin_dir / request.endpoint).is_socket()
     kubelet.wait_devices("smarter-devices/snd", _all("Healthy"), timeout=WAIT_S)
@@ -430,3 +439,225 @@ def _drain(updates: queue.Queue[Devices | None]) -> list[Devices | None]:
     while not updates.empty():
         items.append(updates.get_nowait())
     return items
+
+
+def _events(daemon: Daemon, event: str) -> list[dict[str, object]]:
+    return [
+        json.loads(line)
+        for line in daemon.log_text().splitlines()
+        if f'"{event}"' in line and json.loads(line).get("event") == event
+    ]
+
+
+def _dev_rescans(daemon: Daemon) -> int:
+    return sum(1 for event in _events(daemon, "rescan") if "dev" in str(event["changes"]))
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.02)
+
+
+def _registrations_of(kubelet: Kubelet, resource: str) -> int:
+    return sum(1 for request in list(kubelet.registrations) if request.resource_name == resource)
+
+
+def test_new_ptys_do_not_wake_the_daemon(
+    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+) -> None:
+    gateway.node("pts/0", 136, 0)
+    daemon = start_daemon("--log-level", "debug")
+    kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
+    before = _dev_rescans(daemon)
+    for index in range(1, 21):  # a terminal or `kubectl exec` session each
+        gateway.node(f"pts/{index}", 136, index)
+        time.sleep(0.03)
+        (gateway.dev / f"pts/{index}").unlink()
+    gateway.node("ttyUSB1", minor=1)
+    kubelet.wait_registered({"smarter-devices/ttyUSB1"}, timeout=WAIT_S)
+    assert _dev_rescans(daemon) - before == 1
+    assert not any(r.resource_name.startswith("smarter-devices/pts") for r in kubelet.registrations)
+
+
+def test_a_rule_that_names_pts_hears_and_serves_its_ptys(
+    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+) -> None:
+    gateway.node("pts/0", 136, 0)
+    gateway.write_rules(RULES + "- devicematch: ^pts/[0-9]+$\n  nummaxdevices: 1\n")
+    start_daemon()
+    kubelet.wait_registered(EXPECTED | {"smarter-devices/pts_0"}, timeout=WAIT_S)
+    gateway.node("pts/1", 136, 1)
+    kubelet.wait_registered({"smarter-devices/pts_1"}, timeout=WAIT_S)
+    response = kubelet.allocate("smarter-devices/pts_1", ["pts_1-0"])
+    assert [d.host_path for d in response.container_responses[0].devices] == ["/dev/pts/1"]
+
+
+def test_a_symlink_out_of_dev_is_logged_with_the_rule_devicematch_and_not_advertised(
+    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+) -> None:
+    os.symlink("/proc/self/fd", gateway.dev / "fd")
+    gateway.write_rules(RULES + "- devicematch: ^fd$\n  nummaxdevices: 1\n")
+    daemon = start_daemon()
+    daemon.wait_log('"started"')
+    kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
+    (event,) = _events(daemon, "device_rejected")
+    assert {key: event[key] for key in ("level", "rule", "devicematch", "entry", "reason")} == {
+        "level": "warning",
+        "rule": 4,
+        "devicematch": "^fd$",
+        "entry": "/dev/fd",
+        "reason": "symlink resolves outside /dev",
+    }
+    assert "smarter-devices/fd" not in {r.resource_name for r in kubelet.registrations}
+    assert not (gateway.plugin_dir / "smarter-fd.sock").exists()
+
+
+def test_a_rules_reload_keeps_an_unplugged_device_the_new_rules_still_match_as_unhealthy(
+    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+) -> None:
+    start_daemon()
+    kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
+    kubelet.wait_devices("smarter-devices/ttyUSB0", _all("Healthy"), timeout=WAIT_S)
+    (gateway.dev / "ttyUSB0").unlink()
+    kubelet.wait_devices("smarter-devices/ttyUSB0", _all("Unhealthy"), timeout=WAIT_S)
+    tty_usb = kubelet.updates("smarter-devices/ttyUSB0")
+    _drain(tty_usb)
+    snd = kubelet.updates("smarter-devices/snd")
+
+    # ttyUSB* still matched, snd (present) no longer: only snd goes.
+    gateway.write_rules(
+        "- devicematch: ^ttyUSB[0-9]*$\n  nummaxdevices: 1\n"
+        "- devicematch: ^null$\n  nummaxdevices: 1\n"
+    )
+    kubelet.wait_registered({"smarter-devices/null"}, timeout=WAIT_S)
+    while snd.get(timeout=WAIT_S) is not None:  # its stream ends
+        pass
+    assert not (gateway.plugin_dir / "smarter-snd.sock").exists()
+    assert (gateway.plugin_dir / "smarter-ttyUSB0.sock").is_socket()
+    assert _drain(tty_usb) == []  # its stream is still open, nothing changed for it
+    assert _health(kubelet.devices("smarter-devices/ttyUSB0") or []) == {"ttyUSB0-0": "Unhealthy"}
+
+    gateway.node("ttyUSB0", minor=0)
+    assert _health(
+        kubelet.wait_devices("smarter-devices/ttyUSB0", _all("Healthy"), timeout=WAIT_S)
+    ) == {"ttyUSB0-0": "Healthy"}
+
+
+def test_a_rules_reload_drops_an_unplugged_device_no_rule_matches_any_more(
+    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+) -> None:
+    start_daemon()
+    kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
+    (gateway.dev / "ttyUSB0").unlink()
+    kubelet.wait_devices("smarter-devices/ttyUSB0", _all("Unhealthy"), timeout=WAIT_S)
+    tty_usb = kubelet.updates("smarter-devices/ttyUSB0")
+    gateway.write_rules("- devicematch: ^snd$\n  nummaxdevices: 3\n")
+    while tty_usb.get(timeout=WAIT_S) is not None:
+        pass
+    assert not (gateway.plugin_dir / "smarter-ttyUSB0.sock").exists()
+    assert (gateway.plugin_dir / "smarter-snd.sock").is_socket()
+
+
+def test_a_deleted_plugin_socket_is_served_and_registered_again(
+    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+) -> None:
+    start_daemon()
+    kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
+    kubelet.wait_devices("smarter-devices/video0", _all("Healthy"), timeout=WAIT_S)
+    before = {resource: _registrations_of(kubelet, resource) for resource in EXPECTED}
+    old = kubelet.connection("smarter-devices/video0")
+    video = gateway.plugin_dir / "smarter-video0.sock"
+
+    video.unlink()  # as a restarting kubelet does; kubelet.sock itself is left alone
+    _wait_for(
+        lambda: kubelet.connection("smarter-devices/video0") is not old,
+        "new registration of smarter-devices/video0",
+    )
+    assert video.is_socket()
+    assert _registrations_of(kubelet, "smarter-devices/video0") == (
+        before["smarter-devices/video0"] + 1
+    )
+    kubelet.wait_devices("smarter-devices/video0", _all("Healthy"), timeout=WAIT_S)
+    response = kubelet.allocate("smarter-devices/video0", ["video0-1"])
+    assert [d.host_path for d in response.container_responses[0].devices] == ["/dev/video0"]
+    others = EXPECTED - {"smarter-devices/video0"}
+    assert {r: _registrations_of(kubelet, r) for r in others} == {r: before[r] for r in others}
+
+
+class _LateListener:
+    """A kubelet.sock that exists (bound) a while before it accepts (listen), then forwards each
+    connection to the stand-in: the moment between a real kubelet's bind and listen, drawn out."""
+
+    def __init__(self, path: Path, target: Path) -> None:
+        self._target = target
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._socket.bind(str(path))
+
+    def listen(self) -> None:
+        self._socket.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._socket.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(str(self._target))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def test_registration_retries_a_kubelet_socket_that_accepts_late_without_waiting_a_period(
+    gateway: HostTree, start_daemon: StartDaemon
+) -> None:
+    daemon = start_daemon()
+    daemon.wait_log("waiting_for_kubelet")
+    stand_in = start(gateway.plugin_dir, "stand-in.sock")
+    listener = _LateListener(gateway.plugin_dir / "kubelet.sock", stand_in.socket)
+    try:
+        appeared = time.monotonic()
+        time.sleep(0.5)  # the daemon heard kubelet.sock and dials it: refused until listen()
+        listener.listen()
+        stand_in.wait_registered(EXPECTED, timeout=WAIT_S)
+        assert time.monotonic() - appeared < PERIODIC_S - 1
+        assert _events(daemon, "register_failed") == []
+    finally:
+        listener.close()
+        stand_in.stop()
+
+
+def test_a_long_device_path_gets_device_ids_of_at_most_63_characters(
+    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+) -> None:
+    path = "serial/by-id/usb-FTDI_FT232R_USB_UART_A10KZ9Q1-if00-port0-extra"
+    resource = "smarter-devices/" + path.replace("/", "_")
+    gateway.node(path, minor=7)
+    gateway.write_rules(RULES + "- devicematch: ^serial/by-id/\n  nummaxdevices: 20\n")
+    start_daemon()
+    kubelet.wait_registered({resource}, timeout=WAIT_S)
+    ids = sorted(_health(kubelet.wait_devices(resource, _all("Healthy"), timeout=WAIT_S)))
+    assert len(ids) == 20
+    assert max(len(device_id) for device_id in ids) <= 63
+    response = kubelet.allocate(resource, ids[:1])
+    assert [d.container_path for d in response.container_responses[0].devices] == [f"/dev/{path}"]

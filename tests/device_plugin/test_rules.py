@@ -7,15 +7,18 @@ from pathlib import Path
 import pytest
 
 from device_plugin.rules import (
+    MAX_DEVICE_ID,
     DevEntry,
     NodeSpec,
     Rejection,
     Rule,
+    device_ids,
     load_rules,
     match_devices,
     parse_rules,
     resource_short_name,
 )
+from device_plugin.server import preferred_allocation
 from smarter_common.errors import ConfigError
 
 DEPLOYED_RULES = Path(__file__).resolve().parents[2] / "deploy/device-manager/rules-configmap.yaml"
@@ -214,8 +217,8 @@ def test_a_symlink_resolving_outside_dev_is_rejected_and_reported() -> None:
     )
     assert [r.name for r in found] == ["smarter-devices/ttyUSB0"]
     assert rejected == [
-        Rejection(rule=2, entry="fd", reason="symlink resolves outside /dev"),
-        Rejection(rule=2, entry="stdin", reason="symlink resolves outside /dev"),
+        Rejection(2, "^(fd|stdin)$", "fd", "symlink resolves outside /dev"),
+        Rejection(2, "^(fd|stdin)$", "stdin", "symlink resolves outside /dev"),
     ]
 
 
@@ -239,7 +242,7 @@ def test_names_a_resource_cannot_hold_are_replaced_or_rejected() -> None:
     rejected: list[Rejection] = []
     found = match_devices(rules("- devicematch: ^a.b$\n  nummaxdevices: 1\n"), tree, rejected)
     assert [r.entry for r in found] == ["a:b"]
-    assert rejected == [Rejection(1, "a_b", "resource name 'a_b' is already taken")]
+    assert rejected == [Rejection(1, "^a.b$", "a_b", "resource name 'a_b' is already taken")]
 
 
 def test_the_deployed_default_rules_are_valid_and_grant_the_example_serial_port() -> None:
@@ -251,3 +254,27 @@ def test_the_deployed_default_rules_are_valid_and_grant_the_example_serial_port(
     found = {r.name: r for r in match_devices(deployed, tree)}
     assert set(found) == {"smarter-devices/ttyUSB0", "smarter-devices/ttyAMA0"}
     assert found["smarter-devices/ttyUSB0"].shares == 1
+
+
+def test_device_ids_never_exceed_63_characters_and_stay_distinct() -> None:
+    longest = "x" * 63  # the longest resource name a path may give
+    for shares in (1, 10, 1000):
+        ids = device_ids(longest, shares)
+        assert max(len(device_id) for device_id in ids) <= MAX_DEVICE_ID
+        assert len(set(ids)) == shares
+    other = device_ids("x" * 62 + "y", 1000)
+    assert set(other).isdisjoint(device_ids(longest, 1000))
+    # Short names keep the original's plain `<name>-<n>`.
+    assert device_ids("ttyUSB0", 2) == ("ttyUSB0-0", "ttyUSB0-1")
+    assert device_ids("y" * 61, 10)[0] == "y" * 61 + "-0"
+
+
+def test_a_long_matched_path_gets_valid_ids_the_preferred_allocation_can_group() -> None:
+    path = "serial/by-id/usb-FTDI_FT232R_USB_UART_A10KZ9Q1-if00-port0-extra"
+    (found,) = match_devices(
+        rules("- devicematch: ^serial/by-id/\n  nummaxdevices: 20\n"),
+        _tree((path, "char")),
+    )
+    assert len(found.short_name) == 63
+    assert all(len(device_id) <= MAX_DEVICE_ID for device_id in found.ids)
+    assert preferred_allocation(found.ids, [], 2) == [found.ids[0], found.ids[1]]

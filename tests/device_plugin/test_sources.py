@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-from device_plugin.dev_source import DevSource, scan_dev
+from device_plugin.dev_source import PSEUDO_DIRS, DevSource, quiet_dirs, scan_dev
 from device_plugin.remoteproc_source import RemoteprocSource
 from device_plugin.rules import DevEntry, parse_rules
 from device_plugin.sources import DeviceNode
 from smarter_common.hostroot import HostRoot
-from tests.device_plugin.conftest import SOUND_MAJOR, HostTree
+from tests.device_plugin.conftest import REPO, SOUND_MAJOR, HostTree
 
 
 def test_scan_lists_nodes_directories_and_resolves_links_inside_the_host_root(
@@ -104,3 +104,27 @@ def test_local_view_follows_a_console_linked_to_a_pty_of_this_machine(host: Host
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_pseudo_directories_are_walked_only_when_a_rule_names_them(host: HostTree) -> None:
+    host.node("ttyUSB0")
+    host.node("pts/0", 136, 0)
+    (host.dev / "shm").mkdir()
+    plain = parse_rules("- devicematch: ^ttyUSB0$\n  nummaxdevices: 1\n")
+    assert quiet_dirs(plain) == frozenset(PSEUDO_DIRS)
+    named = parse_rules("- devicematch: ^pts/[0-9]+$\n  nummaxdevices: 1\n")
+    assert quiet_dirs(named) == frozenset(PSEUDO_DIRS) - {"pts"}
+    assert "pts" not in quiet_dirs(parse_rules("- devicematch: ^pts$\n  nummaxdevices: 1\n"))
+
+    root = HostRoot(host.root)
+    assert "pts/0" not in {entry.path for entry in scan_dev(root)}
+    assert [o.resource for o in DevSource(root, plain).scan()] == ["smarter-devices/ttyUSB0"]
+    assert [o.resource for o in DevSource(root, named).scan()] == ["smarter-devices/pts_0"]
+
+
+def test_the_deployed_default_rules_leave_every_pseudo_directory_quiet() -> None:
+    import yaml
+
+    deployed = REPO / "deploy/device-manager/rules-configmap.yaml"
+    rules = parse_rules(yaml.safe_load(deployed.read_text())["data"]["conf.yaml"])
+    assert quiet_dirs(rules) == frozenset(PSEUDO_DIRS)
