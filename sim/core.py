@@ -2,9 +2,15 @@
 
 Mirrors drivers/remoteproc/remoteproc_sysfs.c: `firmware` can change only while the core is
 offline (EBUSY otherwise); `start` on a running core is EBUSY, a missing firmware file ENOENT, a
-file that is not an ELF this core can run EINVAL; `stop` on an offline core is EINVAL, on a
-crashed one it returns the core to offline. One departure: `start` on a crashed core fails with
-EBUSY (the kernel silently does nothing there, which leaves a caller waiting for `running`).
+file that is not an ELF this core can run EINVAL; `stop` is EINVAL unless the core is running
+(so also on a crashed core: `state_store` and `rproc_shutdown` accept only running/attached).
+A crashed core leaves that state through recovery (`recovery`: `enabled`, the kernel's default,
+restarts the same firmware by itself at once; `disabled` leaves it crashed; writing `recover`
+restarts it once), after which `stop` works.
+Departures: `start` on a crashed core fails with EBUSY (the kernel returns success and does
+nothing, which leaves a caller waiting for `running` and unbalances the core's power count); a
+recovery that finds no firmware file leaves the core offline (the kernel also leaves it
+offline, but still powered, so a later `start` would be ignored).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class SimCore:
         self._state = STATE_OFFLINE
         self._firmware = f"rproc-{self.device_id}-fw"
         self._run: QemuRun | None = None
+        self._recovery_enabled = True
         self._log = get_logger("smarter-sim", core=self.device_id)
 
     @property
@@ -71,6 +78,10 @@ class SimCore:
     @property
     def firmware(self) -> str:
         return self._firmware
+
+    @property
+    def recovery(self) -> str:
+        return "enabled" if self._recovery_enabled else "disabled"
 
     @property
     def qemu_pid(self) -> int | None:
@@ -96,29 +107,60 @@ class SimCore:
         else:
             raise CoreError(errno.EINVAL, f"unrecognised option {command!r}")
 
+    def write_recovery(self, value: str) -> None:
+        command = value[:-1] if value.endswith("\n") else value
+        if command == "enabled":
+            self._recovery_enabled = True
+            self.recover()
+        elif command == "disabled":
+            self._recovery_enabled = False
+        elif command == "recover":
+            self.recover()
+        else:
+            raise CoreError(errno.EINVAL, f"unrecognised option {command!r}")
+        self._log.info("recovery set", recovery=command)
+
+    def recover(self) -> None:
+        """What `rproc_trigger_recovery` does: a crashed core boots its firmware again."""
+        with self._lock:
+            if self._state != STATE_CRASHED:
+                return
+            self._state = STATE_OFFLINE
+            try:
+                self._boot()
+            except CoreError as error:
+                # The kernel writes no errno back for a failed recovery; the core stays offline.
+                self._log.warning("recovery failed", error=str(error))
+                return
+        self._log.info("core recovered", firmware=self._firmware)
+
     def start(self) -> None:
         with self._lock:
             if self._state != STATE_OFFLINE:
                 raise CoreError(errno.EBUSY, f"core is {self._state}")
-            source = self._find_firmware(self._firmware)
-            try:
-                check_fits(read_elf_facts(source), self.core_type.cpu)
-            except FirmwareError as error:
-                self._log.warning("firmware refused", firmware=str(source), error=str(error))
-                raise CoreError(errno.EINVAL, str(error)) from error
-            # The kernel loads the image into the core's memory at start; a private copy keeps
-            # later changes to the file from reaching the running core.
-            self._work_dir.mkdir(parents=True, exist_ok=True)
-            image = self._work_dir / "firmware.elf"
-            shutil.copyfile(source, image)
-            self.console.discard_unread()
-            try:
-                self._run = self._runner(lambda: self._spawn(image))
-            except (OSError, SmarterError) as error:
-                self._log.error("qemu failed to start", error=str(error))
-                raise CoreError(errno.EIO, f"cannot start QEMU: {error}") from error
-            self._state = STATE_RUNNING
-        self._log.info("core started", firmware=self._firmware, qemu_pid=self._run.pid)
+            self._boot()
+        self._log.info("core started", firmware=self._firmware, qemu_pid=self.qemu_pid)
+
+    def _boot(self) -> None:
+        """Load the firmware named in `firmware` and run it (the caller holds the lock)."""
+        source = self._find_firmware(self._firmware)
+        try:
+            check_fits(read_elf_facts(source), self.core_type.cpu)
+        except FirmwareError as error:
+            self._log.warning("firmware refused", firmware=str(source), error=str(error))
+            raise CoreError(errno.EINVAL, str(error)) from error
+        # The kernel loads the image into the core's memory at start; a private copy keeps
+        # later changes to the file from reaching the running core.
+        self._work_dir.mkdir(parents=True, exist_ok=True)
+        image = self._work_dir / "firmware.elf"
+        shutil.copyfile(source, image)
+        self.console.discard_unread()
+        try:
+            self._run = self._runner(lambda: self._spawn(image))
+        except (OSError, SmarterError) as error:
+            self._log.error("qemu failed to start", error=str(error))
+            raise CoreError(errno.EIO, f"cannot start QEMU: {error}") from error
+        self._state = STATE_RUNNING
 
     def _spawn(self, image: Path) -> QemuRun:
         return QemuRun(self.core_type, image, self.console, self._ended, core_id=self.device_id)
@@ -131,12 +173,16 @@ class SimCore:
             self._run = None
             if self._state == STATE_RUNNING:
                 self._state = STATE_CRASHED
+            recover = self._recovery_enabled and self._state == STATE_CRASHED
         self._log.warning("core crashed", reason=reason)
+        if recover:
+            # The kernel recovers from a work queue, not from the code that noticed the crash.
+            threading.Thread(target=self.recover, name="recovery", daemon=True).start()
 
     def stop(self) -> None:
         with self._lock:
-            if self._state == STATE_OFFLINE:
-                raise CoreError(errno.EINVAL, "core is offline")
+            if self._state != STATE_RUNNING:
+                raise CoreError(errno.EINVAL, f"core is {self._state}")
             run, self._run = self._run, None
             self._state = STATE_OFFLINE
         if run is not None:

@@ -61,6 +61,14 @@ class Layout:
         os.mknod(path, stat.S_IFCHR | mode, os.makedev(major, minor))
         self._made.append(path)
 
+    def symlink(self, path: Path, target: str) -> None:
+        """A link at `path` to `target`; one left by a killed simulator is replaced."""
+        self.mkdir(path.parent)
+        if path.is_symlink():
+            path.unlink()
+        path.symlink_to(target)
+        self._made.append(path)
+
     def remove(self) -> None:
         """Remove what this layout made, newest first; never anything under a mount."""
         for path in reversed(self._made):

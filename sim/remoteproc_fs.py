@@ -18,12 +18,20 @@ from sim.core import SimCore
 
 # sysfs reports a page as the size of every attribute file.
 _ATTR_SIZE = 4096
-_WRITABLE = frozenset({"firmware", "state"})
-_CORE_FILES = ("name", "firmware", "state")
+_WRITABLE = frozenset({"firmware", "state", "recovery"})
+_CORE_FILES = ("name", "firmware", "state", "recovery")
+# Where a board's kernel puts the rpmsg tty device of a core's firmware: the virtio device of
+# the firmware's resource table and its channel `rpmsg-tty` (src -1, dst 1024).
+VIRTIO_DIR = "virtio0"
+RPMSG_TTY_DIR = "virtio0.rpmsg-tty.-1.1024"
 
 
 def _error(code: int) -> OSError:
     return OSError(code, os.strerror(code))
+
+
+def _writable(rest: tuple[str, ...]) -> bool:
+    return len(rest) == 1 and rest[0] in _WRITABLE
 
 
 class RemoteprocFs:
@@ -56,6 +64,8 @@ class RemoteprocFs:
             return f"{core.firmware}\n".encode()
         if rest == ("state",):
             return f"{core.state}\n".encode()
+        if rest == ("recovery",):
+            return f"{core.recovery}\n".encode()
         if rest == ("device", "of_node", "compatible"):
             return devicetree_strings((core.core_type.compatible,))
         if rest == ("device", "of_node", "name"):
@@ -67,9 +77,13 @@ class RemoteprocFs:
         if core is None:
             return sorted(self._cores, key=lambda name: int(name.removeprefix("remoteproc")))
         if rest == ():
-            return [*_CORE_FILES, "device"]
+            return [*_CORE_FILES, "device", VIRTIO_DIR]
         if rest == ("device",):
             return ["of_node"]
+        if rest == (VIRTIO_DIR,):
+            return [RPMSG_TTY_DIR]
+        if rest == (VIRTIO_DIR, RPMSG_TTY_DIR):
+            return []
         if rest == ("device", "of_node"):
             return ["compatible", "name"]
         return None
@@ -107,7 +121,7 @@ class RemoteprocFs:
             raise _error(errno.EISDIR)
         self._content(core, rest)
         # kernfs refuses to open a file for writing when the attribute has no store method.
-        if flags & os.O_ACCMODE != os.O_RDONLY and rest not in (("firmware",), ("state",)):
+        if flags & os.O_ACCMODE != os.O_RDONLY and not _writable(rest):
             raise _error(errno.EACCES)
         return 0
 
@@ -126,6 +140,8 @@ class RemoteprocFs:
             core.write_state(text)
         elif rest == ("firmware",):
             core.set_firmware(text)
+        elif rest == ("recovery",):
+            core.write_recovery(text)
         else:
             raise _error(errno.EACCES)
         return len(data)
@@ -133,7 +149,7 @@ class RemoteprocFs:
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:
         # `echo start > state` truncates before writing; sysfs ignores that, and so do we.
         core, rest = self._resolve(path)
-        if core is None or rest not in (("firmware",), ("state",)):
+        if core is None or not _writable(rest):
             raise _error(errno.EACCES)
         return 0
 

@@ -27,7 +27,7 @@ from sim.core import SimCore
 from sim.layout import DEVICE_NODES, Layout
 from sim.mounts import mounts_under, unmount
 from sim.qemu import INSTALL_HINT, qemu_binary
-from sim.remoteproc_fs import RemoteprocFs
+from sim.remoteproc_fs import RPMSG_TTY_DIR, VIRTIO_DIR, RemoteprocFs
 from smarter_common.errors import HostPathError, SmarterError
 from smarter_common.hostroot import HostRoot
 from smarter_common.logs import get_logger
@@ -80,6 +80,7 @@ def serve(root: Path, cpus: Sequence[str], board_name: str | None, out: TextIO) 
         for index, core_type in enumerate(core_types):
             console = Console(_console_link(host, index))
             consoles.append(console)
+            _publish_tty(layout, host, index)
             cores.append(
                 SimCore(
                     index,
@@ -218,6 +219,13 @@ def _console_link(host: HostRoot, index: int) -> Path:
             f"{link} exists and is not a console link", hint="remove it or use another root"
         )
     return link
+
+
+def _publish_tty(layout: Layout, host: HostRoot, index: int) -> None:
+    """`sys/class/tty/ttyRPMSG<N>/device`, resolving under `remoteproc<N>` as on a board, where
+    that link is how a core's console is found (tty numbers follow channel announcements)."""
+    target = f"../../remoteproc/remoteproc{index}/{VIRTIO_DIR}/{RPMSG_TTY_DIR}"
+    layout.symlink(host.sys / "class" / "tty" / f"ttyRPMSG{index}" / "device", target)
 
 
 def _firmware_dirs(host: HostRoot) -> list[Path]:

@@ -7,6 +7,7 @@ name looked up by the firmware loader), `state` (`offline`, `running`, `crashed`
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,15 +101,49 @@ def core_by_id(host: HostRoot, device_id: str) -> RemoteCore | None:
 
 
 def console_device(host: HostRoot, core: RemoteCore) -> Path | None:
-    """The core's RPMsg console (`/dev/ttyRPMSG<N>`), if one exists."""
+    """The core's RPMsg console: the tty sysfs places under the core, else `/dev/ttyRPMSG<N>`.
+
+    The kernel numbers `ttyRPMSG*` in the order firmware announces its rpmsg channels, not by
+    core, so sysfs is asked first; the index name is the guess for hosts without that sysfs.
+    """
+    found = announced_console(host, core)
+    if found is not None:
+        return found
     candidate = host.dev / f"ttyRPMSG{core.index}"
     return candidate if candidate.exists() else None
 
 
+def announced_console(host: HostRoot, core: RemoteCore) -> Path | None:
+    """The `/dev/ttyRPMSG*` whose sysfs `device` lies under this core's device, if any yet.
+
+    On a board, `/sys/class/tty/ttyRPMSGk/device` resolves into
+    `.../remoteprocN/.../virtioM.rpmsg-tty.-1.1024` once the firmware has announced its channel.
+    """
+    try:
+        entries = sorted(tty_class(host).glob("ttyRPMSG*"))
+    except OSError:
+        return None
+    core_path = os.path.realpath(core.sysfs)
+    for entry in entries:
+        device = os.path.realpath(entry / "device")
+        if device.startswith(core_path + os.sep):
+            node = host.dev / entry.name
+            if node.exists():
+                return node
+    return None
+
+
+def tty_class(host: HostRoot) -> Path:
+    """`/sys/class/tty` under the host root (a real sysfs, or the simulator's)."""
+    return host.sys / "class" / "tty"
+
+
 def _read_text(path: Path) -> str:
+    """The attribute's text; '' when it does not exist. Other errors (EACCES, EIO, a dead
+    mount's ENOTCONN) are raised as OSError naming the file, for the caller to report."""
     try:
         return path.read_text().strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return ""
 
 

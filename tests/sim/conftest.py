@@ -33,13 +33,31 @@ def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
 
 @pytest.fixture
 def stop_cores(simulator: Simulator) -> Iterator[None]:
-    """Leave every core offline after the test, whatever it did."""
+    """Leave every core offline, with the kernel's default recovery, whatever the test did."""
     yield
     for index in range(len(CORES)):
         core = core_by_id(simulator.host, f"remoteproc{index}")
         assert core is not None
-        if core.state() != "offline":
-            write_attr(core.sysfs / "state", "stop")
+        bring_offline(core)
+        write_attr(core.sysfs / "recovery", "enabled")
+
+
+def bring_offline(remote: RemoteCore, attempts: int = 5) -> None:
+    """Stop a core the way the kernel allows: a crashed one is recovered, then stopped."""
+    write_attr(remote.sysfs / "recovery", "disabled")
+    for _ in range(attempts):
+        current = remote.state()
+        if current == "offline":
+            return
+        if current == "crashed":
+            write_attr(remote.sysfs / "recovery", "recover")
+            continue
+        try:
+            write_attr(remote.sysfs / "state", "stop")
+        except OSError as error:
+            if error.errno != errno.EINVAL:  # it crashed again before the stop
+                raise
+    raise AssertionError(f"{remote.device_id} stays {remote.state()}")
 
 
 def core(simulator: Simulator, index: int) -> RemoteCore:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
 
-from smarter_common.remoteproc import console_device, discover_cores
+from smarter_common.remoteproc import announced_console, console_device, discover_cores
 from tests.sim.conftest import (
     CORES,
     ConsoleReader,
@@ -185,6 +187,7 @@ def test_crashing_firmware_leaves_the_core_crashed(
     remote = core(simulator, 2)
     install(simulator, firmware("crash", "cortex-m7", crash_after=1), "crash-m7.elf")
     console = console_of(2)
+    write_attr(remote.sysfs / "recovery", "disabled")
     write_attr(remote.sysfs / "firmware", "crash-m7.elf")
     write_attr(remote.sysfs / "state", "start")
 
@@ -195,17 +198,61 @@ def test_crashing_firmware_leaves_the_core_crashed(
     assert simulator.child_pids() == []
 
 
-def test_a_crashed_core_refuses_start_and_stop_returns_it_offline(simulator: Simulator) -> None:
+def test_a_crashed_core_refuses_start_stop_and_firmware_until_recovered(
+    simulator: Simulator, console_of: Consoles
+) -> None:
     remote = core(simulator, 2)
-    install(simulator, firmware("crash", "cortex-m7", crash_after=0), "crash0-m7.elf")
-    write_attr(remote.sysfs / "firmware", "crash0-m7.elf")
+    install(simulator, firmware("crash", "cortex-m7", crash_after=3), "crash3-m7.elf")
+    write_attr(remote.sysfs / "recovery", "disabled")
+    write_attr(remote.sysfs / "firmware", "crash3-m7.elf")
     write_attr(remote.sysfs / "state", "start")
     wait_for_state(remote, "crashed")
 
     assert write_errno(remote.sysfs / "state", "start") == errno.EBUSY
+    # The kernel's state_store takes `stop` only from a running core.
+    assert write_errno(remote.sysfs / "state", "stop") == errno.EINVAL
     assert write_errno(remote.sysfs / "firmware", "other.elf") == errno.EBUSY
+    console = console_of(2)
+    write_attr(remote.sysfs / "recovery", "recover")
+    assert remote.state() == "running"
+    assert console.read_until("hello from cortex-m7 1\n") == "hello from cortex-m7 1\n"
     write_attr(remote.sysfs / "state", "stop")
     assert remote.state() == "offline"
+    assert simulator.child_pids() == []
+
+
+def test_recovery_is_enabled_by_default_and_restarts_a_crashed_firmware(
+    simulator: Simulator, console_of: Consoles
+) -> None:
+    remote = core(simulator, 2)
+    assert (remote.sysfs / "recovery").read_text() == "enabled\n"
+    install(simulator, firmware("crash", "cortex-m7", crash_after=1), "crash-m7.elf")
+    console = console_of(2)
+    write_attr(remote.sysfs / "firmware", "crash-m7.elf")
+    write_attr(remote.sysfs / "state", "start")
+
+    deadline = time.monotonic() + 20
+    while console.text.count("crashing now") < 2 and time.monotonic() < deadline:
+        with contextlib.suppress(AssertionError):
+            console.read_until("\0", timeout=0.2)  # reads what arrives meanwhile
+
+    assert console.text.count("crashing now") >= 2, console.text
+    assert remote.firmware() == "crash-m7.elf"
+    write_attr(remote.sysfs / "recovery", "disabled")
+    assert (remote.sysfs / "recovery").read_text() == "disabled\n"
+
+
+def test_an_unknown_recovery_command_fails_with_einval(simulator: Simulator) -> None:
+    assert write_errno(core(simulator, 0).sysfs / "recovery", "sometimes") == errno.EINVAL
+
+
+def test_each_console_tty_is_published_in_sysfs_under_its_core(simulator: Simulator) -> None:
+    for remote in discover_cores(simulator.host):
+        tty = simulator.root / "sys" / "class" / "tty" / f"ttyRPMSG{remote.index}"
+        device = os.path.realpath(tty / "device")
+        assert device.startswith(os.path.realpath(remote.sysfs) + "/")
+        assert os.path.isdir(device)
+        assert announced_console(simulator.host, remote) == simulator.host.dev / tty.name
 
 
 def test_a_restarted_core_keeps_its_console_and_starts_it_clean(
@@ -300,6 +347,7 @@ def test_a_core_that_locks_up_ends_crashed(simulator: Simulator, console_of: Con
     remote = core(simulator, 0)
     install(simulator, firmware("lockup", "cortex-m3", crash_after=1), "lockup-m3.elf")
     console = console_of(0)
+    write_attr(remote.sysfs / "recovery", "disabled")
     write_attr(remote.sysfs / "firmware", "lockup-m3.elf")
     write_attr(remote.sysfs / "state", "start")
     qemus = simulator.child_pids()
