@@ -4,7 +4,9 @@ Pass-through: create/start/state/kill/delete of a busybox container, each comman
 the shipped zipapp (built by scripts/build_zipapps.py) executed through its own shebang with a
 Debian host's PATH, so `env` finds the distribution's python3 as containerd's shim would (this
 machine's interactive PATH would find a pyenv shim, a shell script that alone costs ~100 ms), and
-through runc directly; the difference is our routing overhead (target < 10 ms median).
+through runc directly; the difference is our routing overhead (target < 10 ms median), most of
+which is the interpreter's own start (the floor row): the zipapp's launcher execs runc before
+it imports anything or opens the archive.
 Firmware: create -> running (create + start) and kill -> supervisor exited, on the simulated
 gateway's Cortex-M4.
 """
@@ -33,6 +35,7 @@ HOST_PYTHON = "/usr/bin/python3"
 HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 REPO = Path(__file__).resolve().parent.parent
 PASS_ROUNDS = 15
+TARGET_OVERHEAD_MS = 10.0
 FIRMWARE_ROUNDS = 5
 COMMANDS = ("create", "start", "state", "kill", "delete")
 _PR_SET_CHILD_SUBREAPER = 36
@@ -132,17 +135,15 @@ def _pass_through(workdir: Path, ours: Path) -> list[Measurement]:
                     check=False,
                 )
     floor = [_timed([HOST_PYTHON, "-I", "-S", "-c", "pass"]) for _ in range(PASS_ROUNDS)]
+    floor_median = Summary.of(floor).median
     results = [
-        Measurement(
-            SUITE,
-            "host python3 -I -S start, the floor (median)",
-            Summary.of(floor).median,
-            "ms",
-        )
+        Measurement(SUITE, "host python3 -I -S start, the floor (median)", floor_median, "ms")
     ]
     for command in COMMANDS:
         ours_median = Summary.of(samples[("ours", command)]).median
         runc_median = Summary.of(samples[("runc", command)]).median
+        overhead = ours_median - runc_median
+        verdict = "met" if overhead < TARGET_OVERHEAD_MS else "NOT MET"
         results.append(
             Measurement(
                 SUITE,
@@ -150,7 +151,10 @@ def _pass_through(workdir: Path, ours: Path) -> list[Measurement]:
                 ours_median,
                 "ms",
                 reference=runc_median,
-                target=f"overhead {ours_median - runc_median:+.1f} ms, target < 10 ms",
+                target=(
+                    f"overhead {overhead:+.1f} ms ({overhead - floor_median:+.1f} beyond the"
+                    f" floor), target < {TARGET_OVERHEAD_MS:g} ms: {verdict}"
+                ),
             )
         )
     return results

@@ -29,6 +29,7 @@ environment:
   SMARTER_HOST_ROOT      directory standing for the host's / (default /)
   SMARTER_RUNC           runc to hand other containers to (default /usr/sbin/runc)
   SMARTER_START_TIMEOUT  seconds a core may take to reach state running (default 10)
+  SMARTER_CONSOLE_TIMEOUT seconds to wait for a started core's console tty (default 2)
   SMARTER_LOG_LEVEL      level of the supervisor's entries in the runtime log (default info)
 """
 
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     elif command in ("create", "run"):
         return _create(invocation, words)
     elif command in _FIRMWARE_COMMANDS and invocation.container_id:
+        if cli.id_problem(invocation.container_id):
+            return _refuse_id(invocation)
         container_dir = os.path.join(invocation.root, "smarter-hybrid", invocation.container_id)
         if os.path.isdir(container_dir):
             return _firmware_command(invocation)
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _create(invocation: cli.Invocation, words: list[str]) -> int:
+    if invocation.container_id and cli.id_problem(invocation.container_id):
+        return _refuse_id(invocation)
     from runtime_handler import bundle, elf_check
     from runtime_handler.errors import FirmwareRefusedError, RuntimeCallError, report
 
@@ -83,6 +88,8 @@ def _create(invocation: cli.Invocation, words: list[str]) -> int:
         passthrough.exec_runc([PROGRAM, *words])
         return 127
     from runtime_handler import firmware
+    from runtime_handler.errors import as_call_error
+    from smarter_common.errors import SmarterError
 
     try:
         if invocation.command == "run":
@@ -90,19 +97,28 @@ def _create(invocation: cli.Invocation, words: list[str]) -> int:
                 "run is not supported for firmware containers: use create, then start"
             )
         return firmware.create(invocation, loaded, facts)
-    except RuntimeCallError as error:
-        return report(error, log=invocation.log, log_format=invocation.log_format)
+    except (SmarterError, OSError) as error:
+        return report(as_call_error(error), log=invocation.log, log_format=invocation.log_format)
+
+
+def _refuse_id(invocation: cli.Invocation) -> int:
+    """runc's refusal of a malformed id, before any path is built from it (`../x`)."""
+    from runtime_handler.errors import RuntimeCallError, report
+
+    problem = cli.id_problem(invocation.container_id) or ""
+    return report(RuntimeCallError(problem), log=invocation.log, log_format=invocation.log_format)
 
 
 def _firmware_command(invocation: cli.Invocation) -> int:
     from runtime_handler import firmware
-    from runtime_handler.errors import RuntimeCallError, report
+    from runtime_handler.errors import as_call_error, report
+    from smarter_common.errors import SmarterError
 
     handler = firmware.COMMANDS[invocation.command or ""]
     try:
         return handler(invocation)
-    except RuntimeCallError as error:
-        return report(error, log=invocation.log, log_format=invocation.log_format)
+    except (SmarterError, OSError) as error:
+        return report(as_call_error(error), log=invocation.log, log_format=invocation.log_format)
 
 
 def _asks(words: list[str], flags: tuple[str, ...]) -> bool:

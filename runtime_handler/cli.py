@@ -59,6 +59,22 @@ _LONG_NAMES: dict[str, dict[str, str]] = {
 }
 
 
+# runc's container id rule (libcontainer's idRegex `^[\w+-\.]+$`, Go's ASCII `\w`), with `.`
+# and `..` refused; checked without `re`, which is not loaded on the hot path.
+_ID_CHARACTERS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-."
+)
+
+
+def id_problem(container_id: str | None) -> str | None:
+    """runc's complaint about `container_id` (its words), or None when it is a valid id."""
+    if not container_id:
+        return "container id cannot be empty"
+    if container_id in (".", "..") or not _ID_CHARACTERS.issuperset(container_id):
+        return "invalid container ID format"
+    return None
+
+
 class Invocation:
     """One call of the runtime: runc's global options, the command, its options and arguments.
 

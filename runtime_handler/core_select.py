@@ -1,10 +1,12 @@
 """Which remote core a firmware container gets, decided from a snapshot of the cores (pure).
 
 The rules: a core named by `SMARTER_RPROC` (the device manager's allocation) must exist, be
-free and run the firmware's architecture; without it, the first free core that runs it. A core
-is free when no container holds its reservation and it is not running (`offline`, or `crashed`
-after a previous container's firmware faulted). A board the container asks for must be the
-devicetree's model or one of its compatible strings.
+free and run the firmware's architecture; without it, the first free `offline` core that runs
+it, else the first free `crashed` one. A core is free when no container holds its reservation
+and it is not running (`offline`, or `crashed` after a previous container's firmware faulted).
+A crashed core is the second choice because the kernel will not simply stop it (EINVAL): it
+must be recovered, rerunning the faulted firmware for a moment, before it takes new firmware.
+A board the container asks for must be the devicetree's model or one of its compatible strings.
 """
 
 from __future__ import annotations
@@ -86,11 +88,17 @@ def choose_core(
             hint="run firmware containers on a node with remote cores",
         )
     reasons = []
+    fallback: CoreView | None = None
     for core in cores:
         fits = _fit_problem(facts, core)
         if fits is None and core.free:
-            return core
+            if core.state == "offline":
+                return core
+            fallback = fallback or core
+            continue
         reasons.append(fits if fits is not None else core.why_busy())
+    if fallback is not None:
+        return fallback
     raise FirmwareRefusedError(
         f"no free core runs {facts.path} (built for {facts.describe()}): " + "; ".join(reasons)
     )

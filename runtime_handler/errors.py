@@ -27,6 +27,18 @@ class FirmwareRefusedError(RuntimeCallError):
     """A firmware container cannot be created as asked (wrong firmware, no core, busy core)."""
 
 
+def as_call_error(error: BaseException) -> RuntimeCallError:
+    """An unexpected OSError or SmarterError as a RuntimeCallError, so the shim shows the user
+    one line in runc's log instead of a traceback."""
+    if isinstance(error, RuntimeCallError):
+        return error
+    if isinstance(error, OSError):
+        what = error.strerror or str(error)
+        where = f" {error.filename}" if error.filename else ""
+        return RuntimeCallError(f"cannot access{where}: {what}")
+    return RuntimeCallError(str(error))
+
+
 def log_line(message: str, *, level: str = "error", log_format: str = "text") -> str:
     """One entry of runc's log in `log_format` (`json` or logrus `text`), newline included."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -21,16 +21,24 @@ from runtime_handler import state
 from runtime_handler.bundle import Bundle
 from runtime_handler.cli import Invocation
 from runtime_handler.core_select import BoardView, CoreView, check_board, choose_core
-from runtime_handler.errors import ContainerNotFoundError, FirmwareRefusedError, RuntimeCallError
+from runtime_handler.errors import (
+    ContainerNotFoundError,
+    FirmwareRefusedError,
+    RuntimeCallError,
+    append_log,
+    as_call_error,
+)
 from runtime_handler.supervisor import STOP_TIMEOUT, Supervisor, start_timeout, stop_core
 from smarter_common.atomic import write_atomic
-from smarter_common.errors import LockBusyError
+from smarter_common.errors import HostPathError, LockBusyError
 from smarter_common.firmware_elf import ElfFacts
 from smarter_common.hostroot import HostRoot
 from smarter_common.locks import FileLock, is_locked
 from smarter_common.remoteproc import core_by_id, discover_cores
 
 FIRMWARE_PREFIX = "smarter-"
+# runc 1.1's words (libcontainer's ErrExist), which the shim shows the user.
+DUPLICATE_ID = "container with given ID already exists"
 _LOCKS_SUBDIR = "smarter-hybrid/cores"
 _WAIT_POLL = 0.01
 
@@ -47,7 +55,14 @@ def firmware_dir(host: HostRoot) -> Path:
         custom = host.firmware_search_path_param.read_text().strip()
     except OSError:
         custom = ""
-    return host.path(custom) if custom else host.lib_firmware
+    try:
+        return host.path(custom) if custom else host.lib_firmware
+    except HostPathError as error:
+        raise RuntimeCallError(
+            f"cannot place firmware: the kernel's firmware search path {custom!r} is unusable"
+            f" ({error.message})",
+            hint="set /sys/module/firmware_class/parameters/path to an absolute directory",
+        ) from None
 
 
 def observe_cores(host: HostRoot) -> list[CoreView]:
@@ -85,21 +100,36 @@ def create(invocation: Invocation, bundle: Bundle, facts: ElfFacts) -> int:
     if not container_id:
         raise RuntimeCallError('"create" requires exactly 1 argument')
     directory = Path(state.container_dir(invocation.root, container_id))
-    if directory.exists() or os.path.exists(os.path.join(invocation.root, container_id)):
-        raise RuntimeCallError(f"container with id exists: {container_id}")
     if bundle.terminal:
         raise FirmwareRefusedError(
             "firmware containers have no terminal: set tty: false (process.terminal)"
         )
-    host = HostRoot.from_env()
-    check_board(bundle.board, observe_board(host))
-    core, lock = _reserve(host, facts, bundle.requested_core)
+    _claim_id(invocation.root, directory)
     try:
-        return _create_reserved(invocation, bundle, host, core, lock, directory)
-    finally:
-        # The supervisor holds the lock through its inherited descriptor; closing ours without
-        # unlocking leaves the reservation with it (or drops it if there is no supervisor).
-        os.close(lock.fileno)
+        host = HostRoot.from_env()
+        check_board(bundle.board, observe_board(host))
+        core, lock = _reserve(host, facts, bundle.requested_core)
+        try:
+            return _create_reserved(invocation, bundle, host, core, lock, directory)
+        finally:
+            # The supervisor holds the lock through its inherited descriptor; closing ours
+            # without unlocking leaves the reservation with it (or drops it with no supervisor).
+            os.close(lock.fileno)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def _claim_id(runtime_root: str, directory: Path) -> None:
+    """Make the container's directory: mkdir is atomic, so of two creates with one id, one
+    wins and the other is refused in runc's words; a runc container of that id also counts."""
+    if os.path.exists(os.path.join(runtime_root, directory.name)):
+        raise RuntimeCallError(DUPLICATE_ID)
+    directory.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+    try:
+        directory.mkdir(mode=0o700)
+    except FileExistsError:
+        raise RuntimeCallError(DUPLICATE_ID) from None
 
 
 def _reserve(host: HostRoot, facts: ElfFacts, requested: str | None) -> tuple[CoreView, FileLock]:
@@ -156,8 +186,6 @@ def _create_reserved(
         created=state.now_rfc3339(),
         annotations=bundle.annotations,
     )
-    directory.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
-    directory.mkdir(mode=0o700)
     try:
         control = directory / state.CONTROL_FIFO
         os.mkfifo(control, 0o600)
@@ -198,6 +226,14 @@ def _fork_supervisor(record: state.Record, directory: Path, control_fd: int, hos
         import traceback
 
         traceback.print_exception(error, file=sys.stderr)
+        # The shim shows the runtime log's last error, so the failure is said there too.
+        with contextlib.suppress(OSError):
+            append_log(
+                record.log,
+                f"supervisor of {record.id} failed: {as_call_error(error)}",
+                level="error",
+                log_format=record.log_format,
+            )
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -276,6 +312,9 @@ def kill(invocation: Invocation) -> int:
     directory, record = _load(invocation)
     signum = parse_signal(invocation.args[1] if len(invocation.args) > 1 else "SIGTERM")
     if not state.supervisor_alive(record) or record.status == state.STATUS_STOPPED:
+        if invocation.switch("all"):
+            # runc: `kill --all` signals whatever processes are left, none is not an error.
+            return 0
         raise RuntimeCallError("container not running")
     if signum != 0:
         _send(directory, f"kill {signum}\n")

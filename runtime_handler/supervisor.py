@@ -26,11 +26,21 @@ from runtime_handler import state
 from runtime_handler.bundle import resolve_in_rootfs
 from runtime_handler.errors import RuntimeCallError
 from smarter_common.hostroot import HostRoot
-from smarter_common.remoteproc import RemoteCore, console_device, core_by_id
+from smarter_common.remoteproc import (
+    RemoteCore,
+    announced_console,
+    console_device,
+    core_by_id,
+    tty_class,
+)
 
 START_TIMEOUT_ENV = "SMARTER_START_TIMEOUT"
 DEFAULT_START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+CONSOLE_TIMEOUT_ENV = "SMARTER_CONSOLE_TIMEOUT"
+DEFAULT_CONSOLE_TIMEOUT = 2.0
+# States in which the core runs the container's firmware.
+_LIVE_STATES = ("running", "attached")
 EXIT_FAILED = 1
 _POLL_SECONDS = 0.05
 _CONSOLE_QUIET_SECONDS = 0.2
@@ -92,14 +102,10 @@ class Supervisor:
         if core is None:
             raise CoreError(f"{record.core} no longer exists")
         self._place_firmware()
+        _disable_recovery(core, self._log)
         if _read_state(core) == "crashed":
-            # A crashed core keeps its old firmware until stopped; the kernel refuses to
-            # change it (EBUSY) before then.
+            # A crashed core keeps its old firmware until it is offline again (EBUSY).
             stop_core(core)
-        console_path = console_device(self.host, core)
-        if console_path is not None:
-            self._console = _ConsoleCopy(console_path, out_fd=1)
-            self._console.open()
         _write_attribute(core, "firmware", record.firmware_name)
         _write_attribute(core, "state", "start")
         deadline = time.monotonic() + start_timeout()
@@ -116,13 +122,24 @@ class Supervisor:
                     hint=f"raise {START_TIMEOUT_ENV} if the core boots slowly",
                 )
             time.sleep(_POLL_SECONDS / 5)
-        if self._console is not None:
-            self._console.start()
+        self._open_console(core)
         record.status = state.STATUS_RUNNING
         record.started = state.now_rfc3339()
         state.save(self.directory, record)
         self._log.info("core started", core=core.device_id, firmware=record.firmware_name)
         return core
+
+    def _open_console(self, core: RemoteCore) -> None:
+        """Copy the core's console once its tty shows up (on a board, only after the firmware
+        has announced its rpmsg channel, numbered in announcement order)."""
+        path = wait_for_console(self.host, core, console_timeout())
+        if path is None:
+            self._log.warning("no console", core=core.device_id, waited=console_timeout())
+            return
+        self._console = _ConsoleCopy(path, out_fd=1)
+        self._console.open()
+        self._console.start()
+        self._log.info("console", core=core.device_id, device=str(path))
 
     def _place_firmware(self) -> None:
         """Copy the ELF where the loader looks, under our own name; never replace a file."""
@@ -156,20 +173,29 @@ class Supervisor:
             if command is not None and command[0] == "kill":
                 return self._stop(core, command[1])
             if not core.sysfs.is_dir():
-                message = f"{core.device_id} vanished"
-                self._log.error(message)
-                _say(f"smarter-hybrid-runtime: {message}")
-                return self._finish(EXIT_FAILED, error=message)
+                return self._fail(f"{core.device_id} vanished", core)
             current = _read_state(core)
-            if current == "crashed":
-                message = f"{core.device_id} crashed running {self.record.firmware_name}"
-                self._log.error(message)
-                self._drain_console()
-                _say(f"smarter-hybrid-runtime: {message}")
-                return self._finish(EXIT_FAILED, error=message)
+            if current in _LIVE_STATES:
+                continue
             if current == "offline":
                 self._log.info("core stopped from outside", core=core.device_id)
                 return self._finish(0)
+            if current == "crashed":
+                return self._fail(
+                    f"{core.device_id} crashed running {self.record.firmware_name}", core
+                )
+            # detached, suspended, deleted, invalid, or a state file that cannot be read: the
+            # firmware is no longer ours to run, so the container ends and says why.
+            found = f"is {current}" if current else "has no readable state"
+            return self._fail(
+                f"{core.device_id} {found} while running {self.record.firmware_name}", core
+            )
+
+    def _fail(self, message: str, core: RemoteCore) -> int:
+        self._log.error(message, core=core.device_id)
+        self._drain_console()
+        _say(f"smarter-hybrid-runtime: {message}")
+        return self._finish(EXIT_FAILED, error=message)
 
     def _stop(self, core: RemoteCore, signum: int) -> int:
         self._log.info("stopping core", core=core.device_id, signal=signum)
@@ -225,23 +251,89 @@ class Supervisor:
 
 
 def stop_core(core: RemoteCore, *, timeout: float = STOP_TIMEOUT) -> None:
-    """Write `stop` and wait for the core to leave `running`; a core already stopped is fine."""
-    try:
-        _write_attribute(core, "state", "stop")
-    except CoreError:
-        if _read_state(core) == "running":
-            raise
-        return
+    """Bring the core to offline; a core already offline is fine.
+
+    The kernel takes `stop` only from a running (or attached) core: on a crashed one it is
+    EINVAL. Such a core is recovered first (`recover` to its `recovery` attribute boots the
+    same firmware again), then stopped.
+    """
     deadline = time.monotonic() + timeout
-    while _read_state(core) == "running":
+    while True:
+        current = _read_state(core)
+        if current == "offline":
+            return
+        if current == "crashed":
+            _recover(core, deadline)
+            continue
+        try:
+            _write_attribute(core, "state", "stop")
+        except CoreError:
+            current = _read_state(core)
+            if current in _LIVE_STATES:
+                raise
+            if current == "crashed" and time.monotonic() < deadline:
+                continue  # crashed again between recovery and stop
+            if current not in ("offline", "crashed"):
+                return  # detached, deleted...: nothing a stop can change
+        while _read_state(core) in _LIVE_STATES:
+            if time.monotonic() >= deadline:
+                raise CoreError(f"{core.device_id} did not stop within {timeout:g}s")
+            time.sleep(_POLL_SECONDS / 5)
+        if _read_state(core) != "crashed":
+            return
+
+
+def _recover(core: RemoteCore, deadline: float) -> None:
+    """Get a crashed core out of `crashed` the way the kernel allows: trigger its recovery."""
+    if not (core.sysfs / "recovery").exists():
+        raise CoreError(
+            f"{core.device_id} crashed and cannot be stopped: the kernel refuses stop on a"
+            " crashed core (EINVAL) and this one has no recovery attribute",
+            hint="reload the remoteproc driver or reboot to use the core again",
+        )
+    _write_attribute(core, "recovery", "recover")
+    while _read_state(core) == "crashed":
         if time.monotonic() >= deadline:
-            raise CoreError(f"{core.device_id} did not stop within {timeout:g}s")
+            raise CoreError(f"{core.device_id} stayed crashed after recovery was triggered")
         time.sleep(_POLL_SECONDS / 5)
+
+
+def _disable_recovery(core: RemoteCore, log: Any) -> None:
+    """Keep the kernel from restarting a crashed firmware by itself (its default): the crash
+    must end the container, so that the kubelet's restart policy decides."""
+    if not (core.sysfs / "recovery").exists():
+        return
+    try:
+        _write_attribute(core, "recovery", "disabled")
+    except CoreError as error:
+        log.warning("recovery stays enabled", core=core.device_id, error=str(error))
+
+
+def console_timeout() -> float:
+    try:
+        return float(os.environ.get(CONSOLE_TIMEOUT_ENV, DEFAULT_CONSOLE_TIMEOUT))
+    except ValueError:
+        return DEFAULT_CONSOLE_TIMEOUT
+
+
+def wait_for_console(host: HostRoot, core: RemoteCore, timeout: float) -> Path | None:
+    """The core's console tty, waiting up to `timeout` for sysfs to list it under the core;
+    then the `/dev/ttyRPMSG<N>` guess, or None."""
+    deadline = time.monotonic() + timeout
+    while tty_class(host).is_dir():
+        found = announced_console(host, core)
+        if found is not None:
+            return found
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(_POLL_SECONDS / 2)
+    return console_device(host, core)
 
 
 _ERRNO_MEANING: dict[tuple[str, int | None], str] = {
     ("state", errno.ENOENT): "the firmware loader found no file {value!r}",
     ("state", errno.EINVAL): "the core rejected the firmware or the request (EINVAL)",
+    ("recovery", errno.EINVAL): "the kernel does not take this recovery command (EINVAL)",
     ("state", errno.EBUSY): "the core is already running (EBUSY)",
     ("firmware", errno.EBUSY): "the core is running, its firmware cannot change (EBUSY)",
 }

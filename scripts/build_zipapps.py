@@ -28,6 +28,16 @@ REPO = Path(__file__).resolve().parent.parent
 # -I: the host's PYTHONPATH, user site and current directory never change what runs; -S: no site
 # import (everything the program needs is inside the archive), ~3 ms less per exec.
 SHEBANG = b"#!/usr/bin/env -S python3 -I -S\n"
+# A program with a launcher runs it before the archive is opened: the shebang has python3 exec
+# the file's head (this line and the launcher's source, {size} bytes), and only what the
+# launcher does not decide imports from the archive. Running a zipapp the usual way costs
+# runpy (importlib.util, contextlib...) and zipimport reading the whole central directory.
+LAUNCHER_SHEBANG = (
+    "#!/usr/bin/env -S python3 -I -S -c"
+    " 'import sys;exec(open(sys.argv[1],\"rb\").read({size}))'\n"
+)
+# Linux reads at most this much of a `#!` line (BINPRM_BUF_SIZE, since 5.1; 128 before).
+_SHEBANG_LIMIT = 127
 # 1980-01-01, the earliest time a zip entry can hold: no build time leaks into the archive.
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 # Never shipped to the host: compiled extensions, or not needed there.
@@ -42,6 +52,8 @@ class Program:
     entry_module: str
     packages: tuple[str, ...]
     distributions: tuple[str, ...]
+    # A stdlib-only module whose `main()` runs first, from the file's head (see LAUNCHER_SHEBANG).
+    launcher: str | None = None
 
 
 PROGRAMS = (
@@ -56,6 +68,7 @@ PROGRAMS = (
         entry_module="runtime_handler.__main__",
         packages=("runtime_handler", "smarter_common"),
         distributions=("pyelftools", "structlog"),
+        launcher="runtime_handler.route",
     ),
 )
 
@@ -77,12 +90,22 @@ def build(program: Program, target: Path) -> Path:
         entries.update(_package_files(package))
     for distribution in _with_requirements(program.distributions):
         entries.update(_distribution_files(distribution))
-    entries["__main__.py"] = (
-        f'"""{program.name}: runs {program.entry_module}.main()."""\n'
-        "import sys\n\n"
-        f"from {program.entry_module} import main\n\n"
-        "sys.exit(main())\n"
-    ).encode()
+    if program.launcher is None:
+        entries["__main__.py"] = (
+            f'"""{program.name}: runs {program.entry_module}.main()."""\n'
+            "import sys\n\n"
+            f"from {program.entry_module} import main\n\n"
+            "sys.exit(main())\n"
+        ).encode()
+        head = SHEBANG
+    else:
+        # `python3 <zipapp>` still works, through runpy: the same launcher, then the program.
+        entries["__main__.py"] = (
+            f'"""{program.name}: runs {program.launcher}.main()."""\n'
+            f"from {program.launcher} import main\n\n"
+            "main()\n"
+        ).encode()
+        head = _launcher_head(program.launcher)
     leaked = {name.split("/", 1)[0] for name in entries} & FORBIDDEN_TOP_LEVEL
     if leaked:
         raise BuildError(
@@ -90,10 +113,26 @@ def build(program: Program, target: Path) -> Path:
         )
     archive = _zip_bytes(entries)
     temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_bytes(SHEBANG + archive)
+    temporary.write_bytes(head + archive)
     temporary.chmod(0o755)
     os.replace(temporary, target)
     return target
+
+
+def _launcher_head(module: str) -> bytes:
+    """The shebang that execs the file's first bytes, then the launcher's source."""
+    source = (REPO / (module.replace(".", "/") + ".py")).read_bytes()
+    if not source.endswith(b"\n"):
+        source += b"\n"
+    size = 0
+    while True:
+        line = LAUNCHER_SHEBANG.format(size=size).encode()
+        if len(line) + len(source) == size:
+            break
+        size = len(line) + len(source)
+    if len(line) > _SHEBANG_LIMIT:
+        raise BuildError(f"the launcher's #! line is {len(line)} bytes, over {_SHEBANG_LIMIT}")
+    return line + source
 
 
 def _zip_bytes(entries: dict[str, bytes]) -> bytes:

@@ -49,7 +49,9 @@ def test_zipapp_answers_version_under_the_host_python(zipapps: Path, program: st
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_zipapp_is_an_executable_file_with_the_env_shebang(zipapps: Path, program: str) -> None:
     path = zipapps / program
-    assert path.read_bytes().startswith(b"#!/usr/bin/env -S python3 -I -S\n")
+    first_line = path.read_bytes().split(b"\n", 1)[0]
+    assert first_line.startswith(b"#!/usr/bin/env -S python3 -I -S")
+    assert len(first_line) < 128  # what every Linux kernel passes to the interpreter whole
     assert path.stat().st_mode & 0o111 == 0o111
     result = subprocess.run(
         [str(path), "--version"], capture_output=True, text=True, env=HOST_ENV, cwd="/"

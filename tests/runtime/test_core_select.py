@@ -36,6 +36,11 @@ def test_a_crashed_core_is_free_for_the_next_container() -> None:
     assert choose_core(firmware(), [core(0, state="crashed")]).device_id == "remoteproc0"
 
 
+def test_an_offline_core_is_preferred_over_a_crashed_one() -> None:
+    cores = [core(0, state="crashed"), core(1, "cortex-m3"), core(2), core(3, state="crashed")]
+    assert choose_core(firmware(), cores).device_id == "remoteproc2"
+
+
 def test_no_fitting_core_names_each_core_and_why() -> None:
     cores = [core(0, "cortex-m3"), core(1, state="running"), core(2, reserved=True)]
     with pytest.raises(FirmwareRefusedError) as refused:

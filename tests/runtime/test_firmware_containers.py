@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -20,12 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from runtime_handler.supervisor import stop_core
 from sim.firmware_build import build_firmware
 from smarter_common.locks import is_locked
-from smarter_common.remoteproc import RemoteCore, core_by_id
+from smarter_common.remoteproc import RemoteCore, console_device, core_by_id
 from tests.simulator import Simulator, process_alive, running_simulator
 
-from .conftest import MakeBundle, log_messages, runtime
+from .conftest import RUNC, RUNTIME, MakeBundle, log_messages, runtime
 
 FIRMWARE_CACHE = Path(__file__).resolve().parents[2] / "sim" / "firmware" / "build" / "tests"
 # remoteproc0 is a Cortex-M4, remoteproc1 a Cortex-M3.
@@ -60,10 +63,11 @@ class Shim:
     root: Path
     simulator: Simulator
     supervisors: dict[str, int] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> Mapping[str, str]:
-        return {**os.environ, "SMARTER_HOST_ROOT": str(self.simulator.root)}
+        return {**os.environ, "SMARTER_HOST_ROOT": str(self.simulator.root), **self.extra_env}
 
     def globals_for(self, bundle: Path) -> list[str]:
         log = bundle / "log.json"
@@ -139,10 +143,8 @@ def shim(tmp_path: Path, simulator: Simulator, subreaper: None) -> Iterator[Shim
     finally:
         calls.cleanup()
         for index in range(len(CORES)):
-            found = core(simulator, index)
-            if found.state() != "offline":
-                with contextlib.suppress(OSError):
-                    (found.sysfs / "state").write_text("stop")
+            # A crashed core takes no `stop` (EINVAL): the runtime's route recovers it first.
+            stop_core(core(simulator, index))
 
 
 def core(simulator: Simulator, index: int) -> RemoteCore:
@@ -196,17 +198,21 @@ def test_full_cycle_runs_firmware_and_copies_its_console(
         os.close(write_end)
         assert created.returncode == 0, log_messages(bundle / "log.json")
         pid = shim.supervisors["fw1"]
-        assert shim.state(bundle, "fw1") == {
-            "ociVersion": shim.state(bundle, "fw1")["ociVersion"],
+        created = shim.state(bundle, "fw1")
+        assert created == {
+            # The bundle's version, as runc reports it (`runc spec` writes 1.0.2-dev).
+            "ociVersion": json.loads((bundle / "config.json").read_text())["ociVersion"],
             "id": "fw1",
             "pid": pid,
             "status": "created",
             "bundle": str(bundle),
             "rootfs": str(bundle / "rootfs"),
-            "created": shim.state(bundle, "fw1")["created"],
+            "created": created["created"],
             "annotations": {},
             "owner": "",
         }
+        assert created["ociVersion"] == "1.0.2-dev"
+        assert_recent_rfc3339(str(created["created"]))
         assert m4.state() == "offline"
         assert is_locked(core_lock(simulator, 0))
 
@@ -329,6 +335,17 @@ def test_core_running_outside_any_container_is_refused(
     )
     assert m4.firmware() == "other.elf"
     assert_nothing_left(shim, simulator, bundle, "late")
+
+
+RFC3339_NANO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
+
+
+def assert_recent_rfc3339(stamp: str) -> None:
+    """runc's `created`: RFC 3339 in UTC with nanoseconds, and a moment ago."""
+    assert RFC3339_NANO.match(stamp), stamp
+    when = datetime.datetime.strptime(stamp[:26] + "Z", "%Y-%m-%dT%H:%M:%S.%fZ")
+    age = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - when
+    assert datetime.timedelta(0) <= age < datetime.timedelta(seconds=60), stamp
 
 
 def assert_nothing_left(shim: Shim, simulator: Simulator, bundle: Path, container_id: str) -> None:
@@ -502,3 +519,250 @@ def test_firmware_that_crashes_at_once_has_started_and_exits_non_zero(
         assert shim.wait_exit("sudden") == 1
     assert shim.call(bundle, "delete", "sudden").returncode == 0
     assert core(simulator, 0).state() == "offline"
+
+
+def runc_log_messages(tmp_path: Path, *args: str) -> list[str]:
+    """What the installed runc logs (JSON) for `args` under a --root of its own."""
+    root = tmp_path / "runc-only"
+    root.mkdir(exist_ok=True)
+    log = tmp_path / "runc-log.json"
+    log.unlink(missing_ok=True)
+    subprocess.run(
+        [RUNC, "--root", str(root), "--log", str(log), "--log-format", "json", *args],
+        capture_output=True,
+        check=False,
+    )
+    return log_messages(log)
+
+
+@pytest.mark.parametrize("bad_id", ["../x", "..", ".", "a/b", "x y", "caf\u00e9"])
+@pytest.mark.parametrize("command", ["delete", "state", "kill"])
+def test_malformed_container_id_is_refused_in_runcs_words_before_any_path_is_built(
+    command: str, bad_id: str, shim: Shim, tmp_path: Path, make_bundle: MakeBundle
+) -> None:
+    # `delete ../x` would name <root>/smarter-hybrid/../x = <root>/x: a directory of someone else.
+    victim = shim.root / "x"
+    victim.mkdir()
+    (victim / "state.json").write_text("{}")
+    bundle = fw_bundle(make_bundle, firmware("hello", "cortex-m4"))
+    args = [command, "--force", bad_id] if command == "delete" else [command, bad_id]
+
+    result = shim.call(bundle, *args)
+
+    assert result.returncode == 1
+    assert log_messages(bundle / "log.json") == ["invalid container ID format"]
+    assert log_messages(bundle / "log.json") == runc_log_messages(tmp_path, *args)
+    assert (victim / "state.json").read_text() == "{}"
+
+
+def test_create_with_a_malformed_id_is_refused_and_leaves_nothing(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    bundle = fw_bundle(make_bundle, firmware("hello", "cortex-m4"))
+    refused = shim.create(bundle, "../escape")
+    assert refused.returncode == 1
+    assert log_messages(bundle / "log.json") == ["invalid container ID format"]
+    assert not (shim.root / "escape").exists()
+    assert not (shim.root / "smarter-hybrid").exists()
+    for index in range(len(CORES)):
+        assert not is_locked(core_lock(simulator, index))
+
+
+def test_second_create_with_the_same_id_is_refused_in_runcs_words(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    first = fw_bundle(make_bundle, firmware("hello", "cortex-m3"))
+    second = fw_bundle(make_bundle, firmware("hello", "cortex-m3"))
+    assert shim.create(first, "twin").returncode == 0
+
+    refused = shim.create(second, "twin")
+
+    assert refused.returncode == 1
+    # Debian's runc 1.1.5 says exactly this (libcontainer ErrExist).
+    assert log_messages(second / "log.json") == ["container with given ID already exists"]
+    assert (shim.root / "smarter-hybrid" / "twin" / "state.json").is_file()
+    assert not is_locked(core_lock(simulator, 1)), "the refused create reserved nothing"
+
+
+def test_concurrent_creates_with_one_id_give_one_container_and_runcs_error(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    bundles = [fw_bundle(make_bundle, firmware("hello", "cortex-m3")) for _ in range(2)]
+    calls = []
+    for bundle in bundles:
+        # A file, not a pipe: the winner's supervisor keeps its stderr open.
+        with (bundle / "stderr").open("w") as stderr:
+            calls.append(
+                subprocess.Popen(
+                    [
+                        str(RUNTIME),
+                        *shim.globals_for(bundle),
+                        "create",
+                        "--bundle",
+                        str(bundle),
+                        "--pid-file",
+                        str(bundle / "init.pid"),
+                        "race",
+                    ],
+                    env=dict(shim.env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                )
+            )
+    codes = [call.wait(timeout=60) for call in calls]
+    outcomes = [(code, (b / "stderr").read_text()) for code, b in zip(codes, bundles, strict=True)]
+    for bundle in bundles:
+        if (bundle / "init.pid").exists():
+            shim.supervisors["race"] = int((bundle / "init.pid").read_text())
+
+    assert sorted(code for code, _ in outcomes) == [0, 1], outcomes
+    assert all("Traceback" not in err for _, err in outcomes), outcomes
+    messages = [m for bundle in bundles for m in log_messages(bundle / "log.json")]
+    assert messages == ["container with given ID already exists"]
+
+
+def test_kill_all_on_a_stopped_firmware_container_succeeds_like_runc(
+    shim: Shim, make_bundle: MakeBundle
+) -> None:
+    bundle = fw_bundle(make_bundle, firmware("hello", "cortex-m4"))
+    assert shim.create(bundle, "done").returncode == 0
+    assert shim.call(bundle, "start", "done").returncode == 0
+    assert shim.call(bundle, "kill", "done", "TERM").returncode == 0
+    assert shim.wait_exit("done") == 128 + signal.SIGTERM
+
+    assert shim.call(bundle, "kill", "--all", "done", "KILL").returncode == 0
+    assert shim.call(bundle, "kill", "-a", "done", "9").returncode == 0
+    plain = shim.call(bundle, "kill", "done", "KILL")
+    assert plain.returncode == 1
+    assert log_messages(bundle / "log.json") == ["container not running"]
+
+
+def test_unusable_firmware_search_path_is_reported_in_the_log_not_as_a_traceback(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    parameter = simulator.host.firmware_search_path_param
+    parameter.write_text("/../outside\n")
+    try:
+        bundle = fw_bundle(make_bundle, firmware("hello", "cortex-m4"))
+        refused = shim.create(bundle, "nowhere")
+    finally:
+        parameter.write_text("\n")
+    assert refused.returncode == 1
+    [message] = log_messages(bundle / "log.json")
+    assert message.startswith(
+        "cannot place firmware: the kernel's firmware search path '/../outside' is unusable"
+    )
+    assert "Traceback" not in (bundle / "stderr").read_text()
+    assert_nothing_left(shim, simulator, bundle, "nowhere")
+
+
+def test_crashed_core_is_recovered_then_stopped_before_it_takes_new_firmware(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    m4 = core(simulator, 0)
+    crashing = fw_bundle(
+        make_bundle,
+        firmware("crash", "cortex-m4", crash_after=2),
+        env=["SMARTER_RPROC=remoteproc0"],
+    )
+    assert shim.create(crashing, "first").returncode == 0
+    assert shim.call(crashing, "start", "first").returncode == 0
+    # The runtime turned the kernel's automatic recovery off: the crash ends the container.
+    assert (m4.sysfs / "recovery").read_text() == "disabled\n"
+    assert shim.wait_exit("first") == 1
+    assert m4.state() == "crashed"
+
+    hello = fw_bundle(
+        make_bundle, firmware("hello", "cortex-m4"), env=["SMARTER_RPROC=remoteproc0"]
+    )
+    with pipe() as (read_end, write_end):
+        assert shim.create(hello, "second", stdout=write_end).returncode == 0
+        os.close(write_end)
+        started = shim.call(hello, "start", "second")
+        assert started.returncode == 0, log_messages(hello / "log.json")
+        assert read_lines(read_end, 1) == ["hello from cortex-m4 1"]
+    assert m4.firmware() == "smarter-second.elf"
+    assert m4.state() == "running"
+    assert shim.call(crashing, "delete", "first").returncode == 0
+    assert m4.state() == "running", "deleting the crashed container leaves the new one alone"
+
+
+def test_an_offline_core_is_chosen_before_a_crashed_one(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    # Cortex-M3 firmware runs on both cores: the M4 (remoteproc0) and the M3 (remoteproc1).
+    crashing = fw_bundle(
+        make_bundle,
+        firmware("crash", "cortex-m3", crash_after=0),
+        env=["SMARTER_RPROC=remoteproc0"],
+    )
+    assert shim.create(crashing, "crashed").returncode == 0
+    assert shim.call(crashing, "start", "crashed").returncode == 0
+    assert shim.wait_exit("crashed") == 1
+    assert core(simulator, 0).state() == "crashed"
+
+    later = fw_bundle(make_bundle, firmware("hello", "cortex-m3"))
+    assert shim.create(later, "later").returncode == 0
+    assert shim.call(later, "start", "later").returncode == 0
+    assert core(simulator, 1).firmware() == "smarter-later.elf"
+    assert core(simulator, 0).state() == "crashed"
+
+
+@contextlib.contextmanager
+def renumbered_console(simulator: Simulator, index: int, new: int) -> Iterator[None]:
+    """Core `index`'s tty as `ttyRPMSG<new>`, and `ttyRPMSG<index>` another core's, as on a
+    board where the firmware of another core announced its channel first."""
+    dev, ttys = simulator.host.dev, simulator.root / "sys" / "class" / "tty"
+    other = (index + 1) % len(CORES)
+    (dev / f"ttyRPMSG{index}").rename(dev / f"ttyRPMSG{new}")
+    (ttys / f"ttyRPMSG{index}").rename(ttys / f"ttyRPMSG{new}")
+    (dev / f"ttyRPMSG{index}").symlink_to(os.readlink(dev / f"ttyRPMSG{other}"))
+    try:
+        yield
+    finally:
+        (dev / f"ttyRPMSG{index}").unlink()
+        (dev / f"ttyRPMSG{new}").rename(dev / f"ttyRPMSG{index}")
+        (ttys / f"ttyRPMSG{new}").rename(ttys / f"ttyRPMSG{index}")
+
+
+def test_console_is_the_tty_sysfs_places_under_the_core_whatever_its_number(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    bundle = fw_bundle(make_bundle, firmware("hello", "cortex-m4"))
+    with renumbered_console(simulator, 0, 7), pipe() as (read_end, write_end):
+        assert shim.create(bundle, "numbered", stdout=write_end).returncode == 0
+        os.close(write_end)
+        assert shim.call(bundle, "start", "numbered").returncode == 0
+        assert read_lines(read_end, 1) == ["hello from cortex-m4 1"]
+        # The device manager's lookup follows sysfs too.
+        assert console_device(simulator.host, core(simulator, 0)) == (
+            simulator.host.dev / "ttyRPMSG7"
+        )
+
+
+def test_a_console_that_never_appears_is_logged_and_the_firmware_still_runs(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    dev, ttys = simulator.host.dev, simulator.root / "sys" / "class" / "tty"
+    hidden = simulator.root / "hidden"
+    hidden.mkdir(exist_ok=True)
+    (dev / "ttyRPMSG0").rename(hidden / "dev-tty")
+    (ttys / "ttyRPMSG0").rename(hidden / "sys-tty")
+    shim.extra_env["SMARTER_CONSOLE_TIMEOUT"] = "0.3"
+    try:
+        bundle = fw_bundle(make_bundle, firmware("hello", "cortex-m4"))
+        assert shim.create(bundle, "mute").returncode == 0
+        assert shim.call(bundle, "start", "mute").returncode == 0
+        assert core(simulator, 0).state() == "running"
+        assert shim.state(bundle, "mute")["status"] == "running"
+    finally:
+        (hidden / "dev-tty").rename(dev / "ttyRPMSG0")
+        (hidden / "sys-tty").rename(ttys / "ttyRPMSG0")
+    entries = [json.loads(line) for line in (bundle / "log.json").read_text().splitlines()]
+    [warning] = [entry for entry in entries if entry["msg"] == "no console"]
+    assert (warning["level"], warning["core"], warning["waited"]) == (
+        "warning",
+        "remoteproc0",
+        0.3,
+    )

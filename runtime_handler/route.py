@@ -1,0 +1,117 @@
+"""The zipapp's first code: a call about a container that is not ours goes to runc at once.
+
+The zipapp's shebang runs this file's text before the archive is opened (see
+scripts/build_zipapps.py), so the commonest calls (`start`, `state`, `kill`, `delete`... of a
+sandbox or sidecar) cost no zipimport of the archive's directory, no runpy and no import: only
+`posix` and `sys`, which the interpreter loaded at start. It decides exactly as
+runtime_handler.__main__ does (an id with no directory under `<--root>/smarter-hybrid/` is
+runc's) and leaves every other call to that module's main(): create, firmware containers,
+malformed ids, unusual options.
+"""
+
+import posix
+import sys
+
+_RUNC_ENV = b"SMARTER_RUNC"
+_RUNC_CANDIDATES = ("/usr/sbin/runc", "/usr/bin/runc")
+_GLOBAL_VALUE_OPTIONS = frozenset({"log", "log-format", "root", "criu", "rootless"})
+_ASKS_US = frozenset({"help", "h", "version", "v"})
+# The commands decided here, each with its options that take a value (the rest are switches).
+_ID_COMMANDS: dict[str, frozenset[str]] = {
+    "start": frozenset(),
+    "state": frozenset(),
+    "kill": frozenset(),
+    "delete": frozenset(),
+    "pause": frozenset(),
+    "resume": frozenset(),
+    "ps": frozenset({"format", "f"}),
+    "events": frozenset({"interval"}),
+}
+# runc's id rule, as runtime_handler.cli.id_problem applies it.
+_ID_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
+_S_IFMT = 0o170000
+_S_IFDIR = 0o040000
+
+
+def is_runcs(argv: list[str]) -> bool:
+    """Whether runc's arguments `argv` (no program name) are plainly a call for runc."""
+    root = "/run/runc"
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word == "--":
+            return False
+        if not word.startswith("-") or word == "-":
+            break
+        name, has_value, value = word.lstrip("-").partition("=")
+        if name in _ASKS_US:
+            return False
+        if name in _GLOBAL_VALUE_OPTIONS and not has_value and index + 1 < len(argv):
+            index += 1
+            value = argv[index]
+        if name == "root" and value:
+            root = value
+        index += 1
+    if index >= len(argv):
+        return False
+    values = _ID_COMMANDS.get(argv[index])
+    if values is None:
+        return False
+    index += 1
+    while index < len(argv):
+        word = argv[index]
+        if word == "--":
+            return False
+        if not word.startswith("-") or word == "-":
+            break
+        name, has_value, _ = word.lstrip("-").partition("=")
+        if name in values and not has_value:
+            index += 1
+        index += 1
+    if index >= len(argv) or not argv[index]:
+        return True  # no id: runc's usage error
+    container_id = argv[index]
+    if container_id in (".", "..") or not _ID_CHARACTERS.issuperset(container_id):
+        return False
+    try:
+        mode = posix.stat(f"{root}/smarter-hybrid/{container_id}").st_mode
+    except OSError:
+        return True
+    return mode & _S_IFMT != _S_IFDIR
+
+
+def _runc() -> str | None:
+    configured = posix.environ.get(_RUNC_ENV)
+    if configured:
+        return configured.decode(errors="surrogateescape")
+    for candidate in _RUNC_CANDIDATES:
+        if posix.access(candidate, posix.X_OK):
+            return candidate
+    return None  # main() searches PATH and reports failures
+
+
+def main() -> None:
+    """Exec runc for a call that is plainly runc's; run the runtime's main() for the rest."""
+    if sys.argv[:1] == ["-c"]:
+        del sys.argv[0]  # started by the shebang's bootstrap: argv[0] is now the archive
+    archive, argv = sys.argv[0], sys.argv[1:]
+    if is_runcs(argv):
+        runc = _runc()
+        if runc is not None:
+            # No contextlib here (an import); on failure main() says why runc cannot run.
+            try:  # noqa: SIM105
+                posix.execv(runc, [runc, *argv])
+            except OSError:
+                pass
+    if not archive.startswith("/"):
+        # The supervisor changes directory and still imports from the archive.
+        archive = f"{posix.getcwd()}/{archive}"
+    if archive not in sys.path:
+        sys.path.insert(0, archive)
+    from runtime_handler.__main__ import main as runtime_main
+
+    sys.exit(runtime_main())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The zipapp's launcher: runc's calls go straight to runc, everything else to the runtime."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime_handler import cli
+from runtime_handler.route import is_runcs
+
+from .conftest import log_messages
+
+REPO = Path(__file__).resolve().parents[2]
+HOST_PYTHON = "/usr/bin/python3"
+HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+_FIRMWARE_COMMANDS = ("start", "state", "kill", "delete", "ps", "pause", "resume", "events")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A --root holding one firmware container, `fw1`."""
+    (tmp_path / "smarter-hybrid" / "fw1").mkdir(parents=True)
+    (tmp_path / "smarter-hybrid" / "notdir").write_text("")
+    return tmp_path
+
+
+def _main_would_exec_runc(argv: list[str]) -> bool:
+    """runtime_handler.__main__.main()'s decision, from runtime_handler.cli."""
+    call = cli.parse(argv)
+    if call.command is None or call.command in ("create", "run"):
+        return False
+    container_id = call.container_id
+    if call.command not in _FIRMWARE_COMMANDS or not container_id:
+        return True
+    if cli.id_problem(container_id):
+        return False
+    return not os.path.isdir(os.path.join(call.root, "smarter-hybrid", container_id))
+
+
+CALLS = [
+    ["--root", "{root}", "state", "sandbox1"],
+    ["--root={root}", "--log", "/l.json", "--log-format", "json", "kill", "--all", "c", "9"],
+    ["--root", "{root}", "--systemd-cgroup", "delete", "--force", "sandbox1"],
+    ["-root", "{root}", "ps", "--format", "json", "sandbox1"],
+    ["--root", "{root}", "ps", "-f", "json", "fw1"],
+    ["--root", "{root}", "events", "--interval", "5s", "sandbox1"],
+    ["--root", "{root}", "state", "fw1"],
+    ["--root", "{root}", "kill", "-a", "fw1", "KILL"],
+    ["--root", "{root}", "delete", "notdir"],
+    ["--root", "{root}", "state", "../x"],
+    ["--root", "{root}", "state", ""],
+    ["--root", "{root}", "start"],
+    ["--root", "{root}", "create", "--bundle", "/b", "c1"],
+    ["--root", "{root}", "exec", "--cwd", "/", "sandbox1", "true"],
+    ["--root", "{root}", "update", "--memory", "1", "fw1"],
+    ["--root", "{root}", "--", "state", "sandbox1"],
+    ["--version"],
+    ["--root", "{root}", "--help"],
+    ["install-containerd-config", "--host-root=/x"],
+    [],
+    ["state", "sandbox1"],
+]
+
+
+@pytest.mark.parametrize("call", CALLS, ids=lambda call: " ".join(call) or "nothing")
+def test_launcher_hands_to_runc_only_what_the_runtime_would(call: list[str], root: Path) -> None:
+    argv = [word.replace("{root}", str(root)) for word in call]
+    if is_runcs(argv):
+        assert _main_would_exec_runc(argv), argv
+    # The launcher may leave a runc call to main(); it must never take one of ours.
+    if not _main_would_exec_runc(argv):
+        assert not is_runcs(argv), argv
+
+
+def test_launcher_takes_the_commonest_calls_itself(root: Path) -> None:
+    for command in (["state", "s1"], ["kill", "--all", "s1", "9"], ["delete", "-f", "s1"]):
+        assert is_runcs(["--root", str(root), "--log", "/l", *command]), command
+
+
+@pytest.fixture(scope="module")
+def zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = importlib.util.spec_from_file_location(
+        "build_zipapps", REPO / "scripts" / "build_zipapps.py"
+    )
+    assert spec is not None and spec.loader is not None
+    builder = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = builder
+    spec.loader.exec_module(builder)
+    [program] = [p for p in builder.PROGRAMS if p.name == "smarter-hybrid-runtime"]
+    built: Path = builder.build(program, tmp_path_factory.mktemp("zipapp") / program.name)
+    return built
+
+
+def test_zipapp_execs_runc_before_it_opens_the_archive(zipapp: Path, root: Path) -> None:
+    shebang = zipapp.read_bytes().split(b"\n", 1)[0].decode()
+    bootstrap = shebang.split(" -c ", 1)[1].strip("'")
+    args = ["--root", str(root), "kill", "--all", "sandbox1", "9"]
+
+    def imports(code: str, *argv: str) -> tuple[str, set[str]]:
+        result = subprocess.run(
+            [HOST_PYTHON, "-I", "-S", "-X", "importtime", "-c", code, *argv],
+            capture_output=True,
+            text=True,
+            env={**HOST_ENV, "SMARTER_RUNC": "/bin/echo"},
+            check=False,
+        )
+        lines = result.stderr.splitlines()
+        return result.stdout, {line.rsplit("|", 1)[-1].strip() for line in lines[1:]}
+
+    output, imported = imports(bootstrap, str(zipapp), *args)
+    assert output == " ".join(args) + "\n"
+    _, at_start = imports("pass")
+    assert imported == at_start, "the launcher imported modules before exec'ing runc"
+
+
+def test_zipapp_through_its_shebang_routes_each_call(zipapp: Path, root: Path) -> None:
+    env = {**HOST_ENV, "SMARTER_RUNC": "/bin/echo"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        log = root / "log.json"
+        log.unlink(missing_ok=True)
+        return subprocess.run(
+            [str(zipapp), "--root", str(root), "--log", str(log), "--log-format", "json", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+
+    assert run("state", "sandbox1").stdout.endswith(" state sandbox1\n")
+    ours = run("state", "fw1")  # our directory without a record yet
+    assert (ours.returncode, log_messages(root / "log.json")) == (1, ["container does not exist"])
+    bad = run("delete", "../x")
+    assert (bad.returncode, log_messages(root / "log.json")) == (1, ["invalid container ID format"])
+    for runner in ([str(zipapp)], [HOST_PYTHON, "-I", str(zipapp)]):
+        version = subprocess.run(
+            [*runner, "--version"], capture_output=True, text=True, env=env, cwd="/", check=False
+        )
+        assert version.stdout.startswith("smarter-hybrid-runtime "), version.stderr
