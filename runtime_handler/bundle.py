@@ -11,6 +11,11 @@ import posixpath
 
 from runtime_handler.errors import RuntimeCallError
 
+# Not `from typing import ...` at run time: the create path of every container pays for imports.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO, Literal
+
 ANNOTATION_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 ANNOTATION_IMAGE_NAME = "io.kubernetes.cri.image-name"
 ANNOTATION_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
@@ -23,6 +28,10 @@ RPROC_ENV = "SMARTER_RPROC"
 ELF_MAGIC = b"\x7fELF"
 _ELFCLASS32 = 1
 _EM_ARM = 40
+_ET_DYN = 3
+_PT_INTERP = 3
+_ELF32_HEADER = 52
+_MAX_PROGRAM_HEADERS = 256
 _MAX_SYMLINKS = 40
 
 
@@ -68,15 +77,21 @@ class Bundle:
         return self.args[0] if self.args else None
 
     @property
+    def is_sandbox(self) -> bool:
+        """Whether this is a pod's sandbox (its pause process): always runc's, never firmware."""
+        return self.annotations.get(ANNOTATION_CONTAINER_TYPE) == "sandbox"
+
+    @property
     def declares_firmware(self) -> bool:
         """Whether the container says it is firmware even before its entrypoint is checked.
 
-        Firmware images name their ELF `/firmware.elf`; a board annotation says the same. Such
-        a container is refused with a reason when its entrypoint is not runnable firmware,
-        rather than handed to runc.
+        Firmware images name their ELF `/firmware.elf`. Such a container is refused with a
+        reason when its entrypoint is not runnable firmware, rather than handed to runc. A
+        board annotation does not declare firmware: containerd copies a pod's annotations to
+        every container of the pod, its sandbox and sidecars included.
         """
         entry = self.entrypoint or ""
-        return entry.endswith(FIRMWARE_SUFFIX) or self.board is not None
+        return entry.endswith(FIRMWARE_SUFFIX)
 
     def entrypoint_path(self) -> str | None:
         """The host path of the entrypoint inside the rootfs, None when it does not exist."""
@@ -181,19 +196,43 @@ def resolve_in_rootfs(rootfs: str, container_path: str) -> str | None:
 
 
 def peek_elf(path: str) -> tuple[bool, bool]:
-    """(is an ELF, is a 32-bit ARM ELF) from the first 20 bytes, without parsing the file."""
+    """(is an ELF, may be firmware) from the ELF header and program headers, without pyelftools.
+
+    Firmware is a 32-bit ARM executable loaded at fixed addresses by remoteproc, with no
+    program interpreter. So a position-independent executable or a dynamically linked one (a
+    Linux program on a 32-bit ARM host, as most of Raspberry Pi OS's are) is not firmware, and
+    only the rest is worth pyelftools (~50 ms to import here, several times that on a Pi).
+    """
     try:
         with open(path, "rb") as stream:
-            head = stream.read(20)
+            head = stream.read(_ELF32_HEADER)
+            if head[:4] != ELF_MAGIC:
+                return False, False
+            if len(head) < _ELF32_HEADER or head[4] != _ELFCLASS32:
+                return True, False
+            order: Literal["little", "big"] = "little" if head[5] == 1 else "big"
+            if int.from_bytes(head[18:20], order) != _EM_ARM:
+                return True, False
+            if int.from_bytes(head[16:18], order) == _ET_DYN:
+                return True, False
+            return True, not _has_interpreter(stream, head, order)
     except OSError:
         return False, False
-    if head[:4] != ELF_MAGIC:
-        return False, False
-    if len(head) < 20:
-        return True, False
-    little = head[5] == 1
-    machine = int.from_bytes(head[18:20], "little" if little else "big")
-    return True, head[4] == _ELFCLASS32 and machine == _EM_ARM
+
+
+def _has_interpreter(stream: BinaryIO, head: bytes, order: Literal["little", "big"]) -> bool:
+    """Whether a 32-bit ELF names a program interpreter (a PT_INTERP program header)."""
+    offset = int.from_bytes(head[28:32], order)
+    entry_size = int.from_bytes(head[42:44], order)
+    count = int.from_bytes(head[44:46], order)
+    if not offset or entry_size < 4 or count > _MAX_PROGRAM_HEADERS:
+        return False
+    stream.seek(offset)
+    table = stream.read(entry_size * count)
+    return any(
+        int.from_bytes(table[start : start + 4], order) == _PT_INTERP
+        for start in range(0, len(table) - 3, entry_size)
+    )
 
 
 def _mapping(value: object) -> dict[str, object]:

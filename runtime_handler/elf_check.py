@@ -1,8 +1,9 @@
 """Is a container firmware? Its entrypoint decides, with the cheapest test that can say no.
 
-Most containers (every pod sandbox) are Linux programs: a 20-byte peek at the ELF header says
-so without importing pyelftools. Only a 32-bit ARM ELF, or a container that declares itself
-firmware, is read with `smarter_common.firmware_elf`.
+A pod sandbox never is. Most other containers are Linux programs: a peek at the ELF header
+(class, machine, type, program interpreter) says so without importing pyelftools. Only a
+fixed-address 32-bit ARM executable, or a container that declares itself firmware, is read with
+`smarter_common.firmware_elf`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ def classify(bundle: Bundle) -> ElfFacts | None:
     A container that declares itself firmware (`Bundle.declares_firmware`) but whose
     entrypoint is missing or not microcontroller firmware is refused with FirmwareRefusedError.
     """
+    if bundle.is_sandbox:
+        return None
     declared = bundle.declares_firmware
     entry = bundle.entrypoint
     if not entry:
@@ -39,8 +42,8 @@ def classify(bundle: Bundle) -> ElfFacts | None:
                 hint="a firmware image holds its ELF at /firmware.elf and names it as entrypoint",
             )
         return None
-    is_elf, is_arm32 = peek_elf(path)
-    if not declared and not is_arm32:
+    is_elf, may_be_firmware = peek_elf(path)
+    if not declared and not may_be_firmware:
         return None
     if not is_elf:
         raise FirmwareRefusedError(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,16 +113,67 @@ def test_declared_firmware_that_is_not_elf_is_refused(make_bundle: MakeBundle) -
         classify(bundle.load(str(path)))
 
 
-def test_board_annotation_declares_firmware(make_bundle: MakeBundle) -> None:
+def test_a_board_annotation_alone_leaves_a_linux_container_to_runc(
+    make_bundle: MakeBundle,
+) -> None:
+    # containerd copies a pod's annotations to every container: sidecars carry the board too.
     path = make_bundle(["/bin/sh"], busybox=True, annotations={"board": "imx8mm-evk"})
-    with pytest.raises(FirmwareRefusedError, match="not microcontroller firmware"):
-        classify(bundle.load(str(path)))
+    assert classify(bundle.load(str(path))) is None
+
+
+def test_a_pod_sandbox_is_never_firmware(make_bundle: MakeBundle, build_elf: BuildElf) -> None:
+    path = make_bundle(
+        ["/firmware.elf"],
+        {"/firmware.elf": build_elf("cortex-m4")},
+        annotations={
+            "io.kubernetes.cri.container-type": "sandbox",
+            "smarter-edge.io/board": "smarter-edge,sim",
+        },
+    )
+    assert classify(bundle.load(str(path))) is None
 
 
 def test_elf_peek_reads_class_and_machine(build_elf: BuildElf) -> None:
     assert bundle.peek_elf(str(build_elf("cortex-m0"))) == (True, True)
     assert bundle.peek_elf(str(X86_64_ELF)) == (True, False)
     assert bundle.peek_elf("/etc/hostname") == (False, False)
+
+
+@pytest.fixture(scope="module")
+def arm_linux_programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """32-bit ARM programs as a Linux host has them: position-independent, dynamically linked."""
+    work = tmp_path_factory.mktemp("arm-linux")
+    gcc = ["arm-none-eabi-gcc", "-nostdlib", "-mcpu=cortex-a7"]
+    loader = "-Wl,--dynamic-linker=/lib/ld-linux-armhf.so.3"
+    (work / "lib.c").write_text("int f(void) { return 1; }\n")
+    (work / "main.c").write_text("int f(void);\nvoid _start(void) { f(); for (;;) { } }\n")
+    commands = {
+        "pie": [*gcc, "-fPIE", "-pie", loader, "-o", "pie", "main.c", "lib.c"],
+        "lib": [*gcc, "-shared", "-fPIC", "-o", "libf.so", "lib.c"],
+        "dynamic": [*gcc, "-no-pie", loader, "-o", "dynamic", "main.c", "-L.", "-lf"],
+    }
+    for command in commands.values():
+        subprocess.run(command, cwd=work, check=True, capture_output=True)
+    return {"pie": work / "pie", "dynamic": work / "dynamic"}
+
+
+@pytest.mark.parametrize("kind", ["pie", "dynamic"])
+def test_an_arm_linux_program_is_told_from_firmware_without_pyelftools(
+    make_bundle: MakeBundle, arm_linux_programs: dict[str, Path], kind: str
+) -> None:
+    program = arm_linux_programs[kind]
+    assert bundle.peek_elf(str(program)) == (True, False)
+    path = make_bundle(["/usr/bin/app"], {"/usr/bin/app": program})
+    probe = subprocess.run(
+        [
+            sys.executable, "-c",
+            "import sys\n"
+            "from runtime_handler import bundle, elf_check\n"
+            f"print(elf_check.classify(bundle.load({str(path)!r})), 'elftools' in sys.modules)",
+        ],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert probe.stdout.split() == ["None", "False"]
 
 
 def test_config_parses_as_json_would(runc_spec: dict[str, object]) -> None:
