@@ -12,6 +12,10 @@ Who does the work is decided by what the plugin knows happened to the request:
   be doing the work, so the plugin must not do it too (two ADDs of one attachment would undo
   each other); it reports code 11, try again later.
 
+In the zipapp this module is also the launcher (`main`): the file's first bytes, run by the
+shebang before the archive is opened, so a request the agent answers costs no zipimport, no
+runpy and no import at all; only a fallback or an operator's subcommand reads the archive.
+
 Wire format, one request per connection, both items as netstrings (`<len>:<bytes>,`): the
 `CNI_*` environment (`NAME=VALUE` joined by NUL) and stdin; the plugin then shuts down its
 writing side. The agent answers `<exit status>\\n<stdout bytes>` and closes, or `defer\\n` when
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import _socket
 import os
+import sys
 
 # Not `from typing import ...`: importing typing costs every exec ~2.5 ms.
 TYPE_CHECKING = False
@@ -38,6 +43,8 @@ ANSWER_TIMEOUT_ENV = "SMARTER_CNI_AGENT_TIMEOUT"
 MAX_MESSAGE = 4 << 20
 # The agent's answer when the plugin should do the work itself (it cannot see the netns).
 DEFER = b"defer\n"
+# The spec's "try again later" (cni.errors.TRY_AGAIN_LATER, not imported on the fast path).
+TRY_AGAIN_LATER = 11
 
 
 class AgentUnavailableError(Exception):
@@ -175,6 +182,71 @@ def forward(
     return int(status), output
 
 
+def ask_agent(environ: Mapping[str, str], stdin: bytes) -> tuple[int, bytes] | None:
+    """The exit status and output for this invocation from the agent; None: do it yourself."""
+    if environ.get("CNI_COMMAND") not in FORWARDED:
+        return None
+    try:
+        return forward(
+            socket_path_for(stdin, environ),
+            environment_of(environ),
+            stdin,
+            answer_timeout(environ),
+        )
+    except AgentUnavailableError:
+        return None
+    except AgentTimeoutError as error:
+        # The agent may still be doing this very request: doing it here too would race it.
+        return 1, error_output(
+            stdin,
+            TRY_AGAIN_LATER,
+            "the smarter-cni agent did not answer in time",
+            f"{error}; it may still be working on it, so the plugin did not do it too",
+        )
+
+
+def main() -> None:
+    """The zipapp's entry: the agent's answer if it gives one, else the whole program."""
+    if sys.argv[:1] == ["-c"]:
+        del sys.argv[0]  # started by the shebang's bootstrap: argv[0] is now the archive
+    archive, arguments = sys.argv[0], sys.argv[1:]
+    if not arguments:
+        stdin = _read_fd(0)
+        answered = ask_agent(os.environ, stdin)
+        if answered is None:
+            _import_from(archive)
+            from cni.plugin import execute, local_node
+
+            answered = execute(os.environ, stdin, local_node)
+        status, output = answered
+        _write_fd(1, output)
+        sys.exit(status)
+    _import_from(archive)
+    from cni.__main__ import main as operator_main
+
+    sys.exit(operator_main(arguments))
+
+
+def _import_from(archive: str) -> None:
+    if not archive.startswith("/"):
+        archive = f"{os.getcwd()}/{archive}"
+    if archive not in sys.path:
+        sys.path.insert(0, archive)
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def read_all(sock: _socket.socket) -> bytes:
     chunks: list[bytes] = []
     size = 0
@@ -198,3 +270,7 @@ def _read_netstring(data: bytes) -> tuple[bytes, bytes]:
         raise ValueError("malformed netstring")
     size = int(length)
     return rest[:size], rest[size + 1 :]
+
+
+if __name__ == "__main__":
+    main()

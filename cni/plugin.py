@@ -123,28 +123,8 @@ def run(
     env = os.environ if environ is None else environ
     out = sys.stdout.buffer if stdout is None else stdout
     data = (sys.stdin.buffer if stdin is None else stdin).read()
-    try:
-        if env.get("CNI_COMMAND") not in client.FORWARDED:
-            raise client.AgentUnavailableError("not a command for the agent")
-        status, output = client.forward(
-            client.socket_path_for(data, env),
-            client.environment_of(env),
-            data,
-            client.answer_timeout(env),
-        )
-    except client.AgentUnavailableError:
-        status, output = execute(env, data, local_node)
-    except client.AgentTimeoutError as error:
-        # The agent may still be doing this very request: doing it here too would race it.
-        from cni.errors import TRY_AGAIN_LATER
-
-        status = 1
-        output = client.error_output(
-            data,
-            TRY_AGAIN_LATER,
-            "the smarter-cni agent did not answer in time",
-            f"{error}; it may still be working on it, so the plugin did not do it too",
-        )
+    answered = client.ask_agent(env, data)
+    status, output = answered if answered is not None else execute(env, data, local_node)
     out.write(output)
     out.flush()
     return status

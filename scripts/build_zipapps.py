@@ -11,6 +11,7 @@ Usage: python scripts/build_zipapps.py [--out DIR]   (default: out/host/)
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.metadata
 import importlib.util
 import io
@@ -62,6 +63,7 @@ PROGRAMS = (
         entry_module="cni.__main__",
         packages=("cni", "smarter_common"),
         distributions=("pyroute2", "structlog"),
+        launcher="cni.client",
     ),
     Program(
         name="smarter-hybrid-runtime",
@@ -120,10 +122,12 @@ def build(program: Program, target: Path) -> Path:
 
 
 def _launcher_head(module: str) -> bytes:
-    """The shebang that execs the file's first bytes, then the launcher's source."""
-    source = (REPO / (module.replace(".", "/") + ".py")).read_bytes()
-    if not source.endswith(b"\n"):
-        source += b"\n"
+    """The shebang that execs the file's first bytes, then the launcher's source.
+
+    The source goes in without docstrings and comments: it is compiled at every exec (no
+    bytecode cache for exec'd text), ~0.2 ms per KB. The archive keeps the module as written.
+    """
+    source = _compact_source((REPO / (module.replace(".", "/") + ".py")).read_text())
     size = 0
     while True:
         line = LAUNCHER_SHEBANG.format(size=size).encode()
@@ -133,6 +137,23 @@ def _launcher_head(module: str) -> bytes:
     if len(line) > _SHEBANG_LIMIT:
         raise BuildError(f"the launcher's #! line is {len(line)} bytes, over {_SHEBANG_LIMIT}")
     return line + source
+
+
+def _compact_source(text: str) -> bytes:
+    """`text` as the same program without docstrings or comments."""
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return (ast.unparse(tree) + "\n").encode()
 
 
 def _zip_bytes(entries: dict[str, bytes]) -> bytes:
