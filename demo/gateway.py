@@ -361,7 +361,14 @@ class Gateway:
 
     # Pods
 
-    def pod_spec(self, name: str, *, handler: str = "", namespace: str = "default") -> PodSpec:
+    def pod_spec(
+        self,
+        name: str,
+        *,
+        handler: str = "",
+        namespace: str = "default",
+        annotations: Mapping[str, str] | None = None,
+    ) -> PodSpec:
         uid = secrets.token_hex(8)
         log_directory = self.layout.pod_logs / f"{namespace}_{name}_{uid}"
         log_directory.mkdir(parents=True, exist_ok=True)
@@ -374,12 +381,20 @@ class Gateway:
             dns_searches=self.netconf.dns.search,
             log_directory=str(log_directory),
             labels={"app": app_name(name) or name},
+            annotations=dict(annotations or {}),
         )
 
-    def run_pod(self, name: str, *, handler: str = "", namespace: str = "default") -> Pod:
+    def run_pod(
+        self,
+        name: str,
+        *,
+        handler: str = "",
+        namespace: str = "default",
+        annotations: Mapping[str, str] | None = None,
+    ) -> Pod:
         """RunPodSandbox as the kubelet would: the pod's network comes from smarter-cni."""
         cri = self._cri()
-        spec = self.pod_spec(name, handler=handler, namespace=namespace)
+        spec = self.pod_spec(name, handler=handler, namespace=namespace, annotations=annotations)
         pod_id = cri.run_pod(spec)
         pod = Pod(spec, pod_id, cri.pod_ip(pod_id))
         self.pods[pod_id] = pod
@@ -423,11 +438,18 @@ class Gateway:
         )
         return pod
 
-    def run_firmware_pod(self, name: str, firmware: str, allocation: Allocation) -> Pod:
+    def run_firmware_pod(
+        self,
+        name: str,
+        firmware: str,
+        allocation: Allocation,
+        *,
+        annotations: Mapping[str, str] | None = None,
+    ) -> Pod:
         """A `hybrid` pod whose one container runs `firmware` on the core in `allocation`."""
         if self.images is None or firmware not in self.images.firmware:
             raise GatewayError(f"no firmware image {firmware!r} was built")
-        pod = self.run_pod(name, handler=HYBRID_HANDLER)
+        pod = self.run_pod(name, handler=HYBRID_HANDLER, annotations=annotations)
         self.start_container(
             pod,
             "firmware",

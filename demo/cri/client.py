@@ -37,6 +37,7 @@ class PodSpec:
     dns_servers: Sequence[str] = ()
     dns_searches: Sequence[str] = ()
     log_directory: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class CriClient:
             if pod.dns_servers
             else None,
             labels=dict(pod.labels),
+            annotations=dict(pod.annotations),
             linux=api.LinuxPodSandboxConfig(
                 security_context=api.LinuxSandboxSecurityContext(
                     namespace_options=api.NamespaceOption(network=api.POD, pid=api.CONTAINER)

@@ -16,6 +16,8 @@ import pytest
 
 from demo.cri.client import CriError
 from demo.gateway import Allocation, Gateway, Pod
+from demo.images import BUSYBOX_IMAGE
+from runtime_handler.bundle import BOARD_ANNOTATIONS
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -130,6 +132,49 @@ def test_firmware_pod_runs_on_the_core_and_its_console_reaches_the_cri_log(
     assert status.state == gateway.cri.api.CONTAINER_EXITED
     assert gateway.core_states()["remoteproc0"] == "offline"
     assert gateway.qemu_pids() == []
+
+
+def test_firmware_pod_naming_this_board_runs_its_sandbox_and_sidecar_under_runc(
+    clean_gateway: Gateway,
+) -> None:
+    # containerd copies the pod's annotations to every container: sandbox, sidecar, firmware.
+    gateway = clean_gateway
+    assert gateway.cri is not None
+    board = {BOARD_ANNOTATIONS[0]: "smarter-edge,sim"}
+    pod = gateway.run_firmware_pod(
+        "blinky-b0ard", "hello", gateway.allocate(RPROC0), annotations=board
+    )
+    sidecar = gateway.start_container(
+        pod, "main", BUSYBOX_IMAGE, command=["sh", "-c", "exec sleep 600"]
+    )
+    assert gateway.cri.container_status(sidecar).state == gateway.cri.api.CONTAINER_RUNNING
+    assert sorted(gateway.runc_containers()) == sorted([pod.id, sidecar])
+    _wait_for(
+        lambda: any("hello from" in line for line in gateway.container_log(pod, "firmware")),
+        20,
+        "the firmware's console in the CRI log",
+    )
+    gateway.remove_pod(pod)
+    assert gateway.leftovers() == []
+
+
+def test_firmware_pod_for_another_board_is_refused_naming_both(clean_gateway: Gateway) -> None:
+    gateway = clean_gateway
+    with pytest.raises(CriError) as refused:
+        gateway.run_firmware_pod(
+            "blinky-0ther",
+            "hello",
+            gateway.allocate(RPROC0),
+            annotations={BOARD_ANNOTATIONS[0]: "imx8mm-evk"},
+        )
+    assert (
+        "firmware is for board 'imx8mm-evk', but this board is 'smarter-edge simulated gateway'"
+        in refused.value.details
+    )
+    assert gateway.core_states()["remoteproc0"] == "offline"
+    for pod in list(gateway.pods.values()):
+        gateway.remove_pod(pod)
+    assert gateway.leftovers() == []
 
 
 def test_crashing_firmware_is_reported_exited_non_zero(clean_gateway: Gateway) -> None:
