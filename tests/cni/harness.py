@@ -15,8 +15,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,6 +263,10 @@ class Agent:
     def added(self) -> list[str | None]:
         """Container ids of the ADDs whose work this agent did."""
         return [e.get("container_id") for e in self.events() if e["event"] == "added"]
+
+
+# How a test runs: under `agent(node)`, or with the plugin doing the work itself.
+AgentMode = Callable[[Node], AbstractContextManager[Any]]
 
 
 @contextmanager

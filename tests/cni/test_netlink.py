@@ -11,26 +11,15 @@ import json
 import os
 import subprocess
 import textwrap
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.cni.harness import GATEWAY, PYTHON, REPO, Node, agent, node, pods
+from tests.cni.harness import GATEWAY, PYTHON, REPO, AgentMode, Node, node, pods
 from tests.netns import ip, netns_path
 
 pytestmark = [pytest.mark.netns]
-
-AgentMode = Callable[[Node], AbstractContextManager[Any]]
-
-
-@pytest.fixture(params=["agent", "in-process"])
-def mode(request: pytest.FixtureRequest) -> AgentMode:
-    if request.param == "agent":
-        return agent
-    return lambda _node: nullcontext()
-
 
 @pytest.fixture
 def cni_node() -> Iterator[Node]:

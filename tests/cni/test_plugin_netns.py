@@ -9,7 +9,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from smarter_common.locks import FileLock
 from tests.cni.harness import (
     GATEWAY,
     PYTHON,
+    AgentMode,
     Node,
     agent,
     dnsmasq,
@@ -31,17 +31,6 @@ from tests.cni.harness import (
 from tests.netns import in_netns, ip, netns_path, network_namespace
 
 pytestmark = [pytest.mark.netns]
-
-AgentMode = Callable[[Node], AbstractContextManager[Any]]
-
-
-@pytest.fixture(params=["agent", "in-process"])
-def mode(request: pytest.FixtureRequest) -> AgentMode:
-    """Every behaviour holds with the agent serving the plugin and without it."""
-    if request.param == "agent":
-        return agent
-    return lambda _node: nullcontext()
-
 
 @pytest.fixture
 def cni_node() -> Iterator[Node]:
