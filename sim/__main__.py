@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from sim import boards
+from sim.firmware_build import KINDS
 from smarter_common.cli import add_common_arguments, configure_logging_from
 from smarter_common.errors import SmarterError
 from smarter_common.logs import get_logger
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (30)")
 
     build = commands.add_parser("build-firmware", help="build an example firmware ELF")
-    build.add_argument("--kind", required=True, choices=["hello", "crash", "lockup"])
+    build.add_argument("--kind", required=True, choices=list(KINDS))
     build.add_argument("--cpu", required=True, choices=sorted(boards.CORE_TYPES))
     build.add_argument("--out", required=True, type=Path, metavar="DIR")
     build.add_argument(

@@ -18,7 +18,10 @@ from sim.boards import core_type
 from smarter_common.errors import ConfigError, SmarterError
 
 SDK_DIR = Path(__file__).parent / "firmware"
-KINDS = ("hello", "crash", "lockup")
+KINDS = ("hello", "crash", "lockup", "hang")
+# `hang` is `crash` with a fault handler that loops silently, as many vendor startup files'.
+_SOURCE_OF = {"hang": "crash"}
+_DEFINES_OF = {"hang": ("-DSIM_SILENT_FAULTS",)}
 GCC = "arm-none-eabi-gcc"
 _COMMON_SOURCES = ("startup.c", "console.c")
 
@@ -45,9 +48,9 @@ class FirmwareBuildError(SmarterError):
 
 
 def build_firmware(kind: str, cpu: str, out_dir: Path, *, crash_after: int = 3) -> Path:
-    """Build the `kind` firmware (`hello`, `crash`, `lockup`) for `cpu` into `out_dir`.
+    """Build the `kind` firmware (`hello`, `crash`, `lockup`, `hang`) for `cpu` into `out_dir`.
 
-    Returns the ELF's path. `crash_after` is how many lines `crash` and `lockup` print first.
+    Returns the ELF's path. `crash_after` is how many lines the faulting kinds print first.
     """
     if kind not in KINDS:
         raise ConfigError(f"no example firmware {kind!r}", hint=f"use one of {', '.join(KINDS)}")
@@ -61,7 +64,8 @@ def build_firmware(kind: str, cpu: str, out_dir: Path, *, crash_after: int = 3) 
             f"{GCC} is not installed",
             hint="install gcc-arm-none-eabi and libnewlib-arm-none-eabi with scripts/setup.sh",
         )
-    sources = [SDK_DIR / "src" / name for name in (*_COMMON_SOURCES, f"{kind}.c")]
+    main_source = f"{_SOURCE_OF.get(kind, kind)}.c"
+    sources = [SDK_DIR / "src" / name for name in (*_COMMON_SOURCES, main_source)]
     script = SDK_DIR / "link" / f"{machine_name}.ld"
     arguments = [
         f"-mcpu={cpu}",
@@ -78,6 +82,7 @@ def build_firmware(kind: str, cpu: str, out_dir: Path, *, crash_after: int = 3) 
         f"-DUART0_BASE={machine.uart0_base:#x}u",
         f"-DSYSCLK_HZ={machine.sysclk_hz}u",
         f"-DCRASH_AFTER={crash_after}",
+        *_DEFINES_OF.get(kind, ()),
         f"-I{SDK_DIR / 'src'}",
         f"-L{SDK_DIR / 'link'}",
         f"-T{script}",

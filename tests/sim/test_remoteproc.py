@@ -359,6 +359,25 @@ def test_a_core_that_locks_up_ends_crashed(simulator: Simulator, console_of: Con
     assert qemus and not any(process_alive(pid) for pid in qemus)
 
 
+def test_a_core_spinning_silently_in_its_fault_handler_ends_crashed(
+    simulator: Simulator, console_of: Consoles
+) -> None:
+    # Many vendor startup files' fault handlers are a bare loop: nothing reaches the console.
+    remote = core(simulator, 1)
+    install(simulator, firmware("hang", "cortex-m4", crash_after=1), "hang-m4.elf")
+    console = console_of(1)
+    write_attr(remote.sysfs / "recovery", "disabled")
+    write_attr(remote.sysfs / "firmware", "hang-m4.elf")
+    write_attr(remote.sysfs / "state", "start")
+    qemus = simulator.child_pids()
+
+    console.read_until("crashing now\n")
+    wait_for_state(remote, "crashed")
+
+    assert "HardFault" not in console.text
+    assert qemus and not any(process_alive(pid) for pid in qemus)
+
+
 def test_concurrent_starts_run_the_core_once(simulator: Simulator) -> None:
     remote = core(simulator, 1)
     install(simulator, firmware("hello", "cortex-m4"), "hello-m4.elf")

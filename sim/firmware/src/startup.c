@@ -47,10 +47,16 @@ void reset_handler(void)
 
 void fault_handler(void)
 {
+#ifdef SIM_SILENT_FAULTS
+    /* As many vendor startup files do: spin in the handler, say nothing. */
+    for (;;) {
+    }
+#else
     console_puts("\n" SIM_FAULT_MARKER "\n");
     for (;;) {
         __asm__ volatile("wfi");
     }
+#endif
 }
 
 void default_handler(void) {}
