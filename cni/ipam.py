@@ -114,12 +114,15 @@ class LeaseStore:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
+        directory = os.fspath(self.directory)
         for name in names:
             if name.startswith("."):
                 continue
             try:
                 address = ipaddress.IPv4Address(name)
-                owner = (self.directory / name).read_text().split("\n")
+                # A plain string path: every ADD reads every lease (pathlib costs more).
+                with open(os.path.join(directory, name), encoding="utf-8") as stream:
+                    owner = stream.read().split("\n")
             except (ValueError, FileNotFoundError):
                 continue
             # A lease cut short by a crash has no owner: it still reserves its address.

@@ -7,8 +7,13 @@ import time
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
-    """Write `data` to `path` via a temporary file in the same directory, fsync, then rename."""
+def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644, durable: bool = True) -> None:
+    """Write `data` to `path` via a temporary file in the same directory, fsync, then rename.
+
+    `durable=False` skips both fsyncs for a file nobody needs after a power loss: readers still
+    see the old content or the new, but a crash may leave it empty (an fsync on an SD card can
+    take tens of milliseconds).
+    """
     payload = data.encode() if isinstance(data, str) else data
     directory = path.parent
     # A dot-name keeps watchers such as dnsmasq's --hostsdir from reading the half-written file.
@@ -21,14 +26,16 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
                 written = os.write(fd, view)
                 view = view[written:]
             os.fchmod(fd, mode)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_directory(directory)
+    if durable:
+        _fsync_directory(directory)
 
 
 def remove_durably(path: Path) -> bool:

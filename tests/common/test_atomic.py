@@ -32,6 +32,24 @@ def test_write_atomic_failure_keeps_old_content_and_no_temporary(tmp_path: Path)
     assert os.listdir(tmp_path) == ["record"]
 
 
+@pytest.mark.parametrize(("durable", "fsyncs"), [(True, 2), (False, 0)])
+def test_write_atomic_fsyncs_file_and_directory_only_when_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool, fsyncs: int
+) -> None:
+    target = tmp_path / "record"
+    target.write_text("old\n")
+    inode_before = target.stat().st_ino
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    write_atomic(target, "new\n", durable=durable)
+    assert len(synced) == fsyncs
+    # Atomic either way: a rename of a whole new file, nothing left behind.
+    assert target.read_text() == "new\n"
+    assert target.stat().st_ino != inode_before
+    assert os.listdir(tmp_path) == ["record"]
+
+
 def test_remove_durably_reports_whether_it_removed(tmp_path: Path) -> None:
     target = tmp_path / "record"
     target.write_text("x")
