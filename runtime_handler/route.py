@@ -35,39 +35,20 @@ _S_IFDIR = 0o040000
 
 def is_runcs(argv: list[str]) -> bool:
     """Whether runc's arguments `argv` (no program name) are plainly a call for runc."""
-    root = "/run/runc"
-    index = 0
-    while index < len(argv):
-        word = argv[index]
-        if word == "--":
-            return False
-        if not word.startswith("-") or word == "-":
-            break
-        name, has_value, value = word.lstrip("-").partition("=")
-        if name in _ASKS_US:
-            return False
-        if name in _GLOBAL_VALUE_OPTIONS and not has_value and index + 1 < len(argv):
-            index += 1
-            value = argv[index]
-        if name == "root" and value:
-            root = value
-        index += 1
-    if index >= len(argv):
+    parsed = _options(argv, 0, _GLOBAL_VALUE_OPTIONS)
+    if parsed is None:
         return False
+    index, global_options = parsed
+    if not _ASKS_US.isdisjoint(global_options) or index >= len(argv):
+        return False
+    root = global_options.get("root") or "/run/runc"
     values = _ID_COMMANDS.get(argv[index])
     if values is None:
         return False
-    index += 1
-    while index < len(argv):
-        word = argv[index]
-        if word == "--":
-            return False
-        if not word.startswith("-") or word == "-":
-            break
-        name, has_value, _ = word.lstrip("-").partition("=")
-        if name in values and not has_value:
-            index += 1
-        index += 1
+    parsed = _options(argv, index + 1, values)
+    if parsed is None:
+        return False
+    index = parsed[0]
     if index >= len(argv) or not argv[index]:
         return True  # no id: runc's usage error
     container_id = argv[index]
@@ -78,6 +59,26 @@ def is_runcs(argv: list[str]) -> bool:
     except OSError:
         return True
     return mode & _S_IFMT != _S_IFDIR
+
+
+def _options(
+    argv: list[str], index: int, with_values: frozenset[str]
+) -> tuple[int, dict[str, str]] | None:
+    """The options from `index` on and where they end; None at `--` (left to main())."""
+    seen: dict[str, str] = {}
+    while index < len(argv):
+        word = argv[index]
+        if word == "--":
+            return None
+        if not word.startswith("-") or word == "-":
+            break
+        name, has_value, value = word.lstrip("-").partition("=")
+        if name in with_values and not has_value and index + 1 < len(argv):
+            index += 1
+            value = argv[index]
+        seen[name] = value
+        index += 1
+    return index, seen
 
 
 def _runc() -> str | None:
