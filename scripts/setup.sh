@@ -13,6 +13,7 @@ DEBIAN_PACKAGES=(
   fuse3
   qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi
   busybox-static
+  podman buildah
 )
 
 say() { printf '==> %s\n' "$*" >&2; }
