@@ -1,4 +1,5 @@
-"""Entry point of `smarter-sim`: `up`, `down`, `build-firmware` and `pack-firmware`."""
+"""Entry point of `smarter-sim`: `up`, `down`, `build-firmware`, `pack-firmware` and
+`build-node-images`."""
 
 from __future__ import annotations
 
@@ -64,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     pack.add_argument("--board", metavar="NAME", help="the board it is for: label board")
     pack.add_argument("--ref", required=True, help="image reference, e.g. localhost/hello:1")
     pack.add_argument("--out", required=True, type=Path, metavar="TAR", help="the tarball")
+
+    node = commands.add_parser(
+        "build-node-images",
+        help="pack the pause and busybox images a simulated node's pods run (OCI tarballs)",
+    )
+    node.add_argument("--out", required=True, type=Path, metavar="DIR")
+    node.add_argument(
+        "--busybox",
+        type=Path,
+        default=Path("/bin/busybox"),
+        metavar="FILE",
+        help="a statically linked busybox (default /bin/busybox, Debian's busybox-static)",
+    )
     return parser
 
 
@@ -92,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("not running", root=str(args.root))
         elif args.command == "pack-firmware":
             print(_pack_firmware(args))
+        elif args.command == "build-node-images":
+            from sim.node_images import build_node_images
+
+            for image in build_node_images(args.out, busybox=args.busybox):
+                print(image.tarball)
         else:
             from sim.firmware_build import build_firmware
 
