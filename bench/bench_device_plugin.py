@@ -81,9 +81,17 @@ def _command(root: Path, rules: Path) -> list[str]:
         str(root),
         "--rules",
         str(rules),
+        # The kubelet's directory is the node's own, never under the host root: the stand-in's.
+        "--plugin-dir",
+        str(_plugin_dir(root)),
         "--log-level",
         "warning",
     ]
+
+
+def _plugin_dir(root: Path) -> Path:
+    """Where the kubelet stand-in of a run in `root` listens."""
+    return root / "kubelet" / "device-plugins"
 
 
 def _idle_rss_mb(root: Path) -> float:
@@ -125,7 +133,7 @@ def _typical_rss(root: Path, kubelet_module: Any) -> tuple[int, float]:
     rules.write_text(yaml.safe_load(PRODUCTION_RULES.read_text())["data"]["conf.yaml"])
     for name, (major, minor) in TYPICAL_GATEWAY.items():
         _mknod(root / "dev" / name, major, minor)
-    stand_in = kubelet_module.start(root / "var/lib/kubelet/device-plugins")
+    stand_in = kubelet_module.start(_plugin_dir(root))
     process = _daemon(root, rules)
     try:
         wanted = {"smarter-devices/ttyUSB0", "smarter-devices/snd", "smarter-devices/rtc0"}
@@ -150,7 +158,6 @@ def run() -> list[Measurement]:
     stand_in = None
     try:
         dev = root / "dev"
-        plugin_dir = root / "var/lib/kubelet/device-plugins"
         rules = root / "etc/conf.yaml"
         rules.parent.mkdir(parents=True)
         rules.write_text(RULES)
@@ -159,7 +166,7 @@ def run() -> list[Measurement]:
         _mknod(dev / "snd/controlC0", 116, 0)
         idle_rss = _idle_rss_mb(root / "idle")
         typical_count, typical_rss = _typical_rss(root / "typical", kubelet_module)
-        stand_in = kubelet_module.start(plugin_dir)
+        stand_in = kubelet_module.start(_plugin_dir(root))
         wanted = {f"smarter-devices/ttyUSB{i}" for i in range(NODES - 1)} | {"smarter-devices/snd"}
 
         started = time.perf_counter()

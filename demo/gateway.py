@@ -55,6 +55,8 @@ PRODUCTION_CONFLIST = REPO / "deploy" / "cni" / "10-smarter.conflist"
 DOMAIN = "smarter.internal"
 RPROC_RESOURCE_PREFIX = "smarter-devices/rproc"
 PRODUCTION_RULES = REPO / "deploy" / "device-manager" / "rules-configmap.yaml"
+# The kubelet's device plugin directory: the node's own, whatever the host root.
+NODE_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 
 
 class GatewayError(SmarterError):
@@ -123,7 +125,10 @@ class Gateway:
         # and agent, the runtime, the device manager) resolves its host paths under it.
         self.sim_root = self.work / "host"
         self.host = HostRoot(self.sim_root)
-        self.plugin_dir = self.host.device_plugins
+        # The kubelet's plugin directory is the node's own, not the simulated root's: the kubelet
+        # stand-in serves it from the work directory, seen by the device manager at its default.
+        self.node_var_lib = self.work / "node-var-lib"
+        self.plugin_dir = self.node_var_lib / "kubelet" / "device-plugins"
         self.conflist_path = self.layout.cni_conf_dir / "10-smarter.conflist"
         self.zipapps = self.work / "bin"
         self.snapshotter = "overlayfs"
@@ -305,20 +310,25 @@ class Gateway:
         self.kubelet.start()
         rules = self.work / "device-rules.yaml"
         rules.write_text(_device_rules())
+        # As on a node whose devices are the simulator's: the host root names the devices and
+        # sysfs, the kubelet's plugin directory is the node's own (/var/lib/kubelet, here the
+        # work directory's, mounted there for the device manager alone), and the device paths
+        # it hands over are real paths on this machine, where containerd opens them.
+        command = [
+            sys.executable,
+            "-m",
+            "device_plugin",
+            "--host-root",
+            str(self.sim_root),
+            "--rules",
+            str(rules),
+            "--device-paths",
+            "local",
+            "--plugin-dir",
+            NODE_PLUGIN_DIR,
+        ]
         started = self.processes.start(
-            "smarter-device-manager",
-            [
-                sys.executable,
-                "-m",
-                "device_plugin",
-                "--host-root",
-                self.sim_root,
-                "--rules",
-                rules,
-                "--plugin-dir",
-                self.plugin_dir,
-            ],
-            cwd=REPO,
+            "smarter-device-manager", _with_var_lib(self.node_var_lib, command), cwd=REPO
         )
         rproc0 = f"{RPROC_RESOURCE_PREFIX}0"
 
@@ -529,11 +539,9 @@ class Gateway:
         device_ids = tuple(available[:count])
         response = self.kubelet.allocate(resource, list(device_ids)).container_responses[0]
         envs = dict(response.envs)
-        # The device manager answers with host paths; this gateway's host is the simulator's
-        # root, so the path containerd opens is that path under it.
+        # `--device-paths local`: the paths are the ones containerd opens on this machine.
         devices = tuple(
-            (str(d.container_path), str(self.host.path(d.host_path)), str(d.permissions))
-            for d in response.devices
+            (str(d.container_path), str(d.host_path), str(d.permissions)) for d in response.devices
         )
         return Allocation(resource, device_ids, envs, devices)
 
@@ -681,6 +689,26 @@ class Gateway:
                 continue
         subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
         self._netns_made = False
+
+
+def _with_var_lib(var_lib: Path, command: Sequence[str]) -> list[str]:
+    """`command` in a mount namespace of its own where `var_lib` is mounted on /var/lib.
+
+    The machine's /var/lib is untouched; the namespace goes when the process does.
+    """
+    script = 'mount --bind "$0" /var/lib && exec "$@"'
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        script,
+        str(var_lib),
+        *command,
+    ]
 
 
 def _device_rules() -> str:
