@@ -12,6 +12,11 @@ Who does the work is decided by what the plugin knows happened to the request:
   be doing the work, so the plugin must not do it too (two ADDs of one attachment would undo
   each other); it reports code 11, try again later.
 
+The plugin's settings (`load_settings`) are its own: `SMARTER_CNI_HOST_ROOT` and
+`SMARTER_CNI_AGENT_TIMEOUT` from its environment, else from `<executable>.conf` beside the
+plugin as it was exec'd, else the defaults. Never `SMARTER_HOST_ROOT`: containerd execs the
+plugin with its own environment, which may carry the host root meant for the runtime.
+
 In the zipapp this module is also the launcher (`main`): the file's first bytes, run by the
 shebang before the archive is opened, so a request the agent answers costs no zipimport, no
 runpy and no import at all; only a fallback or an operator's subcommand reads the archive.
@@ -38,13 +43,131 @@ ENV_NAMES = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_A
 DEFAULT_SOCKET = "/var/lib/smarter-cni/agent.sock"
 CONNECT_TIMEOUT = 0.5
 ANSWER_TIMEOUT = 10.0
-# Seconds to wait for the agent's answer, instead of ANSWER_TIMEOUT (set in the runtime's env).
+# Seconds to wait for the agent's answer, instead of ANSWER_TIMEOUT.
 ANSWER_TIMEOUT_ENV = "SMARTER_CNI_AGENT_TIMEOUT"
+MAX_ANSWER_TIMEOUT = 3600.0
+# The directory standing for the host's `/`: where the state dir and CNI_NETNS are found.
+HOST_ROOT_ENV = "SMARTER_CNI_HOST_ROOT"
+SETTING_NAMES = (HOST_ROOT_ENV, ANSWER_TIMEOUT_ENV)
+SETTINGS_SUFFIX = ".conf"
+# The code of a settings error: libcni's own for a failure it has no better code for.
+SETTINGS_ERROR = 999
 MAX_MESSAGE = 4 << 20
 # The agent's answer when the plugin should do the work itself (it cannot see the netns).
 DEFER = b"defer\n"
 # The spec's "try again later" (cni.errors.TRY_AGAIN_LATER, not imported on the fast path).
 TRY_AGAIN_LATER = 11
+
+
+class SettingsError(Exception):
+    """A setting of the plugin is unusable: `msg` names where it is, `details` what is wrong."""
+
+    def __init__(self, msg: str, details: str) -> None:
+        super().__init__(f"{msg}: {details}")
+        self.msg = msg
+        self.details = details
+
+
+class Settings:
+    """What the plugin was told through its environment or its settings file.
+
+    A plain class: importing dataclasses costs every exec ~10 ms.
+    """
+
+    __slots__ = ("answer_timeout", "host_root")
+
+    def __init__(self, host_root: str = "/", answer_timeout: float = ANSWER_TIMEOUT) -> None:
+        self.host_root = host_root
+        self.answer_timeout = answer_timeout
+
+    def __repr__(self) -> str:
+        return f"Settings(host_root={self.host_root!r}, answer_timeout={self.answer_timeout!r})"
+
+
+def settings_path(executable: str) -> str:
+    """The settings file of the plugin exec'd as `executable` (symlinks deliberately kept)."""
+    return executable + SETTINGS_SUFFIX
+
+
+def load_settings(environ: Mapping[str, str], executable: str) -> Settings:
+    """The plugin's settings: its own environment first, then its settings file, then defaults.
+
+    One open() of the file beside `executable`; a missing file is no error. SettingsError
+    names the file and line, or the variable, of anything unusable.
+    """
+    path = settings_path(executable)
+    try:
+        with open(path, "rb") as stream:
+            text = stream.read().decode("utf-8", "replace")
+    except (FileNotFoundError, NotADirectoryError):
+        text = ""
+    except OSError as error:
+        raise SettingsError(
+            f"cannot read the settings file {path}", error.strerror or str(error)
+        ) from None
+    found = {
+        name: (value, f"{path} line {number}") for name, value, number in parse_settings(text, path)
+    }
+    for name in SETTING_NAMES:
+        if environ.get(name):
+            found[name] = (environ[name], f"the environment variable {name}")
+    settings = Settings()
+    if HOST_ROOT_ENV in found:
+        settings.host_root = _host_root(*found[HOST_ROOT_ENV])
+    if ANSWER_TIMEOUT_ENV in found:
+        settings.answer_timeout = _answer_timeout(*found[ANSWER_TIMEOUT_ENV])
+    return settings
+
+
+def parse_settings(text: str, path: str) -> list[tuple[str, str, int]]:
+    """(name, value, line number) of each `NAME=value` line; SettingsError names a bad line.
+
+    Blank lines and lines starting with `#` are skipped; whitespace around the line, the name
+    and the value is stripped, nothing else (no quotes). An empty value means the default.
+    """
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, equals, value = line.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            raise SettingsError(
+                f"invalid settings file {path} line {number}",
+                f"{line!r} is not NAME=value",
+            )
+        if name not in SETTING_NAMES:
+            raise SettingsError(
+                f"invalid settings file {path} line {number}",
+                f"unknown setting {name!r}: smarter-cni reads {', '.join(SETTING_NAMES)}",
+            )
+        if value.strip():
+            found.append((name, value.strip(), number))
+    return found
+
+
+def _host_root(value: str, where: str) -> str:
+    if not value.startswith("/"):
+        raise SettingsError(
+            f"invalid setting in {where}",
+            f"{HOST_ROOT_ENV}={value!r}: expected an absolute directory (default /)",
+        )
+    return value
+
+
+def _answer_timeout(value: str, where: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds <= MAX_ANSWER_TIMEOUT:  # also refuses nan
+        raise SettingsError(
+            f"invalid setting in {where}",
+            f"{ANSWER_TIMEOUT_ENV}={value!r}: expected seconds, more than 0 and at most"
+            f" {MAX_ANSWER_TIMEOUT:g} (default {ANSWER_TIMEOUT:g})",
+        )
+    return seconds
 
 
 class AgentUnavailableError(Exception):
@@ -60,7 +183,7 @@ def environment_of(environ: Mapping[str, str]) -> dict[str, str]:
     return {name: environ[name] for name in ENV_NAMES if name in environ}
 
 
-def socket_path_for(stdin: bytes, environ: Mapping[str, str]) -> str:
+def socket_path_for(stdin: bytes, host_root: str = "/") -> str:
     """The agent's socket for this configuration (`<stateDir>/agent.sock` under the host root).
 
     Found by scanning for the stateDir string, not by decoding the JSON: json would cost more
@@ -72,17 +195,7 @@ def socket_path_for(stdin: bytes, environ: Mapping[str, str]) -> str:
     if state_dir is not None and not state_dir.startswith("/"):
         state_dir = None
     path = os.path.join(state_dir, "agent.sock") if state_dir else DEFAULT_SOCKET
-    root = environ.get("SMARTER_HOST_ROOT") or "/"
-    return os.path.join(root, path.lstrip("/"))
-
-
-def answer_timeout(environ: Mapping[str, str]) -> float:
-    """Seconds to wait for the agent's answer: ANSWER_TIMEOUT unless the environment says."""
-    try:
-        value = float(environ.get(ANSWER_TIMEOUT_ENV) or ANSWER_TIMEOUT)
-    except ValueError:
-        return ANSWER_TIMEOUT
-    return value if 0 < value <= 3600 else ANSWER_TIMEOUT
+    return os.path.join(host_root, path.lstrip("/"))
 
 
 def _string_value(stdin: bytes, key: bytes) -> str | None:
@@ -182,16 +295,18 @@ def forward(
     return int(status), output
 
 
-def ask_agent(environ: Mapping[str, str], stdin: bytes) -> tuple[int, bytes] | None:
+def ask_agent(
+    environ: Mapping[str, str], stdin: bytes, settings: Settings
+) -> tuple[int, bytes] | None:
     """The exit status and output for this invocation from the agent; None: do it yourself."""
     if environ.get("CNI_COMMAND") not in FORWARDED:
         return None
     try:
         return forward(
-            socket_path_for(stdin, environ),
+            socket_path_for(stdin, settings.host_root),
             environment_of(environ),
             stdin,
-            answer_timeout(environ),
+            settings.answer_timeout,
         )
     except AgentUnavailableError:
         return None
@@ -205,6 +320,11 @@ def ask_agent(environ: Mapping[str, str], stdin: bytes) -> tuple[int, bytes] | N
         )
 
 
+def settings_error(stdin: bytes, error: SettingsError) -> tuple[int, bytes]:
+    """The exit status and error JSON for settings the plugin cannot run with."""
+    return 1, error_output(stdin, SETTINGS_ERROR, error.msg, error.details)
+
+
 def main() -> None:
     """The zipapp's entry: the agent's answer if it gives one, else the whole program."""
     if sys.argv[:1] == ["-c"]:
@@ -212,13 +332,18 @@ def main() -> None:
     archive, arguments = sys.argv[0], sys.argv[1:]
     if not arguments:
         stdin = _read_fd(0)
-        answered = ask_agent(os.environ, stdin)
-        if answered is None:
-            _import_from(archive)
-            from cni.plugin import execute, local_node
+        try:
+            settings = load_settings(os.environ, archive)
+        except SettingsError as error:
+            status, output = settings_error(stdin, error)
+        else:
+            answered = ask_agent(os.environ, stdin, settings)
+            if answered is None:
+                _import_from(archive)
+                from cni.plugin import execute, nodes_under
 
-            answered = execute(os.environ, stdin, local_node)
-        status, output = answered
+                answered = execute(os.environ, stdin, nodes_under(settings.host_root))
+            status, output = answered
         _write_fd(1, output)
         sys.exit(status)
     _import_from(archive)

@@ -73,7 +73,7 @@ class Node:
     ) -> None:
         self.conf = conf
         self.log = log if log is not None else QuietLog()
-        self.root = host_root or HostRoot.from_env()
+        self.root = host_root or HostRoot()
         state = self.root.path(conf.state_dir)
         self.leases = LeaseStore(
             state / "leases", conf.range_start, conf.range_end, reserved=[conf.gateway]

@@ -108,23 +108,42 @@ def execute(env: Mapping[str, str], stdin: bytes, node_for: NodeFor) -> tuple[in
     return 0, b"" if result is None else json.dumps(result).encode()
 
 
-def local_node(conf: NetConf) -> Node:
-    from cni.node import Node
+def nodes_under(host_root: str = "/") -> NodeFor:
+    """Nodes for the in-process path, with host paths under the plugin's own host root."""
 
-    return Node(conf)
+    def node_for(conf: NetConf) -> Node:
+        from pathlib import Path
+
+        from cni.node import Node
+        from smarter_common.hostroot import HostRoot
+
+        return Node(conf, HostRoot(Path(host_root)))
+
+    return node_for
 
 
 def run(
     environ: Mapping[str, str] | None = None,
     stdin: IO[bytes] | None = None,
     stdout: IO[bytes] | None = None,
+    executable: str | None = None,
 ) -> int:
-    """One plugin invocation as a runtime makes it; the exit status."""
+    """One plugin invocation as a runtime makes it; the exit status.
+
+    `executable` is the plugin as exec'd (default sys.argv[0]): its settings file is beside it.
+    """
     env = os.environ if environ is None else environ
     out = sys.stdout.buffer if stdout is None else stdout
     data = (sys.stdin.buffer if stdin is None else stdin).read()
-    answered = client.ask_agent(env, data)
-    status, output = answered if answered is not None else execute(env, data, local_node)
+    try:
+        settings = client.load_settings(env, sys.argv[0] if executable is None else executable)
+    except client.SettingsError as error:
+        status, output = client.settings_error(data, error)
+    else:
+        answered = client.ask_agent(env, data, settings)
+        if answered is None:
+            answered = execute(env, data, nodes_under(settings.host_root))
+        status, output = answered
     out.write(output)
     out.flush()
     return status

@@ -18,32 +18,129 @@ from cni.client import (
     ANSWER_TIMEOUT,
     ANSWER_TIMEOUT_ENV,
     CONNECT_TIMEOUT,
+    HOST_ROOT_ENV,
     AgentTimeoutError,
     AgentUnavailableError,
-    answer_timeout,
+    SettingsError,
     decode_request,
     encode_request,
     error_output,
     forward,
+    load_settings,
     read_all,
     socket_path_for,
 )
 
 
 @pytest.mark.parametrize(
-    ("stdin", "environ", "expected"),
+    ("stdin", "host_root", "expected"),
     [
-        (b'{"type": "smarter-cni"}', {}, "/var/lib/smarter-cni/agent.sock"),
-        (b'{"stateDir": "/tmp/scni-1", "mtu": 1}', {}, "/tmp/scni-1/agent.sock"),
-        (b'{"stateDir" :\n "/s"}', {"SMARTER_HOST_ROOT": "/host"}, "/host/s/agent.sock"),
-        (b'{"stateDir": "relative"}', {}, "/var/lib/smarter-cni/agent.sock"),
-        (b'{"stateDir": "/a\\"b"}', {}, "/var/lib/smarter-cni/agent.sock"),
+        (b'{"type": "smarter-cni"}', "/", "/var/lib/smarter-cni/agent.sock"),
+        (b'{"stateDir": "/tmp/scni-1", "mtu": 1}', "/", "/tmp/scni-1/agent.sock"),
+        (b'{"stateDir" :\n "/s"}', "/host", "/host/s/agent.sock"),
+        (b'{"stateDir": "relative"}', "/", "/var/lib/smarter-cni/agent.sock"),
+        (b'{"stateDir": "/a\\"b"}', "/", "/var/lib/smarter-cni/agent.sock"),
     ],
 )
 def test_socket_is_found_in_the_state_dir_without_decoding_json(
-    stdin: bytes, environ: dict[str, str], expected: str
+    stdin: bytes, host_root: str, expected: str
 ) -> None:
-    assert socket_path_for(stdin, environ) == expected
+    assert socket_path_for(stdin, host_root) == expected
+
+
+def test_settings_default_when_there_is_neither_variable_nor_file(tmp_path: Path) -> None:
+    settings = load_settings({}, str(tmp_path / "smarter-cni"))
+    assert (settings.host_root, settings.answer_timeout) == ("/", ANSWER_TIMEOUT)
+
+
+def test_the_shared_host_root_variable_never_moves_the_plugin(tmp_path: Path) -> None:
+    # containerd hands the plugin its own environment, set for the hybrid runtime.
+    settings = load_settings({"SMARTER_HOST_ROOT": "/sim"}, str(tmp_path / "smarter-cni"))
+    assert settings.host_root == "/"
+
+
+def test_settings_file_beside_the_plugin_is_read_and_the_environment_wins(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "smarter-cni.conf").write_text(
+        "# written by the installer\n\n"
+        f"  {HOST_ROOT_ENV} = /from-file  \n"
+        f"{ANSWER_TIMEOUT_ENV}=2.5\n"
+    )
+    plugin = str(tmp_path / "smarter-cni")
+    from_file = load_settings({}, plugin)
+    assert (from_file.host_root, from_file.answer_timeout) == ("/from-file", 2.5)
+    overridden = load_settings({HOST_ROOT_ENV: "/from-env"}, plugin)
+    assert (overridden.host_root, overridden.answer_timeout) == ("/from-env", 2.5)
+
+
+def test_settings_file_is_found_beside_the_symlink_the_plugin_was_execd_as(
+    tmp_path: Path,
+) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "smarter-cni").write_text("")
+    (real / "smarter-cni.conf").write_text(f"{HOST_ROOT_ENV}=/beside-the-target\n")
+    (tmp_path / "smarter-cni").symlink_to(real / "smarter-cni")
+    (tmp_path / "smarter-cni.conf").write_text(f"{HOST_ROOT_ENV}=/beside-the-link\n")
+    assert load_settings({}, str(tmp_path / "smarter-cni")).host_root == "/beside-the-link"
+
+
+@pytest.mark.parametrize(
+    ("text", "details"),
+    [
+        ("# ok\nSMARTER_HOST_ROOT=/sim\n", "unknown setting 'SMARTER_HOST_ROOT': smarter-cni"
+         " reads SMARTER_CNI_HOST_ROOT, SMARTER_CNI_AGENT_TIMEOUT"),
+        ("# ok\nexport SMARTER_CNI_HOST_ROOT\n",
+         "'export SMARTER_CNI_HOST_ROOT' is not NAME=value"),
+        ("# ok\n=/host\n", "'=/host' is not NAME=value"),
+    ],
+)  # fmt: skip
+def test_unknown_or_malformed_settings_line_is_code_999_naming_file_and_line(
+    tmp_path: Path, text: str, details: str
+) -> None:
+    from cni import plugin
+
+    (tmp_path / "smarter-cni.conf").write_text(text)
+    out = io.BytesIO()
+    stdin = io.BytesIO(b'{"cniVersion": "0.4.0", "type": "smarter-cni"}')
+    status = plugin.run({"CNI_COMMAND": "VERSION"}, stdin, out, str(tmp_path / "smarter-cni"))
+    assert status == 1
+    assert json.loads(out.getvalue()) == {
+        "cniVersion": "0.4.0",
+        "code": 999,
+        "msg": f"invalid settings file {tmp_path}/smarter-cni.conf line 2",
+        "details": details,
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (ANSWER_TIMEOUT_ENV, "soon"),
+        (ANSWER_TIMEOUT_ENV, "0"),
+        (ANSWER_TIMEOUT_ENV, "-1"),
+        (ANSWER_TIMEOUT_ENV, "nan"),
+        (ANSWER_TIMEOUT_ENV, "inf"),
+        (ANSWER_TIMEOUT_ENV, "3601"),
+        (HOST_ROOT_ENV, "relative/root"),
+    ],
+)
+def test_unusable_setting_value_is_refused_naming_where_it_came_from(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    plugin = str(tmp_path / "smarter-cni")
+    with pytest.raises(SettingsError, match=f"in the environment variable {name}: {name}="):
+        load_settings({name: value}, plugin)
+    (tmp_path / "smarter-cni.conf").write_text(f"\n{name}={value}\n")
+    with pytest.raises(SettingsError, match=f"in {plugin}.conf line 2: {name}="):
+        load_settings({}, plugin)
+
+
+def test_empty_setting_means_the_default(tmp_path: Path) -> None:
+    (tmp_path / "smarter-cni.conf").write_text(f"{ANSWER_TIMEOUT_ENV}=\n")
+    settings = load_settings({HOST_ROOT_ENV: ""}, str(tmp_path / "smarter-cni"))
+    assert (settings.host_root, settings.answer_timeout) == ("/", ANSWER_TIMEOUT)
 
 
 def test_request_round_trips_any_environment_value_and_stdin() -> None:
@@ -158,18 +255,12 @@ def test_agent_timeout_is_code_11_and_the_plugin_does_not_redo_the_work(
     environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "slow", ANSWER_TIMEOUT_ENV: "0.3"}
     out = io.BytesIO()
     with _agent_that(tmp_path / "agent.sock", _say_nothing):
-        status = plugin.run(environ, io.BytesIO(stdin), out)
+        status = plugin.run(environ, io.BytesIO(stdin), out, str(tmp_path / "smarter-cni"))
     error = json.loads(out.getvalue())
     assert status == 1
     assert (error["cniVersion"], error["code"]) == ("1.0.0", 11)
     assert error["msg"] == "the smarter-cni agent did not answer in time"
     assert "within 0.3s" in error["details"]
-
-
-@pytest.mark.parametrize("value", ["", "soon", "0", "-1", "nan", "inf"])
-def test_answer_timeout_falls_back_to_the_default_for_unusable_values(value: str) -> None:
-    assert answer_timeout({ANSWER_TIMEOUT_ENV: value}) == ANSWER_TIMEOUT
-    assert answer_timeout({ANSWER_TIMEOUT_ENV: "2.5"}) == 2.5
 
 
 def test_error_json_written_without_json_is_valid_for_any_text() -> None:

@@ -261,5 +261,5 @@ def test_version_command_speaks_the_negotiated_version() -> None:
     from cni import plugin
 
     stdin = json.dumps({"cniVersions": ["1.0.0", "1.1.0"], "name": "x", "type": "t"}).encode()
-    status, output = plugin.execute({"CNI_COMMAND": "VERSION"}, stdin, plugin.local_node)
+    status, output = plugin.execute({"CNI_COMMAND": "VERSION"}, stdin, plugin.nodes_under())
     assert (status, json.loads(output)["cniVersion"]) == (0, "1.1.0")

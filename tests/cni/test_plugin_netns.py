@@ -387,6 +387,53 @@ def test_console_script_is_the_same_plugin(cni_node: Node) -> None:
         assert cni_node.leases() == [_address(outcome.json)]
 
 
+def test_host_root_set_for_the_runtime_does_not_move_the_plugin(
+    cni_node: Node, mode: AgentMode
+) -> None:
+    # containerd execs every plugin and runtime with its own environment: a SMARTER_HOST_ROOT
+    # meant for smarter-hybrid-runtime reaches smarter-cni too.
+    runtime_env = {"SMARTER_HOST_ROOT": str(cni_node.state / "simulated-gateway")}
+    with mode(cni_node), pods(1) as (pod,):
+        outcome = cni_node.add_pod(pod, "beside-runtime", "web-7xk2p", env=runtime_env)
+        assert outcome.returncode == 0, outcome
+        assert cni_node.leases() == [_address(outcome.json)]
+        assert cni_node.del_pod("beside-runtime", pod, env=runtime_env).returncode == 0
+        _assert_nothing_left(cni_node, pod)
+
+
+def test_settings_file_beside_the_execd_symlink_gives_the_plugin_its_host_root(
+    cni_node: Node, tmp_path: Path
+) -> None:
+    root = tmp_path / "host"
+    (root / "run/netns").mkdir(parents=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "smarter-cni").symlink_to(Path(PYTHON).with_name("smarter-cni"))
+    (bin_dir / "smarter-cni.conf").write_text(f"SMARTER_CNI_HOST_ROOT={root}\n")
+    config = runtime_config(cni_node.conflist, stateDir="/state")
+    with pods(1) as (pod,):
+        (root / "run/netns" / pod).symlink_to(netns_path(pod))
+        args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=rooted-7xk2p"
+        added = cni_node.cni(
+            "ADD", config, container_id="rooted", netns=netns_path(pod), args=args,
+            plugin=[str(bin_dir / "smarter-cni")],
+        )  # fmt: skip
+        assert added.returncode == 0, added
+        assert _leases_in(root / "state/leases") == [_address(added.json)]
+        assert cni_node.leases() == []
+        assert (root / "state/hosts/rooted").is_file()
+        deleted = cni_node.cni(
+            "DEL", config, container_id="rooted", netns=netns_path(pod),
+            plugin=[str(bin_dir / "smarter-cni")],
+        )  # fmt: skip
+        assert deleted.returncode == 0, deleted
+        assert _leases_in(root / "state/leases") == []
+
+
+def _leases_in(directory: Path) -> list[str]:
+    return sorted(name for name in os.listdir(directory) if not name.startswith("."))
+
+
 def test_version_lists_the_supported_spec_versions(cni_node: Node) -> None:
     outcome = cni_node.cni("VERSION", {"cniVersion": "1.1.0"}, ifname=None)
     assert outcome.returncode == 0
