@@ -10,8 +10,7 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from sim.boards import devicetree_strings
 from sim.core import SimCore
@@ -43,7 +42,8 @@ class RemoteprocFs:
     def __init__(self, cores: Sequence[SimCore]) -> None:
         self._cores = {core.device_id: core for core in cores}
         self._mounted_at = time.time_ns()
-        self.on_init: list[Any] = []
+        self.on_init: list[Callable[[], object]] = []
+        self.on_destroy: list[Callable[[], object]] = []
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -92,6 +92,11 @@ class RemoteprocFs:
 
     def init(self, path: str) -> None:
         for callback in self.on_init:
+            callback()
+
+    def destroy(self, path: str) -> None:
+        """Called once the loop has ended, just before libfuse frees its state."""
+        for callback in self.on_destroy:
             callback()
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:

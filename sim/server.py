@@ -34,6 +34,8 @@ from smarter_common.logs import get_logger
 
 RUN_DIR = "/run/smarter-sim"
 _MOUNT_TIMEOUT = 10.0
+# How long the FUSE loop gets to act on a wake-up before it is woken again (it takes a few ms).
+_WAKE_RETRY_S = 0.2
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 T = TypeVar("T")
@@ -288,12 +290,14 @@ class _FuseThread:
     """The FUSE loop of the remoteproc filesystem, on its own thread."""
 
     def __init__(self, fs: RemoteprocFs, mount_point: Path) -> None:
+        from sim.fuse import FuseLoop
+
         self.mount_point = mount_point
         self._mounted = threading.Event()
         self._error: BaseException | None = None
         fs.on_init.append(self._mounted.set)
-        self._fs = fs
-        self._thread = threading.Thread(target=self._loop, name="fuse", daemon=True)
+        self._loop = FuseLoop(fs, mount_point)
+        self._thread = threading.Thread(target=self._run, name="fuse", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -301,11 +305,9 @@ class _FuseThread:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
-    def _loop(self) -> None:
-        from sim import fuse
-
+    def _run(self) -> None:
         try:
-            fuse.serve(self._fs, self.mount_point)
+            self._loop.serve()
         except BaseException as error:
             self._error = error
 
@@ -322,12 +324,20 @@ class _FuseThread:
                 return
 
     def unmount(self) -> None:
+        """End the loop, which unmounts; a plain unmount when the loop is not serving.
+
+        Ending the loop first closes the FUSE connection, so an open file on the filesystem
+        (a reader of `state`) neither blocks the unmount nor keeps the loop waiting for it.
+        """
         log = get_logger("smarter-sim")
-        if self._thread.is_alive() and mounts_under(self.mount_point):
+        deadline = time.monotonic() + _MOUNT_TIMEOUT
+        while self._thread.is_alive() and time.monotonic() < deadline and self._loop.end():
+            self._thread.join(timeout=_WAKE_RETRY_S)
+        if mounts_under(self.mount_point):
             try:
                 unmount(self.mount_point)
             except OSError as error:
                 log.error("cannot unmount", path=str(self.mount_point), error=str(error))
-        self._thread.join(timeout=_MOUNT_TIMEOUT)
+        self._thread.join(timeout=max(deadline - time.monotonic(), 0.0))
         if self._thread.is_alive():
             log.error("fuse loop did not end", path=str(self.mount_point))
