@@ -9,17 +9,27 @@ naming the CRI plugin would silently reset the node's sandbox image and CNI dire
 - k3s: `config.toml.tmpl` (containerd 1.x schema) and `config-v3.toml.tmpl` (k3s with
   containerd 2) extend k3s's own `base` template with the runtime.
 An existing runtime `hybrid` that is ours is left alone; one that is not is refused, untouched.
+
+The node's existing runtimes keep working: containerd 1.x takes a config's runtimes table as
+the whole runtimes map, so where the config declares none (Debian's packaged config), the
+built-in `runc` is declared beside `hybrid` as containerd's own default has it. Before writing,
+the result is checked against the CRI plugin's rules (`containerd.cri_problems`) and, where a
+`containerd` of the same major schema is on PATH, by `containerd config dump` of the result;
+a config that would not load is refused with the reason, the file left byte-for-byte as it was.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from smarter_common import containerd
 from smarter_common.atomic import write_atomic
@@ -36,6 +46,10 @@ BACKUP_SUFFIX = ".smarter-edge.orig"
 K3S_TEMPLATES = {2: "config.toml.tmpl", 3: "config-v3.toml.tmpl"}
 _UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 _TEMPLATE_MARK = "{{/* smarter-hybrid-runtime: the hybrid runtime on top of k3s' base */}}"
+_TEMPLATE_BASE = '{{ template "base" . }}'
+# The schemas a containerd of each major version reads (2.x migrates 1 and 2 on load).
+_SCHEMAS_READ = {1: (1, 2), 2: (1, 2, 3)}
+_DRY_RUN_TIMEOUT = 30.0
 
 
 class ContainerdConfigError(ConfigError):
@@ -72,6 +86,20 @@ def runtime_tables(
     )
 
 
+def builtin_runtime_tables(version: int) -> str:
+    """containerd's built-in `runc` runtime, declared as containerd 1.6/1.7 default it.
+
+    Their `DefaultConfig` has runtime_type io.containerd.runc.v2 and runc options that are all
+    zero values (the same as none); 1.7 fills an empty sandbox_mode with `podsandbox` itself.
+    """
+    plugin = ".".join(_toml_key(key) for key in containerd.cri_runtime_plugin(version))
+    return (
+        "# containerd's built-in runtime, declared because a runtimes table replaces it\n"
+        f"[{plugin}.containerd.runtimes.{containerd.BUILTIN_RUNTIME}]\n"
+        f'  runtime_type = "{containerd.RUNC_SHIM}"\n'
+    )
+
+
 def with_runtime(
     text: str,
     *,
@@ -81,29 +109,62 @@ def with_runtime(
 ) -> str | None:
     """`text` (a containerd config) with the runtime added; None when it already has it.
 
-    Raises ContainerdConfigError, naming `source`, when the config is not TOML, has a schema
-    containerd does not know, or already defines a runtime `hybrid` that runs something else.
+    The node's runtimes are kept: where the config declares none, containerd's built-in `runc`
+    is declared with `hybrid` (see `builtin_runtime_tables`). Raises ContainerdConfigError,
+    naming `source`, when the config is not TOML, has a schema containerd does not know,
+    already defines a runtime `hybrid` that runs something else, or would not (or already
+    does not) load in containerd's CRI plugin.
     """
-    if not text.strip():
-        return f"version = 2\n\n{runtime_tables(2, binary, extra_options)}"
-    document = containerd.parse_config(text, source=source)
-    version = containerd.config_version(document, source=source)
+    document = containerd.parse_config(text, source=source) if text.strip() else {}
+    version = containerd.config_version(document, source=source) if document else 2
     path = (*containerd.cri_runtime_plugin(version), "containerd", "runtimes", HANDLER)
     present = containerd.lookup(document, path)
     if present is not None:
         _check_ours(present, binary, table=".".join(path), source=source)
         return None
-    separator = "" if text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n"
-    updated = f"{text}{separator}{runtime_tables(version, binary, extra_options)}"
+    _refuse_if_problems(
+        containerd.cri_problems(document, version),
+        source=source,
+        what="containerd's CRI plugin does not load it as it is",
+        hint="fix the node's containerd config first; nothing was changed",
+    )
+    tables = runtime_tables(version, binary, extra_options)
+    if _replaces_builtin_runtimes(document, version):
+        tables = f"{builtin_runtime_tables(version)}\n{tables}"
+    head = text if text.strip() else "version = 2\n"
+    separator = "" if head.endswith("\n\n") else "\n" if head.endswith("\n") else "\n\n"
+    updated = f"{head}{separator}{tables}"
     try:
-        containerd.parse_config(updated, source=source)
+        result = containerd.parse_config(updated, source=source)
     except ConfigError as error:
         raise ContainerdConfigError(
             f"{source} defines its runtimes in a way the runtime's tables cannot be appended to"
             f" ({error})",
             hint=f"add these tables yourself:\n{runtime_tables(version, binary)}",
         ) from error
+    _refuse_if_problems(
+        containerd.cri_problems(result, version),
+        source=source,
+        what="with the runtime added, containerd's CRI plugin would not load it",
+        hint=f"add these tables yourself where they fit:\n{tables}",
+    )
     return updated
+
+
+def _replaces_builtin_runtimes(document: dict[str, object], version: int) -> bool:
+    """Whether adding a runtimes table would drop containerd 1.x's built-in `runc`."""
+    if version == 3:
+        return False  # containerd 2.x adds declared runtimes to its own
+    plugin = containerd.lookup(document, containerd.cri_runtime_plugin(version)) or {}
+    declared = containerd.lookup(plugin, ("containerd", "runtimes"))
+    default = containerd.lookup(plugin, ("containerd", "default_runtime_name"))
+    legacy_default = containerd.lookup(plugin, ("containerd", "default_runtime", "runtime_type"))
+    return declared is None and default in (None, containerd.BUILTIN_RUNTIME) and not legacy_default
+
+
+def _refuse_if_problems(problems: list[str], *, source: str, what: str, hint: str) -> None:
+    if problems:
+        raise ContainerdConfigError(f"{source}: {what}: {'; '.join(problems)}", hint=hint)
 
 
 def _toml_key(key: str) -> str:
@@ -114,6 +175,16 @@ def _toml_key(key: str) -> str:
 def k3s_template(version: int, binary: str = BINARY) -> str:
     """A k3s containerd template: k3s' own configuration, then the runtime."""
     return f'{_TEMPLATE_MARK}\n{{{{ template "base" . }}}}\n\n{runtime_tables(version, binary)}'
+
+
+def render_k3s_template(template: str, base: str) -> str:
+    """What k3s renders from one of our templates, given what its `base` template renders.
+
+    Our templates use Go text/template only for the comment and the `base` call, so this is
+    exactly what k3s' ParseTemplateFromConfig produces from them.
+    """
+    body = template.removeprefix(f"{_TEMPLATE_MARK}\n")
+    return body.replace(_TEMPLATE_BASE, base.rstrip("\n"), 1)
 
 
 def _check_ours(present: object, binary: str, *, table: str, source: str) -> None:
@@ -143,6 +214,7 @@ def _install_into_config(root: HostRoot, host_path: PurePosixPath, binary: str) 
     updated = with_runtime(text, binary=binary, source=str(host_path))
     if updated is None:
         return Installed(host_path, changed=False)
+    dry_run(updated, directory=path.parent, source=str(host_path), imports_readable=_is_host(root))
     backup = path.with_name(path.name + BACKUP_SUFFIX)
     if text and not backup.exists():
         shutil.copy2(path, backup)
@@ -168,8 +240,99 @@ def _install_k3s_template(root: HostRoot, version: int, binary: str) -> Installe
             f"{host_path} is the node's own k3s template and has no runtime {HANDLER!r}",
             hint=f"append these tables to it:\n{runtime_tables(version, binary)}",
         )
+    _check_k3s_render(root, version, wanted, source=str(host_path))
     write_atomic(path, wanted)
     return Installed(host_path, changed=True)
+
+
+def _check_k3s_render(root: HostRoot, version: int, template: str, *, source: str) -> None:
+    """Refuse a template whose render on this node (k3s' last `base` output) would not load.
+
+    k3s renders `config.toml` from its `base` template at each start; the last render is the
+    best view of what `base` gives on this node. Before k3s' first start there is none, and
+    k3s' base always declares `runc`.
+    """
+    rendered = root.path(containerd.K3S_CONTAINERD_DIR / "config.toml")
+    try:
+        base = rendered.read_text()
+    except FileNotFoundError:
+        return
+    if f"containerd.runtimes.{HANDLER}" in base:
+        return  # rendered from our template already: not k3s' base alone
+    document = containerd.parse_config(base, source=str(rendered)) if base.strip() else {}
+    if (containerd.config_version(document, source=str(rendered)) if document else 2) != version:
+        return  # k3s renders the other template on this node
+    text = render_k3s_template(template, base)
+    result = containerd.parse_config(text, source=f"{source} (rendered)")
+    _refuse_if_problems(
+        containerd.cri_problems(result, version),
+        source=source,
+        what="rendered on this node's k3s base, containerd's CRI plugin would not load it",
+        hint="see k3s' rendered config.toml beside it",
+    )
+
+
+def _is_host(root: HostRoot) -> bool:
+    return root.root.resolve() == Path("/")
+
+
+def dry_run(text: str, *, directory: Path, source: str, imports_readable: bool = True) -> None:
+    """Have the node's own `containerd` read `text`; refuse what it cannot load.
+
+    Runs `containerd --config <tmp> config dump` when a containerd that reads this schema is
+    on PATH (the runtime DaemonSet's image or the node), and checks its decoded CRI config
+    with `containerd.cri_problems`. Skipped without such a containerd, and when the config
+    imports other files but the host root is not `/` (the imports name host paths). Nothing
+    is left behind.
+    """
+    document = containerd.parse_config(text, source=source)
+    version = containerd.config_version(document, source=source)
+    major = _containerd_major()
+    if major is None or version not in _SCHEMAS_READ.get(major, ()):
+        return
+    if document.get("imports") and not imports_readable:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    # Beside the target, so relative imports resolve as they will for the real file.
+    probe = directory / f".{Path(source).name}.smarter-edge-check-{os.getpid()}"
+    try:
+        probe.write_text(text)
+        dumped = subprocess.run(
+            ["containerd", "--config", str(probe), "config", "dump"],
+            capture_output=True,
+            text=True,
+            timeout=_DRY_RUN_TIMEOUT,
+            check=False,
+        )
+    finally:
+        probe.unlink(missing_ok=True)
+    if dumped.returncode != 0:
+        reason = (dumped.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ContainerdConfigError(
+            f"{source}: containerd {major}.x cannot read it with the runtime added: {reason}",
+            hint="nothing was changed",
+        )
+    decoded = tomllib.loads(dumped.stdout)
+    _refuse_if_problems(
+        containerd.cri_problems(decoded, int(decoded.get("version", version)), decoded=True),
+        source=source,
+        what=f"with the runtime added, containerd {major}.x's CRI plugin would not load it",
+        hint="nothing was changed",
+    )
+
+
+def _containerd_major() -> int | None:
+    """The major version of the `containerd` on PATH; None when there is none."""
+    if shutil.which("containerd") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["containerd", "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"\sv?(\d+)\.\d+", out)
+    return int(found.group(1)) if found else None
 
 
 def systemd_unit(root: HostRoot, node: containerd.NodeContainerd) -> str:

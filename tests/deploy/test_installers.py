@@ -37,6 +37,8 @@ version = 2
 [plugins."io.containerd.grpc.v1.cri".cni]
   bin_dir = "/var/lib/rancher/k3s/data/current/bin"
   conf_dir = "/var/lib/rancher/k3s/agent/etc/cni/net.d"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
 """
 
 
