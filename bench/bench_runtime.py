@@ -205,7 +205,7 @@ def _firmware(workdir: Path, ours: Path) -> list[Measurement]:
     to_running: list[float] = []
     to_stopped: list[float] = []
     with running_simulator(workdir / "gateway", ["cortex-m4"]) as simulator, _subreaper():
-        env = {**os.environ, "SMARTER_HOST_ROOT": str(simulator.root)}
+        env = {**os.environ, "SMARTER_RUNTIME_HOST_ROOT": str(simulator.root)}
         for round_number in range(FIRMWARE_ROUNDS):
             container_id = f"fw-{round_number}"
             base = [

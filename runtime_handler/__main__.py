@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from runtime_handler import cli, passthrough
+from runtime_handler import cli, passthrough, settings
 
 PROGRAM = "smarter-hybrid-runtime"
 USAGE = f"""usage: {PROGRAM} [runc global options] COMMAND [options] [ID ...]
@@ -25,12 +25,13 @@ create, start, state, kill, delete, features, ps, pause, resume, update, exec, r
   install-containerd-config [--host-root DIR] [--restart]
                          add the runtime "hybrid" to the node's containerd (or k3s) config
 
-environment:
-  SMARTER_HOST_ROOT      directory standing for the host's / (default /)
+settings (environment variables; else NAME=value lines in <this executable>.conf):
+  SMARTER_RUNTIME_HOST_ROOT directory standing for the host's / (default /)
   SMARTER_RUNC           runc to hand other containers to (default /usr/sbin/runc)
-  SMARTER_START_TIMEOUT  seconds a core may take to reach state running (default 10)
-  SMARTER_CONSOLE_TIMEOUT seconds to wait for a started core's console tty (default 2)
+  SMARTER_START_TIMEOUT  seconds a core may take to reach state running (default 10, max 600)
+  SMARTER_CONSOLE_TIMEOUT seconds to wait for a started core's console tty (default 2, max 60)
   SMARTER_LOG_LEVEL      level of the supervisor's entries in the runtime log (default info)
+SMARTER_HOST_ROOT, which containerd passes to every program it runs, is not read.
 """
 
 _FIRMWARE_COMMANDS = frozenset(
@@ -58,7 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         if _asks(words, ("--help", "-h")) or not words:
             print(USAGE, end="")
             return 0
-    elif command in ("create", "run"):
+    try:
+        # The file is read at once, so a malformed one is refused for every call, runc's too.
+        settings.current()
+    except settings.SettingsError as error:
+        from runtime_handler.errors import report
+
+        return report(error, log=invocation.log, log_format=invocation.log_format)
+    if command in ("create", "run"):
         return _create(invocation, words)
     elif command in _FIRMWARE_COMMANDS and invocation.container_id:
         if cli.id_problem(invocation.container_id):

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime_handler import state
+from runtime_handler import settings, state
 from runtime_handler.bundle import Bundle
 from runtime_handler.cli import Invocation
 from runtime_handler.core_select import BoardView, CoreView, check_board, choose_core
@@ -106,7 +106,10 @@ def create(invocation: Invocation, bundle: Bundle, facts: ElfFacts) -> int:
         )
     _claim_id(invocation.root, directory)
     try:
-        host = HostRoot.from_env()
+        configured = settings.current()
+        # Checked before any core is touched: a bad timeout must not strand a started core.
+        configured.check()
+        host = HostRoot(Path(configured.host_root))
         check_board(bundle.board, observe_board(host))
         core, lock = _reserve(host, facts, bundle.requested_core)
         try:

@@ -5,20 +5,20 @@ from __future__ import annotations
 import os
 import sys
 
-RUNC_ENV = "SMARTER_RUNC"
+from runtime_handler import settings
+
 _RUNC_CANDIDATES = ("/usr/sbin/runc", "/usr/bin/runc")
 
 
-def find_runc(environ: dict[str, str] | None = None) -> str:
-    """The runc to hand calls to: `SMARTER_RUNC`, else the distribution's, else `runc` on PATH."""
-    env = os.environ if environ is None else environ
-    configured = env.get(RUNC_ENV)
+def find_runc(configured: str | None = None) -> str:
+    """The runc to hand calls to: the configured one (`SMARTER_RUNC`), else the
+    distribution's, else `runc` on PATH."""
     if configured:
         return configured
     for candidate in _RUNC_CANDIDATES:
         if os.access(candidate, os.X_OK):
             return candidate
-    for directory in env.get("PATH", os.defpath).split(os.pathsep):
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
         candidate = os.path.join(directory or ".", "runc")
         if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
             return candidate
@@ -27,14 +27,14 @@ def find_runc(environ: dict[str, str] | None = None) -> str:
 
 def exec_runc(argv: list[str]) -> None:
     """Replace this process with runc, given `argv[1:]` exactly as we received them."""
-    runc = find_runc()
+    runc = find_runc(settings.current().runc)
     try:
         os.execv(runc, [runc, *argv[1:]])
     except OSError as error:
         # Only reached when runc cannot be executed at all.
         print(
             f"smarter-hybrid-runtime: cannot execute runc at {runc}: {error.strerror}"
-            f" (set {RUNC_ENV} to runc's path)",
+            f" (set {settings.RUNC_ENV} to runc's path)",
             file=sys.stderr,
         )
         raise SystemExit(127) from None

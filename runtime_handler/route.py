@@ -13,6 +13,14 @@ import posix
 import sys
 
 _RUNC_ENV = b"SMARTER_RUNC"
+# runtime_handler.settings.NAMES: the names its settings file may hold.
+_SETTINGS_NAMES = frozenset(
+    {
+        "SMARTER_RUNTIME_HOST_ROOT", "SMARTER_RUNC", "SMARTER_START_TIMEOUT",
+        "SMARTER_CONSOLE_TIMEOUT", "SMARTER_LOG_LEVEL",
+    }
+)
+_SETTINGS_MAX_BYTES = 65536
 _RUNC_CANDIDATES = ("/usr/sbin/runc", "/usr/bin/runc")
 _GLOBAL_VALUE_OPTIONS = frozenset({"log", "log-format", "root", "criu", "rootless"})
 _ASKS_US = frozenset({"help", "h", "version", "v"})
@@ -81,14 +89,57 @@ def _options(
     return index, seen
 
 
-def _runc() -> str | None:
-    configured = posix.environ.get(_RUNC_ENV)
+def _runc(archive: str) -> str | None:
+    """The runc to exec, as runtime_handler.passthrough finds it; None leaves the call to
+    main(), which also says what is wrong with a settings file."""
+    configured = _runc_setting(archive)
+    if configured is None:
+        return None
+    from_env = posix.environ.get(_RUNC_ENV)
+    if from_env:
+        return from_env.decode(errors="surrogateescape")
     if configured:
-        return configured.decode(errors="surrogateescape")
+        return configured
     for candidate in _RUNC_CANDIDATES:
         if posix.access(candidate, posix.X_OK):
             return candidate
     return None  # main() searches PATH and reports failures
+
+
+def _runc_setting(archive: str) -> str | None:
+    """SMARTER_RUNC from the settings file beside the executable ('' when unset or no file);
+    None when the file is unreadable or malformed (runtime_handler.settings' rules)."""
+    try:
+        fd = posix.open(archive + ".conf", posix.O_RDONLY | posix.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+    except OSError:
+        return None
+    try:
+        # One read: a regular file gives all it has up to the size asked.
+        data = posix.read(fd, _SETTINGS_MAX_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        posix.close(fd)
+    if len(data) > _SETTINGS_MAX_BYTES:
+        return None
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return None
+    value = ""
+    for raw in text.split("\n"):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, equals, rest = line.partition("=")
+        name = name.strip()
+        if not equals or name not in _SETTINGS_NAMES:
+            return None
+        if name == "SMARTER_RUNC":
+            value = rest.strip()
+    return value
 
 
 def main() -> None:
@@ -97,7 +148,7 @@ def main() -> None:
         del sys.argv[0]  # started by the shebang's bootstrap: argv[0] is now the archive
     archive, argv = sys.argv[0], sys.argv[1:]
     if is_runcs(argv):
-        runc = _runc()
+        runc = _runc(archive)
         if runc is not None:
             # No contextlib here (an import); on failure main() says why runc cannot run.
             try:  # noqa: SIM105

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime_handler import state
+from runtime_handler import settings, state
 from runtime_handler.bundle import resolve_in_rootfs
 from runtime_handler.errors import RuntimeCallError
 from smarter_common.hostroot import HostRoot
@@ -34,11 +34,7 @@ from smarter_common.remoteproc import (
     tty_class,
 )
 
-START_TIMEOUT_ENV = "SMARTER_START_TIMEOUT"
-DEFAULT_START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
-CONSOLE_TIMEOUT_ENV = "SMARTER_CONSOLE_TIMEOUT"
-DEFAULT_CONSOLE_TIMEOUT = 2.0
 # States in which the core runs the container's firmware.
 _LIVE_STATES = ("running", "attached")
 EXIT_FAILED = 1
@@ -53,10 +49,7 @@ class CoreError(RuntimeCallError):
 
 
 def start_timeout() -> float:
-    try:
-        return float(os.environ.get(START_TIMEOUT_ENV, DEFAULT_START_TIMEOUT))
-    except ValueError:
-        return DEFAULT_START_TIMEOUT
+    return settings.current().start_timeout
 
 
 class Supervisor:
@@ -119,7 +112,7 @@ class Supervisor:
                 raise CoreError(
                     f"{core.device_id} did not reach state running within {start_timeout():g}s"
                     f" (state {current or 'unreadable'})",
-                    hint=f"raise {START_TIMEOUT_ENV} if the core boots slowly",
+                    hint=f"raise {settings.START_TIMEOUT_ENV} if the core boots slowly",
                 )
             time.sleep(_POLL_SECONDS / 5)
         self._open_console(core)
@@ -310,10 +303,7 @@ def _disable_recovery(core: RemoteCore, log: Any) -> None:
 
 
 def console_timeout() -> float:
-    try:
-        return float(os.environ.get(CONSOLE_TIMEOUT_ENV, DEFAULT_CONSOLE_TIMEOUT))
-    except ValueError:
-        return DEFAULT_CONSOLE_TIMEOUT
+    return settings.current().console_timeout
 
 
 def wait_for_console(host: HostRoot, core: RemoteCore, timeout: float) -> Path | None:
@@ -474,7 +464,7 @@ def _logger(record: state.Record) -> Any:
             structlog.processors.EventRenamer("msg"),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logs.resolve_level(None)),
+        wrapper_class=structlog.make_filtering_bound_logger(logs.resolve_level(settings.current().log_level)),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )

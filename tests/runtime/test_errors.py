@@ -46,7 +46,7 @@ def test_unreadable_core_attribute_is_reported_in_runcs_log_not_as_a_traceback(
     result = runtime(
         "--root", str(runc_root), "--log", str(log), "--log-format", "json",
         "create", "--bundle", str(bundle), "fwx",
-        env={**os.environ, "SMARTER_HOST_ROOT": str(host)},
+        env={**os.environ, "SMARTER_RUNTIME_HOST_ROOT": str(host)},
     )  # fmt: skip
 
     assert result.returncode == 1

@@ -67,7 +67,8 @@ class Shim:
 
     @property
     def env(self) -> Mapping[str, str]:
-        return {**os.environ, "SMARTER_HOST_ROOT": str(self.simulator.root), **self.extra_env}
+        host_root = {"SMARTER_RUNTIME_HOST_ROOT": str(self.simulator.root)}
+        return {**os.environ, **host_root, **self.extra_env}
 
     def globals_for(self, bundle: Path) -> list[str]:
         log = bundle / "log.json"

@@ -138,3 +138,52 @@ def test_zipapp_through_its_shebang_routes_each_call(zipapp: Path, root: Path) -
             [*runner, "--version"], capture_output=True, text=True, env=env, cwd="/", check=False
         )
         assert version.stdout.startswith("smarter-hybrid-runtime "), version.stderr
+
+
+@pytest.fixture
+def installed(zipapp: Path, tmp_path: Path) -> Path:
+    """The zipapp as installed in a directory of the test's own, where its settings file goes."""
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    target = directory / "smarter-hybrid-runtime"
+    target.write_bytes(zipapp.read_bytes())
+    target.chmod(0o755)
+    return target
+
+
+def test_launcher_takes_runc_from_the_settings_file_without_importing(
+    installed: Path, root: Path
+) -> None:
+    Path(f"{installed}.conf").write_text(
+        "# node 7\nSMARTER_START_TIMEOUT=20\nSMARTER_RUNC=/bin/echo\n"
+    )
+    shebang = installed.read_bytes().split(b"\n", 1)[0].decode()
+    bootstrap = shebang.split(" -c ", 1)[1].strip("'")
+    result = subprocess.run(
+        [HOST_PYTHON, "-I", "-S", "-X", "importtime", "-c", bootstrap, str(installed),
+         "--root", str(root), "state", "s1"],
+        capture_output=True, text=True, env=HOST_ENV, check=False,
+    )  # fmt: skip
+    assert result.stdout == f"--root {root} state s1\n"
+    assert "runtime_handler" not in result.stderr
+    # And as containerd runs it, through its #! line.
+    direct = subprocess.run(
+        [str(installed), "--root", str(root), "kill", "s1", "9"],
+        capture_output=True, text=True, env=HOST_ENV, check=False,
+    )  # fmt: skip
+    assert direct.stdout == f"--root {root} kill s1 9\n"
+
+
+def test_launcher_leaves_a_malformed_settings_file_to_the_runtime_which_refuses(
+    installed: Path, root: Path
+) -> None:
+    Path(f"{installed}.conf").write_text("SMARTER_RUNC=/bin/echo\nSMARTER_HOST_ROOT=/gw\n")
+    log = root / "log.json"
+    result = subprocess.run(
+        [str(installed), "--root", str(root), "--log", str(log), "--log-format", "json",
+         "state", "s1"],
+        capture_output=True, text=True, env={**HOST_ENV, "SMARTER_RUNC": "/bin/echo"}, check=False,
+    )  # fmt: skip
+    expected = f"{installed}.conf:2: unknown setting 'SMARTER_HOST_ROOT'"
+    assert (result.returncode, result.stdout) == (1, "")
+    assert log_messages(log)[0].startswith(expected)
