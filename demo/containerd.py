@@ -1,13 +1,14 @@
-"""A containerd of our own: its config, its process, and what it leaves on the machine.
+"""A containerd of our own: where it keeps things, its process, and what it leaves behind.
 
-Every path it uses (root, state, sockets, runc state, CNI dirs) is under one work directory, so
-it never touches the system's containerd. What cannot be moved (the shims' sockets live under
-/run/containerd/s/, named by a hash that includes our socket path) is removed by the shims.
+Its config is a distribution's own, given the runtime by the installers and this layout's
+paths by demo.node_config: every path it uses (root, state, sockets, runc state) is under one
+work directory, so it never touches the system's containerd. What cannot be moved (the shims'
+sockets live under /run/containerd/s/, named by a hash that includes our socket path) is
+removed by the shims.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from demo.processes import Processes, Started
-from runtime_handler.containerd_config import HANDLER, with_runtime
+from runtime_handler.containerd_config import HANDLER
 from smarter_common.errors import SmarterError
 from smarter_common.logs import get_logger
 
@@ -32,13 +33,15 @@ class ContainerdError(SmarterError):
 
 @dataclass(frozen=True)
 class ContainerdLayout:
-    """Where one containerd keeps everything, all under `base`."""
+    """Where one containerd keeps everything, all under `base` (its config may live elsewhere,
+    e.g. in a node's /etc/containerd)."""
 
     base: Path
+    config_file: Path | None = None
 
     @property
     def config(self) -> Path:
-        return self.base / "config.toml"
+        return self.config_file or self.base / "config.toml"
 
     @property
     def root(self) -> Path:
@@ -67,73 +70,6 @@ class ContainerdLayout:
     @property
     def pod_logs(self) -> Path:
         return self.base / "pod-logs"
-
-
-def render_config(
-    layout: ContainerdLayout,
-    *,
-    sandbox_image: str,
-    hybrid_runtime: Path,
-    runc: Path,
-    snapshotter: str = "overlayfs",
-) -> str:
-    """containerd's config (version 2) for the gateway: CRI with our CNI and the hybrid runtime."""
-
-    def q(value: object) -> str:
-        return json.dumps(str(value))  # a TOML basic string is a JSON string
-
-    cri = '[plugins."io.containerd.grpc.v1.cri"'
-    runtimes = f'{cri[:-1]}".containerd.runtimes'
-    base = "\n".join(
-        [
-            "version = 2",
-            f"root = {q(layout.root)}",
-            f"state = {q(layout.state)}",
-            # Plugins that would otherwise create directories outside our tree.
-            'disabled_plugins = ["io.containerd.snapshotter.v1.aufs",'
-            ' "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",'
-            ' "io.containerd.snapshotter.v1.devmapper"]',
-            "",
-            "[grpc]",
-            f"  address = {q(layout.socket)}",
-            "",
-            '[plugins."io.containerd.internal.v1.opt"]',
-            f"  path = {q(layout.base / 'opt')}",
-            "",
-            f"{cri}]",
-            f"  sandbox_image = {q(sandbox_image)}",
-            "  restrict_oom_score_adj = true",
-            "  netns_mounts_under_state_dir = true",
-            "  disable_apparmor = true",
-            '  stream_server_address = "127.0.0.1"',
-            '  stream_server_port = "0"',
-            "",
-            f'{cri[:-1]}".cni]',
-            f"  bin_dir = {q(layout.cni_bin_dir)}",
-            f"  conf_dir = {q(layout.cni_conf_dir)}",
-            "  max_conf_num = 1",
-            "",
-            f'{cri[:-1]}".containerd]',
-            f"  snapshotter = {q(snapshotter)}",
-            '  default_runtime_name = "runc"',
-            "",
-            f"{runtimes}.runc]",
-            '  runtime_type = "io.containerd.runc.v2"',
-            f"{runtimes}.runc.options]",
-            f"  BinaryName = {q(runc)}",
-            f"  Root = {q(layout.runc_root)}",
-            "",
-        ]
-    )
-    # The hybrid runtime exactly as the runtime DaemonSet's installer adds it to a node's config.
-    with_hybrid = with_runtime(
-        base,
-        binary=str(hybrid_runtime),
-        source=str(layout.config),
-        extra_options={"Root": str(layout.runc_root)},
-    )
-    assert with_hybrid is not None
-    return with_hybrid
 
 
 def overlay_works(directory: Path) -> bool:

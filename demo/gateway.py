@@ -1,16 +1,20 @@
 """A whole simulated gateway: a node network namespace, containerd, and the three plugins.
 
-The node is a network namespace of its own (the host's is never touched). In it run our own
-containerd (CRI, with smarter-cni as its network and the `hybrid` runtime), the smarter-cni
-agent and dnsmasq as the DaemonSet runs them. The simulator provides the remote cores, and the
-device manager registers with a kubelet stand-in. containerd executes the host-side zipapps
-with the host's python3, exactly as on a node. Everything started is stopped by PID, and every
-namespace and mount removed, on the way out, also after a failure or Ctrl-C.
+The node is a network namespace of its own (the host's is never touched) and two directories:
+the node's own filesystem (`node/`: containerd's config, the CNI directories, /usr/local/bin,
+the kubelet's plugin directory, smarter-cni's state) and the simulator's host root (`host/`:
+the remote cores' sysfs, /dev, /lib/firmware). The node is installed as a real one is: a
+distribution's own containerd config (Debian's packaged one by default), then the installers
+of the CNI and runtime DaemonSets against the node's directory, then containerd with only what
+an operator also sets (its paths, the sandbox image; demo.node_config). Each exec'd program
+gets its settings file beside it, as an operator writes it. The smarter-cni agent and dnsmasq
+run as the DaemonSet runs them; the device manager registers with a kubelet stand-in.
+Everything started is stopped by PID, and every namespace and mount removed, on the way out,
+also after a failure or Ctrl-C.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -21,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from cni.names import app_name
 from demo import images as image_build
@@ -31,12 +35,13 @@ from demo.containerd import (
     ContainerdLayout,
     mounts_under,
     overlay_works,
-    render_config,
     unmount_all,
 )
 from demo.cri.client import ContainerSpec, CriClient, CriError, PodSpec
 from demo.kubelet import Kubelet
+from demo.node_config import operator_paths
 from demo.processes import Processes, Started
+from smarter_common import containerd
 from smarter_common.errors import SmarterError
 from smarter_common.hostroot import HOST_ROOT_ENV, HostRoot
 from smarter_common.logs import get_logger
@@ -52,11 +57,17 @@ REPO = Path(__file__).resolve().parents[1]
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 PRODUCTION_CONFLIST = REPO / "deploy" / "cni" / "10-smarter.conflist"
-DOMAIN = "smarter.internal"
+# Debian 12's packaged /etc/containerd/config.toml (containerd 1.6), as shipped.
+DEBIAN_CONTAINERD_CONFIG = REPO / "tests" / "fixtures" / "containerd" / "debian-12.toml"
+# Where the runtime DaemonSet installs the runtime, and its settings file beside it.
+RUNTIME_BINARY = "/usr/local/bin/smarter-hybrid-runtime"
+SETTINGS_SUFFIX = ".conf"
+# The exec'd programs' own host-root settings (never the shared SMARTER_HOST_ROOT).
+RUNTIME_HOST_ROOT_ENV = "SMARTER_RUNTIME_HOST_ROOT"
+CNI_HOST_ROOT_ENV = "SMARTER_CNI_HOST_ROOT"
 RPROC_RESOURCE_PREFIX = "smarter-devices/rproc"
 PRODUCTION_RULES = REPO / "deploy" / "device-manager" / "rules-configmap.yaml"
-# The kubelet's device plugin directory: the node's own, whatever the host root.
-NODE_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
+RUNTIME_CLASS = REPO / "deploy" / "runtime" / "runtimeclass.yaml"
 
 
 class GatewayError(SmarterError):
@@ -79,6 +90,12 @@ class GatewayConfig:
     device_manager: bool = True
     work_parent: Path = Path("/tmp")
     keep_work_dir: bool = False
+    # The distribution's containerd config the node starts from.
+    containerd_config: Path = DEBIAN_CONTAINERD_CONFIG
+    # Where the runtime's own settings are given: its settings file (as the docs tell an
+    # operator), or containerd's environment (a systemd drop-in), beside the shared
+    # SMARTER_HOST_ROOT that neither exec'd program may read.
+    runtime_settings_in: Literal["file", "environment"] = "file"
 
 
 @dataclass
@@ -119,17 +136,24 @@ class Gateway:
         # dnsmasq drops to `nobody` and must still reach the hosts directory below.
         self.work.chmod(0o755)
         self.processes = Processes(self.work / "logs")
-        self.layout = ContainerdLayout(self.work)
         self.netns = f"se-node-{secrets.token_hex(3)}"
-        # The gateway's host root: the simulator builds it, and every program (the CNI plugin
-        # and agent, the runtime, the device manager) resolves its host paths under it.
+        # The simulator's host root: devices, sysfs and the firmware directory. The runtime
+        # and the device manager resolve those under it.
         self.sim_root = self.work / "host"
         self.host = HostRoot(self.sim_root)
-        # The kubelet's plugin directory is the node's own, not the simulated root's: the kubelet
-        # stand-in serves it from the work directory, seen by the device manager at its default.
-        self.node_var_lib = self.work / "node-var-lib"
+        # The node's own filesystem: what a node keeps whatever its devices are (containerd's
+        # config, the CNI directories, the installed runtime, the kubelet's plugin directory,
+        # smarter-cni's state and socket). The installers and smarter-cni work under it.
+        self.node_root = self.work / "node"
+        self.node = HostRoot(self.node_root)
+        self.layout = ContainerdLayout(
+            self.work, config_file=self.node.path("/etc/containerd/config.toml")
+        )
+        # The kubelet stand-in serves the node's /var/lib/kubelet/device-plugins.
+        self.node_var_lib = self.node.path("/var/lib")
         self.plugin_dir = self.node_var_lib / "kubelet" / "device-plugins"
-        self.conflist_path = self.layout.cni_conf_dir / "10-smarter.conflist"
+        self.conflist_path = self.node.path("/etc/cni/net.d") / PRODUCTION_CONFLIST.name
+        self.runtime = self.node.path(RUNTIME_BINARY)
         self.zipapps = self.work / "bin"
         self.snapshotter = "overlayfs"
         self.images: image_build.Images | None = None
@@ -165,6 +189,11 @@ class Gateway:
         self._make_netns()
         self.progress("starting the simulator (remote cores over FUSE, QEMU on start)")
         self._start_simulator()
+        self.progress(
+            f"installing the node: {self.config.containerd_config.name}, then the installers"
+            " (smarter-cni install, smarter-hybrid-runtime install-containerd-config)"
+        )
+        self._install_node()
         self.progress("starting the smarter-cni agent and dnsmasq")
         self._start_cni()
         if self.config.device_manager:
@@ -186,11 +215,6 @@ class Gateway:
         )
         if result.returncode != 0:
             raise GatewayError(f"building the zipapps failed: {result.stderr.strip()}")
-        bin_dir = self.layout.cni_bin_dir
-        bin_dir.mkdir(parents=True, exist_ok=True)
-        for plugin in sorted(REFERENCE_PLUGINS.iterdir()):
-            (bin_dir / plugin.name).symlink_to(plugin)
-        shutil.copy2(self.zipapps / "smarter-cni", bin_dir / "smarter-cni")
 
     def _make_netns(self) -> None:
         subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
@@ -229,20 +253,6 @@ class Gateway:
         except SmarterError as error:
             raise GatewayError(f"simulator: {error}") from error
 
-    def _conflist(self) -> dict[str, Any]:
-        """The production conflist, as the CNI DaemonSet installs it (its paths are host paths)."""
-        if PRODUCTION_CONFLIST.is_file():
-            conflist: dict[str, Any] = json.loads(PRODUCTION_CONFLIST.read_text())
-            return conflist
-        return {
-            "cniVersion": "1.0.0",
-            "name": "smarter",
-            "plugins": [
-                {"type": "smarter-cni", "dns": {"domain": DOMAIN}},
-                {"type": "portmap", "capabilities": {"portMappings": True}},
-            ],
-        }
-
     @property
     def netconf(self) -> NetConf:
         """smarter-cni's view of the conflist: bridge, subnet, gateway, state and DNS paths."""
@@ -252,7 +262,7 @@ class Gateway:
 
     @property
     def cni_state(self) -> Path:
-        return self.host.path(self.netconf.state_dir)
+        return self.node.path(self.netconf.state_dir)
 
     @property
     def dns_domain(self) -> str:
@@ -263,26 +273,99 @@ class Gateway:
         """The bridge address in the node, where dnsmasq answers pods."""
         return str(self.netconf.gateway)
 
+    def _install_node(self) -> None:
+        """The node's containerd config and what the DaemonSets' init containers install."""
+        distribution = self.config.containerd_config
+        try:
+            text = distribution.read_text()
+        except OSError as error:
+            raise GatewayError(
+                f"cannot read the distribution's containerd config {distribution}: {error}"
+            ) from error
+        self.layout.config.parent.mkdir(parents=True, exist_ok=True)
+        self.layout.config.write_text(text)
+        node = containerd.discover(self.node)
+        # The distribution's CNI plugins (Debian's containernetworking-plugins), where its
+        # containerd looks for them.
+        bin_dir = self.node.path(node.cni_bin_dir)
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        for plugin in sorted(REFERENCE_PLUGINS.iterdir()):
+            (bin_dir / plugin.name).symlink_to(plugin)
+        # The CNI DaemonSet's init container: `smarter-cni install --host-root=/host ...`.
+        self._run_installer(
+            "smarter-cni install",
+            [
+                "cni",
+                "install",
+                f"--host-root={self.node_root}",
+                f"--plugin={self.zipapps / 'smarter-cni'}",
+                f"--conflist={PRODUCTION_CONFLIST}",
+            ],
+        )
+        if not self.conflist_path.is_file():
+            raise GatewayError(f"smarter-cni install did not write {self.conflist_path}")
+        # The runtime DaemonSet's init container: install the binary by rename, then the config.
+        self.runtime.parent.mkdir(parents=True, exist_ok=True)
+        staged = self.runtime.with_name(f".{self.runtime.name}.new")
+        shutil.copy2(self.zipapps / "smarter-hybrid-runtime", staged)
+        staged.chmod(0o755)
+        staged.rename(self.runtime)
+        self._run_installer(
+            "smarter-hybrid-runtime install-containerd-config",
+            [
+                "runtime_handler",
+                "install-containerd-config",
+                f"--host-root={self.node_root}",
+                f"--binary={self.runtime}",
+            ],
+        )
+        # What an operator writes for a node whose devices are the simulator's (docs/deploy.md):
+        # the runtime's host root; smarter-cni's is the node's own directory here.
+        if self.config.runtime_settings_in == "file":
+            _write_settings(self.runtime, {RUNTIME_HOST_ROOT_ENV: str(self.sim_root)})
+        _write_settings(
+            self.node.path(node.cni_bin_dir) / "smarter-cni",
+            {CNI_HOST_ROOT_ENV: str(self.node_root)},
+        )
+
+    def _run_installer(self, name: str, module_and_args: list[str]) -> None:
+        """Run an installer as its DaemonSet does (its entry point, in the suite's image)."""
+        result = subprocess.run(
+            [sys.executable, "-m", *module_and_args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+        log_path = self.processes.log_dir / "installers.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a") as installers_log:
+            installers_log.write(f"$ {name}\n{result.stdout}{result.stderr}")
+        if result.returncode != 0:
+            raise GatewayError(
+                f"{name} failed with status {result.returncode}",
+                hint=(result.stderr or result.stdout).strip()[-2000:],
+            )
+
     def _start_cni(self) -> None:
-        self.layout.cni_conf_dir.mkdir(parents=True, exist_ok=True)
-        self.conflist_path.write_text(json.dumps(self._conflist(), indent=2) + "\n")
-        env = {**os.environ, HOST_ROOT_ENV: str(self.sim_root)}
-        # dnsmasq forwards other names to the node's resolvers, read from the host root's
-        # /etc/resolv.conf; a node has one, the simulated root gets the machine's.
-        resolv_conf = self.host.path("/etc/resolv.conf")
+        # The DaemonSet's containers see the node's / at /host (SMARTER_HOST_ROOT).
+        env = {**os.environ, HOST_ROOT_ENV: str(self.node_root)}
+        # dnsmasq forwards other names to the node's resolvers, read from the node's
+        # /etc/resolv.conf; the node directory gets the machine's.
+        resolv_conf = self.node.path("/etc/resolv.conf")
         if not resolv_conf.exists():
             resolv_conf.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile("/etc/resolv.conf", resolv_conf)
         # containerd hands the plugin pod netns paths as it sees them (under its state dir); the
-        # agent resolves every path under the host root, as a DaemonSet that mounts the node's /
-        # does. So the host root shows containerd's state dir at the same path.
-        mirror = self.host.path(str(self.layout.state))
+        # agent resolves every path under the node's root, as a DaemonSet that mounts the
+        # node's / does. So the node's directory shows containerd's state dir at the same path.
+        mirror = self.node.path(str(self.layout.state))
         mirror.parent.mkdir(parents=True, exist_ok=True)
         mirror.symlink_to(self.layout.state, target_is_directory=True)
-        socket = self.host.path(self.netconf.socket_path)
+        socket = self.node.path(self.netconf.socket_path)
         agent = self.processes.start(
             "smarter-cni-agent",
-            [sys.executable, "-m", "cni", "agent", "--conf", self.conflist_path],
+            [sys.executable, "-m", "cni", "agent", "--conf", PRODUCTION_CONFLIST],
             netns=self.netns,
             env=env,
             cwd=REPO,
@@ -293,7 +376,7 @@ class Gateway:
             raise GatewayError(f"smarter-cni agent: {error}") from error
         dns = self.processes.start(
             "dnsmasq",
-            [sys.executable, "-m", "cni", "dns", "--conf", self.conflist_path],
+            [sys.executable, "-m", "cni", "dns", "--conf", PRODUCTION_CONFLIST],
             netns=self.netns,
             env=env,
             cwd=REPO,
@@ -310,10 +393,11 @@ class Gateway:
         self.kubelet.start()
         rules = self.work / "device-rules.yaml"
         rules.write_text(_device_rules())
-        # As on a node whose devices are the simulator's: the host root names the devices and
-        # sysfs, the kubelet's plugin directory is the node's own (/var/lib/kubelet, here the
-        # work directory's, mounted there for the device manager alone), and the device paths
-        # it hands over are real paths on this machine, where containerd opens them.
+        # As on a node whose devices are the simulator's (docs/smarter-sim.md): the host root
+        # names the devices and sysfs; the kubelet's plugin directory is the node's own, the
+        # device manager's default /var/lib/kubelet/device-plugins (here the node directory's
+        # /var/lib, mounted on /var/lib for the device manager alone); the device paths it
+        # hands over are real paths on this machine, where containerd opens them.
         command = [
             sys.executable,
             "-m",
@@ -324,8 +408,6 @@ class Gateway:
             str(rules),
             "--device-paths",
             "local",
-            "--plugin-dir",
-            NODE_PLUGIN_DIR,
         ]
         started = self.processes.start(
             "smarter-device-manager", _with_var_lib(self.node_var_lib, command), cwd=REPO
@@ -344,23 +426,24 @@ class Gateway:
         if not overlay_works(self.work):
             self.snapshotter = "native"
         self.layout.pod_logs.mkdir(parents=True, exist_ok=True)
-        runc = shutil.which("runc") or "/usr/sbin/runc"
+        node = containerd.discover(self.node)
+        # The installers have run; now only what an operator also sets (paths, sandbox image).
         self.layout.config.write_text(
-            render_config(
+            operator_paths(
+                self.layout.config.read_text(),
                 self.layout,
                 sandbox_image=image_build.PAUSE_IMAGE,
-                hybrid_runtime=self.zipapps / "smarter-hybrid-runtime",
-                runc=Path(runc),
+                cni_bin_dir=self.node.path(node.cni_bin_dir),
+                cni_conf_dir=self.node.path(node.cni_conf_dir),
                 snapshotter=self.snapshotter,
             )
         )
-        env = {
-            "PATH": SYSTEM_PATH,
-            "HOME": "/root",
-            "SMARTER_HOST_ROOT": str(self.sim_root),
-            "SMARTER_RUNC": runc,
-            "SMARTER_LOG_FORMAT": "json",
-        }
+        env = {"PATH": SYSTEM_PATH, "HOME": "/root"}
+        if self.config.runtime_settings_in == "environment":
+            # The old leak's conditions: the shared variable and the runtime's own both in
+            # containerd's environment, which every exec'd program inherits.
+            env[RUNTIME_HOST_ROOT_ENV] = str(self.sim_root)
+            env[HOST_ROOT_ENV] = str(self.sim_root)
         self.containerd = Containerd(self.layout, self.processes)
         self.containerd.start(netns=self.netns, env=env)
         self.cri = CriClient(self.layout.socket)
@@ -419,6 +502,7 @@ class Gateway:
         command: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         devices: Sequence[tuple[str, str, str]] = (),
+        args: Sequence[str] = (),
     ) -> str:
         """CreateContainer + StartContainer; the container's ID."""
         cri = self._cri()
@@ -426,6 +510,7 @@ class Gateway:
             name=name,
             image=image,
             command=tuple(command),
+            args=tuple(args),
             env=dict(env or {}),
             devices=tuple(devices),
             log_path=f"{name}/0.log",
@@ -446,6 +531,42 @@ class Gateway:
             env=allocation.env if allocation else None,
             devices=allocation.devices if allocation else (),
         )
+        return pod
+
+    def run_manifest_pod(self, manifest: Mapping[str, Any]) -> Pod:
+        """A Pod manifest (deploy/examples/*.yaml) run as the kubelet runs it on this node.
+
+        The RuntimeClass names the handler, each container's `smarter-devices/*` limits are
+        allocated from the device manager, and its command, args and image are used as given.
+        """
+        metadata = manifest["metadata"]
+        spec = manifest["spec"]
+        runtime_class = spec.get("runtimeClassName")
+        pod = self.run_pod(
+            metadata["name"],
+            handler=_runtime_handler(runtime_class) if runtime_class else "",
+            namespace=metadata.get("namespace", "default"),
+            annotations=metadata.get("annotations") or {},
+        )
+        for container in spec["containers"]:
+            env: dict[str, str] = {}
+            devices: list[tuple[str, str, str]] = []
+            limits = container.get("resources", {}).get("limits", {})
+            for resource, count in limits.items():
+                if resource.startswith("smarter-devices/"):
+                    allocation = self.allocate(resource, int(count))
+                    env.update(allocation.env)
+                    devices.extend(allocation.devices)
+            env.update({item["name"]: item["value"] for item in container.get("env", [])})
+            self.start_container(
+                pod,
+                container["name"],
+                container["image"],
+                command=container.get("command", ()),
+                args=container.get("args", ()),
+                env=env,
+                devices=devices,
+            )
         return pod
 
     def run_firmware_pod(
@@ -568,7 +689,7 @@ class Gateway:
 
     def dns_records(self) -> list[str]:
         """Container IDs with a hosts record in the directory dnsmasq serves."""
-        return [p.name for p in _visible_files(self.host.path(self.netconf.dns.hosts_dir))]
+        return [p.name for p in _visible_files(self.node.path(self.netconf.dns.hosts_dir))]
 
     def firmware_records(self) -> list[str]:
         """Container IDs the hybrid runtime keeps a firmware record for (under runc's --root)."""
@@ -588,9 +709,9 @@ class Gateway:
         found.extend(f"DNS record {container}" for container in self.dns_records())
         veths = self.ip("-o", "link", "show", "type", "veth", check=False).stdout.strip()
         found.extend(f"veth {line.split(':')[1].strip()}" for line in veths.splitlines() if line)
-        run = self.sim_root / "run"
-        if run.is_dir():
-            found.extend(f"held lock {p}" for p in sorted(run.rglob("*.lock")) if is_locked(p))
+        for run in (self.node.run, self.host.run):
+            if run.is_dir():
+                found.extend(f"held lock {p}" for p in sorted(run.rglob("*.lock")) if is_locked(p))
         found.extend(f"runc state {container}" for container in self.runc_containers())
         found.extend(f"firmware record {container}" for container in self.firmware_records())
         found.extend(f"firmware file {path}" for path in self.firmware_copies())
@@ -617,7 +738,7 @@ class Gateway:
     def runtime_executables(self) -> dict[int, str]:
         """PID -> interpreter of each running process of the hybrid runtime's zipapp."""
         found: dict[int, str] = {}
-        for pid in _pids_with(b"", str(self.zipapps / "smarter-hybrid-runtime").encode()):
+        for pid in _pids_with(b"", str(self.runtime).encode()):
             try:
                 found[pid] = os.readlink(f"/proc/{pid}/exe")
             except OSError:
@@ -652,8 +773,11 @@ class Gateway:
     def _delete_orphans(self) -> None:
         """Containers whose shim is gone (containerd died mid-way): delete them as a shim would."""
         root = str(self.layout.runc_root / "k8s.io")
-        env = {"PATH": SYSTEM_PATH, HOST_ROOT_ENV: str(self.sim_root)}
-        runtime = str(self.zipapps / "smarter-hybrid-runtime")
+        # The installed runtime reads its settings file, as when the shim calls it.
+        env = {"PATH": SYSTEM_PATH}
+        if self.config.runtime_settings_in == "environment":
+            env[RUNTIME_HOST_ROOT_ENV] = str(self.sim_root)
+        runtime = str(self.runtime)
         runc = shutil.which("runc") or "/usr/sbin/runc"
         for container_id in self.firmware_records():
             log.warning("deleting orphaned firmware container", container_id=container_id)
@@ -689,6 +813,28 @@ class Gateway:
                 continue
         subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
         self._netns_made = False
+
+
+def _runtime_handler(runtime_class: str) -> str:
+    """The containerd handler of the RuntimeClass `runtime_class` (deploy/runtime's)."""
+    import yaml
+
+    declared = yaml.safe_load(RUNTIME_CLASS.read_text())
+    if declared["metadata"]["name"] != runtime_class:
+        raise GatewayError(
+            f"RuntimeClass {runtime_class!r} does not exist on this gateway",
+            hint=f"use {declared['metadata']['name']!r} ({RUNTIME_CLASS.relative_to(REPO)})",
+        )
+    return str(declared["handler"])
+
+
+def _write_settings(executable: Path, settings: Mapping[str, str]) -> Path:
+    """`<executable>.conf`: the exec'd program's own settings, one `NAME=value` a line."""
+    path = executable.with_name(executable.name + SETTINGS_SUFFIX)
+    lines = [f"# {executable.name}'s settings on this simulated gateway (demo.gateway)"]
+    lines.extend(f"{name}={value}" for name, value in settings.items())
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _with_var_lib(var_lib: Path, command: Sequence[str]) -> list[str]:

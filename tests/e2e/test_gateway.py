@@ -13,15 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from demo.cri.client import CriError
-from demo.gateway import Allocation, Gateway, Pod
+from demo.gateway import PRODUCTION_CONFLIST, REPO, Allocation, Gateway, Pod
 from demo.images import BUSYBOX_IMAGE
 from runtime_handler.bundle import BOARD_ANNOTATIONS
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 RPROC0 = "smarter-devices/rproc0"
+EXAMPLES = REPO / "deploy" / "examples"
 
 
 def _wait_for(condition: object, timeout: float, what: str) -> None:
@@ -233,3 +235,68 @@ def test_removing_every_pod_leaves_nothing_behind(clean_gateway: Gateway) -> Non
     for pod in pods:
         gateway.remove_pod(pod)
     assert gateway.leftovers() == []
+
+
+def test_the_node_is_installed_by_the_installers_over_the_distributions_own_config(
+    gateway: Gateway,
+) -> None:
+    from smarter_common import containerd
+
+    node = gateway.node
+    distribution = gateway.config.containerd_config.read_text()
+    # The runtime's installer kept the distribution's file, once, beside the one it changed.
+    backup = node.path("/etc/containerd/config.toml.smarter-edge.orig")
+    assert backup.read_text() == distribution
+    # smarter-cni's installer put the plugin and the conflist where that config looks.
+    assert (node.path("/usr/lib/cni/smarter-cni")).read_bytes() == (
+        gateway.zipapps / "smarter-cni"
+    ).read_bytes()
+    assert gateway.conflist_path == node.path("/etc/cni/net.d/10-smarter.conflist")
+    assert gateway.conflist_path.read_bytes() == PRODUCTION_CONFLIST.read_bytes()
+    # containerd runs the installed runtime, which reads its own settings file beside it.
+    document = containerd.parse_config(gateway.layout.config.read_text(), source="config")
+    runtimes = containerd.lookup(
+        document, (*containerd.cri_runtime_plugin(2), "containerd", "runtimes")
+    )
+    assert runtimes["hybrid"]["options"]["BinaryName"] == str(gateway.runtime)
+    assert runtimes["hybrid"]["runtime_type"] == "io.containerd.runc.v2"
+    settings = gateway.runtime.with_name(gateway.runtime.name + ".conf").read_text()
+    assert f"SMARTER_RUNTIME_HOST_ROOT={gateway.sim_root}\n" in settings
+    assert "SMARTER_HOST_ROOT" not in gateway.log_of("containerd")
+
+
+def _example(name: str) -> dict:  # type: ignore[type-arg]
+    manifest = yaml.safe_load((EXAMPLES / name).read_text())
+    assert isinstance(manifest, dict)
+    return manifest
+
+
+def test_the_example_firmware_pod_runs_unchanged_and_kubectl_logs_would_show_the_console(
+    clean_gateway: Gateway,
+) -> None:
+    gateway = clean_gateway
+    pod = gateway.run_manifest_pod(_example("firmware-pod.yaml"))
+    assert pod.spec.runtime_handler == "hybrid"
+    _wait_for(
+        lambda: any(
+            "hello from cortex-m4" in line for line in gateway.container_log(pod, "firmware")
+        ),
+        20,
+        "the example firmware's console in the CRI log (what `kubectl logs` reads)",
+    )
+    assert gateway.core_states()["remoteproc0"] == "running"
+
+
+def test_the_example_serial_pod_runs_unchanged_and_says_no_adapter_answers(
+    clean_gateway: Gateway,
+) -> None:
+    gateway = clean_gateway
+    pod = gateway.run_manifest_pod(_example("serial-pod.yaml"))
+    _wait_for(
+        lambda: any("no adapter answers" in line for line in gateway.container_log(pod, "reader")),
+        20,
+        "the serial example's word that the simulated adapter is silent",
+    )
+    assert gateway.cri is not None
+    status = gateway.cri.container_status(pod.containers["reader"])
+    assert status.state == gateway.cri.api.CONTAINER_RUNNING

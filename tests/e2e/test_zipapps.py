@@ -249,8 +249,8 @@ def test_zipapps_install_themselves_into_a_debian_node_under_the_host_python(
 ) -> None:
     root = tmp_path / "host"
     (root / "etc/containerd").mkdir(parents=True)
-    debian = '[plugins."io.containerd.grpc.v1.cri".cni]\n  bin_dir = "/usr/lib/cni"\n'
-    (root / "etc/containerd/config.toml").write_text(f"version = 2\n{debian}")
+    debian = (REPO / "tests/fixtures/containerd/debian-12.toml").read_text()
+    (root / "etc/containerd/config.toml").write_text(debian)
     conflist = REPO / "deploy/cni/10-smarter.conflist"
     commands = [
         [str(zipapps / "smarter-cni"), "install", f"--host-root={root}",
@@ -265,5 +265,5 @@ def test_zipapps_install_themselves_into_a_debian_node_under_the_host_python(
     assert installed.read_bytes() == (zipapps / "smarter-cni").read_bytes()
     assert (root / "etc/cni/net.d/10-smarter.conflist").read_bytes() == conflist.read_bytes()
     config = (root / "etc/containerd/config.toml").read_text()
-    assert config.startswith(f"version = 2\n{debian}")
+    assert config.startswith(debian)
     assert 'BinaryName = "/usr/local/bin/smarter-hybrid-runtime"' in config
