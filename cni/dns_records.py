@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cni.names import app_name, is_dns_label
+from cni.names import app_name, dns_safe_label
 from smarter_common.atomic import remove_durably, write_atomic
 from smarter_common.locks import FileLock
 
@@ -54,12 +54,16 @@ class Record:
 def names_for(pod: str, namespace: str, claimed: Collection[str]) -> list[str]:
     """The names a pod gets: pod, pod.namespace, and its app name when nobody else has it.
 
-    Only RFC 1123 labels are used; a pod whose name or namespace is not one gets no name.
+    Names are registered in their DNS-safe form (cni.names.dns_safe_label); a pod whose name
+    or namespace has none gets no name. A converted name is ambiguous while another record
+    holds that form (`Web_1` beside `web_1`): then it gets none either. Only a Kubernetes
+    pod name (one that needed no conversion) has an application name.
     """
-    if not (is_dns_label(pod) and is_dns_label(namespace)):
+    label, domain = dns_safe_label(pod), dns_safe_label(namespace)
+    if label is None or domain is None or (label != pod and label in claimed):
         return []
-    names = [pod, f"{pod}.{namespace}"]
-    app = app_name(pod)
+    names = [label, f"{label}.{domain}"]
+    app = app_name(pod) if label == pod else None
     if app is not None and app not in claimed:
         names.append(app)
     return names

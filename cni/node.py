@@ -20,6 +20,7 @@ from cni.config import NetConf
 from cni.dns_records import HostsDirectory
 from cni.errors import CHECK_FAILED, INTERNAL_FAILURE, IO_FAILURE, NOT_AVAILABLE, CniError
 from cni.ipam import LeaseStore
+from cni.names import dns_safe_label
 from cni.request import Request
 from smarter_common.errors import LockBusyError
 from smarter_common.hostroot import HostRoot
@@ -186,8 +187,10 @@ class Node:
                 "name not registered",
                 pod=pod,
                 namespace=namespace,
-                reason="not an RFC 1123 label",
+                reason=_no_name(pod, namespace or "default"),
             )
+        elif record.pod != pod:
+            log.info("name registered as", pod=pod, names=list(record.names))
 
     def _undo(self, request: Request, host_name: str) -> None:
         self.forget_warm_state()
@@ -320,7 +323,8 @@ class Node:
         if request.pod_name and record is None:
             from cni.dns_records import names_for
 
-            if names_for(request.pod_name, request.pod_namespace or "default", ()):
+            claimed = {name for other in self.hosts.records() for name in other.names}
+            if names_for(request.pod_name, request.pod_namespace or "default", claimed):
                 problems.append(f"DNS record for {request.pod_name} is missing")
         elif record is not None and leased is not None and record.address != leased:
             problems.append(
@@ -397,6 +401,17 @@ class Node:
                 path.unlink(missing_ok=True)
             finally:
                 lock.release()
+
+
+def _no_name(pod: str, namespace: str) -> str:
+    """Why a pod got no DNS name, for the operator."""
+    for what, name in (("pod name", pod), ("namespace", namespace)):
+        if dns_safe_label(name) is None:
+            return (
+                f"the {what} {name!r} has no DNS-safe form"
+                " (an RFC 1123 label once lower-cased, with '_' as '-')"
+            )
+    return f"its DNS-safe form {dns_safe_label(pod)!r} is another pod's name"
 
 
 def _first_failure(failures: list[tuple[str, Exception]], *, lease_kept: bool) -> CniError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cni.dns_records import Record, names_for, parse, render
-from cni.names import app_name, is_dns_label, is_dns_subdomain
+from cni.names import app_name, dns_safe_label, is_dns_label, is_dns_subdomain, name_danger
 
 
 @pytest.mark.parametrize(
@@ -66,9 +66,9 @@ def test_app_name_claimed_by_another_pod_is_not_given_again() -> None:
     ]
 
 
-def test_names_that_are_not_labels_get_no_record() -> None:
+def test_names_without_a_dns_safe_form_get_no_record() -> None:
     assert names_for("my.pod", "default", claimed=set()) == []
-    assert names_for("ok", "Bad_NS", claimed=set()) == []
+    assert names_for("ok", "bad.ns", claimed=set()) == []
 
 
 def test_record_round_trips_through_its_hosts_file_text() -> None:
@@ -86,3 +86,56 @@ def test_record_round_trips_through_its_hosts_file_text() -> None:
     old = "# smarter-cni container=abc123 ifname=eth0\n10.210.0.7 a-7xk2p a\n"
     assert parse("abc123", old) == Record("abc123", "eth0", address, ("a-7xk2p", "a"))
     assert parse("x", "10.0.0.1 someone-elses\n") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("sensor-7xk2p", "sensor-7xk2p"),  # a Kubernetes pod name is its own
+        ("focused_cray", "focused-cray"),  # podman's generated names
+        ("Web_1", "web-1"),
+        ("WEB", "web"),
+        ("my.pod", None),  # a dot would make it two labels
+        ("_web", None),  # still starts with a hyphen
+        ("web_", None),
+        ("with space", None),
+        ("caf\u00e9", None),
+        ("\u212aelvin", None),  # the Kelvin sign lower-cases to an ASCII k: not ours to fold
+        ("a" * 64, None),
+    ],
+)
+def test_dns_safe_label_is_the_one_obvious_form_or_none(name: str, label: str | None) -> None:
+    assert dns_safe_label(name) == label
+
+
+@pytest.mark.parametrize(
+    ("name", "danger"),
+    [
+        ("focused_cray", None),
+        ("Web_1", None),
+        ("my.pod", None),
+        ("x" * 253, None),
+        ("x" * 254, "is 254 characters long, more than 253"),
+        ("evil\nname", "holds a control character (a newline, tab, escape...)"),
+        ("bell\x07", "holds a control character (a newline, tab, escape...)"),
+        ("del\x7f", "holds a control character (a newline, tab, escape...)"),
+        ("../etc/passwd", "holds '/'"),
+        ("a..b", "holds '..'"),
+    ],
+)
+def test_only_names_that_could_escape_a_file_path_or_log_line_are_dangerous(
+    name: str, danger: str | None
+) -> None:
+    assert name_danger(name) == danger
+
+
+def test_other_clients_names_are_registered_in_their_dns_safe_form() -> None:
+    assert names_for("Web_1", "default", ()) == ["web-1", "web-1.default"]
+    assert names_for("focused_cray", "Team_A", ()) == ["focused-cray", "focused-cray.team-a"]
+    # No application name: a generated-looking suffix means nothing outside Kubernetes.
+    assert names_for("Sensor_7xk2p", "default", ()) == ["sensor-7xk2p", "sensor-7xk2p.default"]
+
+
+def test_a_dns_safe_form_another_pod_holds_is_ambiguous_and_not_registered() -> None:
+    assert names_for("Web_1", "default", {"web-1", "web-1.default"}) == []
+    assert names_for("my.pod", "default", ()) == []

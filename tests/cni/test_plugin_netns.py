@@ -145,6 +145,35 @@ def test_pod_name_that_is_not_a_dns_label_gets_network_but_no_record(cni_node: N
         assert cni_node.leases() == [_address(outcome.json)]
 
 
+def test_container_names_from_podman_get_network_and_their_dns_safe_name(
+    cni_node: Node, mode: AgentMode
+) -> None:
+    # podman passes `IgnoreUnknown=1;K8S_POD_NAME=<container name>` and no namespace.
+    with mode(cni_node), pods(3) as (a, b, c):
+        added = [
+            cni_node.cni(
+                "ADD", container_id=cid, netns=netns_path(pod),
+                args=f"IgnoreUnknown=1;K8S_POD_NAME={name}",
+            )
+            for cid, pod, name in (("c1", a, "focused_cray"), ("c2", b, "Web_1"),
+                                   ("c3", c, "web_1"))
+        ]  # fmt: skip
+        assert [outcome.returncode for outcome in added] == [0, 0, 0], added
+        assert _names_in(cni_node, "c1") == ["focused-cray", "focused-cray.default"]
+        assert _names_in(cni_node, "c2") == ["web-1", "web-1.default"]
+        # `web_1` would be `web-1` too: ambiguous, so no name, and the operator is told why.
+        assert cni_node.records() == ["c1", "c2"]
+        if mode is not agent:  # the agent logs it in its own log
+            assert "its DNS-safe form 'web-1' is another pod's name" in added[2].stderr
+        for cid, pod in (("c1", a), ("c2", b), ("c3", c)):
+            assert cni_node.del_pod(cid, pod).returncode == 0
+        assert (cni_node.leases(), cni_node.records()) == ([], [])
+
+
+def _names_in(cni_node: Node, container_id: str) -> list[str]:
+    return (cni_node.hosts_dir / container_id).read_text().splitlines()[1].split()[1:]
+
+
 @pytest.mark.parametrize("count", [24])
 def test_concurrent_adds_get_distinct_addresses(
     cni_node: Node, mode: AgentMode, count: int

@@ -48,7 +48,11 @@ def test_add_request_carries_pod_identity(tmp_path: Path) -> None:
         ({"CNI_NETNS": "/run/netns/missing-for-sure"}, "CNI_NETNS"),
         ({"CNI_ARGS": "K8S_POD_NAME=evil\nname"}, "K8S_POD_NAME"),
         ({"CNI_ARGS": "K8S_POD_NAME=../../etc/passwd"}, "K8S_POD_NAME"),
-        ({"CNI_ARGS": "K8S_POD_NAMESPACE=Not_A_Namespace"}, "K8S_POD_NAMESPACE"),
+        ({"CNI_ARGS": "K8S_POD_NAMESPACE=a/b"}, "K8S_POD_NAMESPACE"),
+        ({"CNI_ARGS": "K8S_POD_NAMESPACE=tab\there"}, "K8S_POD_NAMESPACE"),
+        ({"CNI_ARGS": "K8S_POD_NAME=a..b"}, "K8S_POD_NAME"),
+        ({"CNI_ARGS": "K8S_POD_NAME=esc\x1b[31m"}, "K8S_POD_NAME"),
+        ({"CNI_ARGS": "K8S_POD_NAME=" + "x" * 254}, "K8S_POD_NAME"),
         ({"CNI_ARGS": "novalue"}, "CNI_ARGS"),
     ],
 )
@@ -83,3 +87,12 @@ def test_cni_args_may_hold_any_keys() -> None:
         "K8S_POD_UID": "1-2",
         "FOO": "",
     }
+
+
+@pytest.mark.parametrize(
+    "name", ["focused_cray", "Web_1", "my.pod", "x" * 253, "Ünïcode", "with space"]
+)
+def test_names_from_other_clients_are_not_refused(name: str) -> None:
+    # podman passes its container names: generated `focused_cray`, or any a user chose.
+    args = parse_cni_args(f"IgnoreUnknown=1;K8S_POD_NAME={name}")
+    assert args["K8S_POD_NAME"] == name
