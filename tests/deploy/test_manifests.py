@@ -221,6 +221,34 @@ def test_example_pods_ask_for_resources_the_device_manager_advertises() -> None:
                 assert advertised, f"{pod['metadata']['name']} asks for {resource}"
 
 
+def test_example_pods_run_unchanged_on_the_simulated_gateway() -> None:
+    from demo.images import firmware_image
+    from runtime_handler.core_select import BoardView, check_board
+    from sim import boards
+    from sim.node_images import BUSYBOX_IMAGE
+
+    simulated = boards.board(None)
+    built = {BUSYBOX_IMAGE, firmware_image("hello")}  # smarter-sim build-node-images, the demo's
+    for pod in _objects("Pod"):
+        board = pod["metadata"].get("annotations", {}).get("smarter-edge.io/board")
+        check_board(board, BoardView(simulated.model, simulated.compatible))
+        for container in pod["spec"]["containers"]:
+            assert container["image"] in built, f"{pod['metadata']['name']}: {container['image']}"
+
+
+def test_each_example_says_which_line_to_change_for_a_real_board() -> None:
+    for path in sorted((DEPLOY / "examples").glob("*.yaml")):
+        lines = path.read_text().splitlines()
+        marked = [i for i, line in enumerate(lines) if "REAL BOARD:" in line]
+        assert marked, f"{path.name} does not say what to change for a real board"
+        for index in marked:
+            # The marked comment sits right above the line it is about (or its comment block).
+            following = next(
+                line for line in lines[index + 1 :] if not line.lstrip().startswith("#")
+            )
+            assert ":" in following, f"{path.name}:{index + 1} marks no setting"
+
+
 def test_runtimeclass_schedules_only_where_the_runtime_is_installed() -> None:
     runtime_class = _one("RuntimeClass", "hybrid")
     daemonset = _one("DaemonSet", "smarter-hybrid-runtime")
