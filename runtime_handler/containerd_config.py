@@ -50,6 +50,20 @@ _TEMPLATE_BASE = '{{ template "base" . }}'
 # The schemas a containerd of each major version reads (2.x migrates 1 and 2 on load).
 _SCHEMAS_READ = {1: (1, 2), 2: (1, 2, 3)}
 _DRY_RUN_TIMEOUT = 30.0
+# containerd 1.6/1.7's default runc options, in their order (all zero values).
+_RUNC_DEFAULT_OPTIONS = (
+    ("NoPivotRoot", "false"),
+    ("NoNewKeyring", "false"),
+    ("ShimCgroup", '""'),
+    ("IoUid", "0"),
+    ("IoGid", "0"),
+    ("BinaryName", '""'),
+    ("Root", '""'),
+    ("CriuPath", '""'),
+    ("SystemdCgroup", "false"),
+    ("CriuImagePath", '""'),
+    ("CriuWorkPath", '""'),
+)
 
 
 class ContainerdConfigError(ConfigError):
@@ -87,16 +101,23 @@ def runtime_tables(
 
 
 def builtin_runtime_tables(version: int) -> str:
-    """containerd's built-in `runc` runtime, declared as containerd 1.6/1.7 default it.
+    """containerd's built-in `runc` runtime, declared exactly as containerd 1.6/1.7 default it.
 
-    Their `DefaultConfig` has runtime_type io.containerd.runc.v2 and runc options that are all
-    zero values (the same as none); 1.7 fills an empty sandbox_mode with `podsandbox` itself.
+    Their `DefaultConfig` (pkg/cri/config/config_unix.go) gives runtime_type
+    io.containerd.runc.v2 and these runc options, all zero values; 1.7 fills an empty
+    sandbox_mode with `podsandbox` itself. `containerd config dump` shows the same runtime
+    before and after.
     """
     plugin = ".".join(_toml_key(key) for key in containerd.cri_runtime_plugin(version))
+    table = f"{plugin}.containerd.runtimes.{containerd.BUILTIN_RUNTIME}"
+    options = "".join(f"  {key} = {value}\n" for key, value in _RUNC_DEFAULT_OPTIONS)
     return (
         "# containerd's built-in runtime, declared because a runtimes table replaces it\n"
-        f"[{plugin}.containerd.runtimes.{containerd.BUILTIN_RUNTIME}]\n"
+        f"[{table}]\n"
         f'  runtime_type = "{containerd.RUNC_SHIM}"\n'
+        "\n"
+        f"[{table}.options]\n"
+        f"{options}"
     )
 
 
