@@ -23,7 +23,13 @@ KUBERNETES_VERSIONS = ["1.28.0", "1.37.0"]
 
 
 def _manifest_files() -> list[Path]:
-    return sorted(path for path in DEPLOY.rglob("*.yaml") if path.name != "kustomization.yaml")
+    # A component's files are patches, not whole objects: tests/deploy/test_least_privilege.py
+    # validates the DaemonSets they make.
+    return sorted(
+        path
+        for path in DEPLOY.rglob("*.yaml")
+        if path.name != "kustomization.yaml" and "components" not in path.relative_to(DEPLOY).parts
+    )
 
 
 def _documents(path: Path) -> Iterator[dict[str, Any]]:
@@ -139,10 +145,32 @@ def test_runtime_installer_configures_the_hosts_containerd_and_may_restart_it() 
     command = install["args"][0].splitlines()[-1].split()
     assert command[:3] == ["exec", "smarter-hybrid-runtime", "install-containerd-config"]
     (host_root,) = [word.split("=", 1)[1] for word in command if word.startswith("--host-root=")]
-    assert _host_path_of(spec, install, host_root) == PurePosixPath("/")
-    # The restart enters PID 1's namespaces: only a privileged pod in the host PID namespace can.
+    _assert_host_dirs_keep_their_paths_under(host_root, spec, install)
+    # The restart enters PID 1's namespaces: only a pod in the host PID namespace can, and only
+    # with the capabilities setns(2) asks for (tests/deploy/test_least_privilege.py).
     assert "--restart" in command
-    assert spec["hostPID"] is True and install["securityContext"]["privileged"] is True
+    assert spec["hostPID"] is True
+    assert {"SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE"} <= set(
+        install["securityContext"]["capabilities"]["add"]
+    )
+
+
+def _assert_host_dirs_keep_their_paths_under(
+    host_root: str, spec: dict[str, Any], container: dict[str, Any]
+) -> None:
+    """Every host path mounted under `host_root` sits at its own path there, as the installers
+    expect of a host root; and the host's / itself is not mounted."""
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    under = [
+        m
+        for m in container["volumeMounts"]
+        if PurePosixPath(m["mountPath"]).is_relative_to(host_root) and m["name"] in host_paths
+    ]
+    assert under, f"{container['name']} mounts nothing under {host_root}"
+    for mount in under:
+        inside = PurePosixPath("/") / PurePosixPath(mount["mountPath"]).relative_to(host_root)
+        assert inside != PurePosixPath("/"), f"{container['name']} mounts a whole host root"
+        assert _host_path_of(spec, container, mount["mountPath"]) == inside, mount
 
 
 def test_cni_installer_installs_the_conflist_the_agent_and_dnsmasq_read() -> None:
@@ -150,7 +178,7 @@ def test_cni_installer_installs_the_conflist_the_agent_and_dnsmasq_read() -> Non
     (install,) = spec["initContainers"]
     assert install["command"] == ["smarter-cni"] and install["args"][0] == "install"
     options = dict(arg.removeprefix("--").split("=", 1) for arg in install["args"][1:])
-    assert _host_path_of(spec, install, options["host-root"]) == PurePosixPath("/")
+    _assert_host_dirs_keep_their_paths_under(options["host-root"], spec, install)
     assert PurePosixPath(options["plugin"]).name == cni_install.PLUGIN_NAME
     kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     (generator,) = [
