@@ -1,9 +1,13 @@
-"""The rules file: which entries under `/dev` become resources, and how many pods may share each.
+r"""The rules file: which entries under `/dev` become resources, and how many pods may share each.
 
 Compatible with smarter-device-manager's `conf.yaml`: a YAML list of
 `{devicematch: <regex>, nummaxdevices: <int>}`. The regex is searched in every path relative to
 `/dev` (`ttyUSB0`, `snd`, `bus/usb/001/002`); a match names the resource after that path with `/`
 replaced by `_`. The whole file is validated before any of it is used.
+
+The regexes are RE2, through Google's own library: the original compiles them with Go's `regexp`,
+which is RE2 syntax and semantics, and Python's `re` reads the same text differently (POSIX
+classes such as `[[:digit:]]`, `\z` and `\pN` are RE2; lookaround and backreferences are not).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+import re2
 import yaml
 
 from smarter_common.errors import ConfigError
@@ -31,6 +36,16 @@ _MAX_NAME = 63
 # kubelet does not check, but tools that read them back (pod resources API, labels) may.
 MAX_DEVICE_ID = 63
 
+# Go's regexp and RE2 refuse the same patterns; RE2's own stderr logging of each refusal is off,
+# the refusal is reported once, as a ConfigError naming the rule.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+_RE2_HINT = (
+    "devicematch is RE2 syntax, as the original's Go regexp reads it: no lookaround, "
+    "backreferences or possessive quantifiers, '\\z' ends the text; "
+    "https://github.com/google/re2/wiki/Syntax"
+)
+
 EntryKind = Literal["char", "block", "dir", "link", "other"]
 
 
@@ -40,7 +55,7 @@ class Rule:
 
     number: int
     devicematch: str
-    pattern: re.Pattern[str]
+    pattern: re2._Regexp[str]
     nummaxdevices: int
 
 
@@ -173,12 +188,7 @@ def _parse_rule(item: Any, number: int, source: str) -> Rule:
             f"{where}: field 'devicematch' is empty and would match every entry in /dev",
             hint="anchor the pattern, e.g. '^ttyUSB[0-9]+$'",
         )
-    try:
-        pattern = re.compile(devicematch)
-    except re.error as exc:
-        raise ConfigError(
-            f"{where}: field 'devicematch' is not a valid regular expression: {exc}"
-        ) from exc
+    pattern = _compile(devicematch, where)
     shares = item["nummaxdevices"]
     if isinstance(shares, bool) or not isinstance(shares, int):
         raise ConfigError(
@@ -190,6 +200,31 @@ def _parse_rule(item: Any, number: int, source: str) -> Rule:
             hint="1 makes the device exclusive to one container",
         )
     return Rule(number=number, devicematch=devicematch, pattern=pattern, nummaxdevices=shares)
+
+
+def _compile(devicematch: str, where: str) -> re2._Regexp[str]:
+    try:
+        return re2.compile(devicematch, _RE2_OPTIONS)
+    except re2.error as exc:
+        raise ConfigError(
+            f"{where}: field 'devicematch' is not a valid RE2 regular expression: "
+            f"{_re2_reason(exc)}",
+            hint=_RE2_HINT,
+        ) from exc
+    except UnicodeEncodeError as exc:
+        # YAML escapes can spell lone surrogates, which have no UTF-8 form to hand to RE2.
+        raise ConfigError(
+            f"{where}: field 'devicematch' holds {exc.object[exc.start : exc.end]!r}, "
+            "which is not text RE2 can read (a lone surrogate)"
+        ) from exc
+
+
+def _re2_reason(exc: re2.error) -> str:
+    """RE2's own words for a refused pattern (the binding hands them over as bytes)."""
+    reason = exc.args[0] if exc.args else exc
+    if isinstance(reason, bytes):
+        return reason.decode("utf-8", "replace")
+    return str(reason)
 
 
 def resource_short_name(path: str) -> str | None:

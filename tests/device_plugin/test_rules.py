@@ -22,6 +22,7 @@ from device_plugin.server import preferred_allocation
 from smarter_common.errors import ConfigError
 
 DEPLOYED_RULES = Path(__file__).resolve().parents[2] / "deploy/device-manager/rules-configmap.yaml"
+ORIGINAL_RULES = Path(__file__).resolve().parents[1] / "fixtures/device-manager/original-conf.yaml"
 
 
 def rules(text: str) -> list[Rule]:
@@ -76,7 +77,7 @@ def test_an_empty_list_is_no_rules() -> None:
         (
             "- devicematch: ^ok$\n  nummaxdevices: 1\n- devicematch: ^tty[\n  nummaxdevices: 1\n",
             "conf.yaml: rule 2 (devicematch '^tty['): field 'devicematch' is not a valid "
-            "regular expression: unterminated character set at position 4",
+            "RE2 regular expression: missing ]: [",
         ),
         (
             "- devicematch: ^tty$\n  nummaxdevices: -1\n",
@@ -190,6 +191,99 @@ def test_the_regex_is_searched_not_anchored_like_the_original() -> None:
     found = match_devices(rules("- devicematch: video\n  nummaxdevices: 1\n"), tree)
     assert [r.name for r in found] == ["smarter-devices/v4l_video-index0", "smarter-devices/video0"]
     assert found[0].nodes == (NodeSpec("v4l/video-index0", "video0"),)
+
+
+def test_the_originals_own_default_rules_are_read_as_it_reads_them() -> None:
+    original = load_rules(ORIGINAL_RULES)
+    assert [(r.devicematch, r.nummaxdevices) for r in original][:3] == [
+        ("^snd$", 20),
+        ("^gpiomem$", 40),
+        ("^gpiochip[0-9]*$", 20),
+    ]
+    assert len(original) == 14
+    raspberry_pi = _tree(
+        ("snd", "dir"),
+        ("snd/controlC0", "char"),
+        ("gpiomem", "char"),
+        ("gpiochip0", "char"),
+        ("i2c-1", "char"),
+        ("rtc0", "char"),
+        ("video10", "char"),
+        ("vchiq", "char"),
+        ("vcsm-cma", "char"),
+        ("ttyUSB0", "char"),
+        ("ttyACM0", "char"),
+        ("ttyS0", "char"),
+        ("ttyAMA0", "char"),
+        ("null", "char"),
+    )
+    found = {r.short_name: r.shares for r in match_devices(original, raspberry_pi)}
+    assert found == {
+        "snd": 20,
+        "gpiomem": 40,
+        "gpiochip0": 20,
+        "i2c-1": 1,
+        "rtc0": 20,
+        "video10": 20,
+        "vchiq": 20,
+        "vcsm-cma": 20,
+        "ttyUSB0": 1,
+        "ttyACM0": 1,
+        "ttyS0": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "devicematch",
+    [
+        r"^ttyUSB[[:digit:]]+$",  # POSIX class in brackets: Python's re reads a nested set
+        r"^ttyUSB\pN+\z",  # one-letter Unicode class and end of text: Python's re refuses both
+        r"^ttyUSB\p{Nd}$",
+        r"^\QttyUSB\E[0-9]$",  # quoted literal text
+        r"(?i)^TTYusb[0-9]$",
+    ],
+)
+def test_rules_in_re2_syntax_match_as_in_the_original(devicematch: str) -> None:
+    tree = _tree(("ttyUSB0", "char"), ("ttyUSBx", "char"), ("ttyUSB", "char"), ("ttyACM0", "char"))
+    found = match_devices(rules(f"- devicematch: '{devicematch}'\n  nummaxdevices: 1\n"), tree)
+    assert [r.entry for r in found] == ["ttyUSB0"]
+
+
+@pytest.mark.parametrize(
+    ("devicematch", "reason"),
+    [
+        (r"^tty(?=USB)", "invalid perl operator: (?="),
+        (r"(?<=tty)USB0", "invalid perl operator: (?<="),
+        (r"^(tty)\1$", "invalid escape sequence: \\1"),
+        (r"^ttyUSB0\Z", "invalid escape sequence: \\Z"),
+        (r"^ttyUSB[0-9]++$", "bad repetition operator: ++"),
+        (r"^(?>tty)USB", "invalid perl operator: (?>"),
+    ],
+    ids=["lookahead", "lookbehind", "backreference", "python-end-of-text", "possessive", "atomic"],
+)
+def test_python_only_constructs_are_refused_naming_the_rule_and_re2s_reason(
+    devicematch: str, reason: str
+) -> None:
+    text = (
+        "- devicematch: ^snd$\n  nummaxdevices: 1\n"
+        f"- devicematch: '{devicematch}'\n  nummaxdevices: 1\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        rules(text)
+    assert caught.value.message == (
+        f"conf.yaml: rule 2 (devicematch {devicematch!r}): field 'devicematch' is not a valid "
+        f"RE2 regular expression: {reason}"
+    )
+    assert caught.value.hint is not None and "RE2 syntax" in caught.value.hint
+
+
+def test_a_pattern_re2_cannot_read_as_text_is_refused_naming_the_rule() -> None:
+    with pytest.raises(ConfigError) as caught:
+        rules('- devicematch: "^tty\\ud800$"\n  nummaxdevices: 1\n')
+    assert caught.value.message == (
+        "conf.yaml: rule 1 (devicematch '^tty\\ud800$'): field 'devicematch' holds '\\ud800', "
+        "which is not text RE2 can read (a lone surrogate)"
+    )
 
 
 def test_the_first_matching_rule_decides_the_share_count() -> None:
