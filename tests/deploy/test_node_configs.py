@@ -21,7 +21,7 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -217,7 +217,7 @@ def node(bed: Bed, tmp_path: Path) -> Iterator[Node]:
         started.close()
 
 
-def _host_root(tmp_path: Path, host_path: containerd.PurePosixPath, text: str | None) -> Path:
+def _host_root(tmp_path: Path, host_path: PurePosixPath, text: str | None) -> Path:
     root = tmp_path / "host"
     target = HostRoot(root).path(host_path)
     target.parent.mkdir(parents=True)
