@@ -8,11 +8,13 @@ Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -53,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         help="how long to follow the firmware's console (default 6)",
     )
     parser.add_argument(
+        "--containerd-config",
+        type=Path,
+        metavar="FILE",
+        help="the distribution's containerd config the node starts from, before the installers"
+        " run (default: Debian 12's packaged one, tests/fixtures/containerd/debian-12.toml)",
+    )
+    parser.add_argument(
         "--keep-work-dir",
         action="store_true",
         help="keep the work directory (logs, configs) after the teardown",
@@ -80,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     config = GatewayConfig(core=args.core, keep_work_dir=args.keep_work_dir)
+    if args.containerd_config is not None:
+        config = dataclasses.replace(config, containerd_config=args.containerd_config)
     gateway = Gateway(config, progress=_step)
     status = 0
     try:
