@@ -64,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
 def _operator(arguments: list[str]) -> int:
     from pathlib import Path
 
-    from cni.errors import CniError
     from smarter_common.cli import configure_logging_from, host_root_from
+    from smarter_common.errors import SmarterError
 
     parser = _parser()
     args = parser.parse_args(arguments)
@@ -80,7 +80,7 @@ def _operator(arguments: list[str]) -> int:
 
             return serve(Path(args.conf), Path(args.socket) if args.socket else None, root)
         return _dns(Path(args.conf), args.print, args.dnsmasq, root)
-    except CniError as error:
+    except SmarterError as error:  # CniError included
         print(f"smarter-cni: {error}", file=sys.stderr)
         return 1
 
@@ -89,6 +89,7 @@ def _dns(conf_path: Path, print_only: bool, binary: str | None, root: HostRoot) 
     import shlex
 
     from cni import config, dnsmasq
+    from smarter_common.errors import SmarterError
 
     conf = config.parse(config.load_conflist(conf_path))
     command = dnsmasq.argv(conf, binary=binary or dnsmasq.DNSMASQ, host_root=root)
@@ -96,7 +97,17 @@ def _dns(conf_path: Path, print_only: bool, binary: str | None, root: HostRoot) 
         print(shlex.join(command))
         return 0
     # dnsmasq watches the directory; it must exist before the first pod is added.
-    root.path(conf.dns.hosts_dir).mkdir(parents=True, exist_ok=True)
+    hosts = root.path(conf.dns.hosts_dir)
+    hosts.mkdir(parents=True, exist_ok=True)
+    blocked = dnsmasq.unreadable_for_dnsmasq(hosts)
+    if blocked is not None:
+        # Started anyway, dnsmasq would log `bad dynamic directory` and answer no pod name.
+        raise SmarterError(
+            f"dnsmasq runs as user {dnsmasq.DNSMASQ_USER}, which cannot read the hosts"
+            f" directory {hosts}: it cannot enter or read {blocked}",
+            hint=f"let others enter it (chmod o+rx {blocked}), or move stateDir or"
+            " dns.hostsDir to a directory they can enter",
+        )
     dnsmasq.exec_dnsmasq(command)
     return 1
 

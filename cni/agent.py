@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from cni import client, config, plugin
-from cni.errors import CniError
+from cni.errors import INVALID_CONFIG, CniError
 from cni.node import Node, WarmState
 from smarter_common.hostroot import HostRoot
 from smarter_common.logs import get_logger
@@ -69,6 +69,19 @@ def answer(message: bytes, nodes: _Nodes) -> bytes:
     return client.encode_answer(status, output)
 
 
+def _too_large(error: client.MessageTooLargeError) -> bytes:
+    """The answer to a request the agent stopped reading: a CNI error, and a log line."""
+    log.warning("request_too_large", read=len(error.head), limit=client.MAX_MESSAGE)
+    failure = CniError(
+        INVALID_CONFIG,
+        "request too large for the smarter-cni agent",
+        f"more than {client.MAX_MESSAGE} bytes of environment and network configuration",
+        hint="a network configuration this large is not one smarter-cni can have written",
+    )
+    version = client.answer_version(error.head.partition(b":")[2])
+    return client.encode_answer(1, json.dumps(failure.to_dict(version)).encode())
+
+
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     # The listen backlog. socketserver's default of 5 makes a burst of pods (a node coming up,
@@ -82,8 +95,12 @@ class _Handler(socketserver.BaseRequestHandler):
     server: _Server
 
     def handle(self) -> None:
-        message = client.read_all(self.request)
-        reply = answer(message, self.server.nodes)
+        try:
+            message = client.read_all(self.request)
+        except client.MessageTooLargeError as error:
+            reply = _too_large(error)
+        else:
+            reply = answer(message, self.server.nodes)
         try:
             self.request.sendall(reply)
         except OSError as error:

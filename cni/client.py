@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 FORWARDED = frozenset({"ADD", "DEL", "CHECK", "STATUS", "GC"})
+# The spec versions smarter-cni speaks (here, not in cni.request: the launcher needs them too).
+SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
+# What an error says when the configuration names no version.
+DEFAULT_VERSION = "1.1.0"
 ENV_NAMES = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
 DEFAULT_SOCKET = "/var/lib/smarter-cni/agent.sock"
 CONNECT_TIMEOUT = 0.5
@@ -170,6 +174,14 @@ def _answer_timeout(value: str, where: str) -> float:
     return seconds
 
 
+class MessageTooLargeError(OSError):
+    """More than MAX_MESSAGE bytes arrived; `head` holds what was read."""
+
+    def __init__(self, head: bytes) -> None:
+        super().__init__(f"message larger than {MAX_MESSAGE} bytes")
+        self.head = head
+
+
 class AgentUnavailableError(Exception):
     """The agent could not be asked; the plugin should do the work in-process."""
 
@@ -219,9 +231,33 @@ def _string_value(stdin: bytes, key: bytes) -> str | None:
     return value.decode("utf-8", "replace")
 
 
+def answer_version(stdin: bytes) -> str:
+    """The version to answer an error in: the configuration's whenever it can be read.
+
+    Only on error paths, so json's import cost does not matter here. Negotiated as
+    cni.request.negotiate_version does (its cniVersions list, CNI 1.1), else `cniVersion`; for
+    a configuration that is not JSON, the first `cniVersion` string found in it.
+    """
+    import json
+
+    try:
+        config = json.loads(stdin)
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        return _string_value(stdin, b'"cniVersion"') or DEFAULT_VERSION
+    given = config.get("cniVersion")
+    version = given if isinstance(given, str) and given else None
+    listed = config.get("cniVersions")
+    if isinstance(listed, list):
+        supported = [v for v in SUPPORTED_VERSIONS if v in listed or v == version]
+        version = supported[-1] if supported else version
+    return version or DEFAULT_VERSION
+
+
 def error_output(stdin: bytes, code: int, msg: str, details: str) -> bytes:
-    """The spec's error JSON for a failure the plugin reports without importing json."""
-    version = _string_value(stdin, b'"cniVersion"') or "1.1.0"
+    """The spec's error JSON for a failure the plugin reports without decoding the request."""
+    version = answer_version(stdin)
     fields = (("cniVersion", version), ("msg", msg), ("details", details))
     body = ", ".join(f'"{name}": {_json_string(value)}' for name, value in fields)
     return f'{{"code": {int(code)}, {body}}}'.encode()
@@ -380,9 +416,9 @@ def read_all(sock: _socket.socket) -> bytes:
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)
-        if size > MAX_MESSAGE:
-            raise OSError("message larger than 4 MiB")
         chunks.append(chunk)
+        if size > MAX_MESSAGE:
+            raise MessageTooLargeError(b"".join(chunks))
 
 
 def _netstring(data: bytes) -> bytes:

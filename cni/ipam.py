@@ -74,15 +74,27 @@ class LeaseStore:
                 raise CniError(
                     ADDRESS_POOL_EXHAUSTED,
                     "no free address",
-                    f"all {self._last - self._first + 1} addresses from"
+                    f"all {self.leasable} leasable addresses from"
                     f" {ipaddress.IPv4Address(self._first)} to"
-                    f" {ipaddress.IPv4Address(self._last)} are leased",
+                    f" {ipaddress.IPv4Address(self._last)} are leased{self._reserved_note()}",
                     hint="widen the subnet or range, or run GC to free leases of dead pods",
                 )
             address = ipaddress.IPv4Address(chosen)
             self._create(self.directory / str(address), f"{container_id}\n{ifname}\n")
             (self.directory / _LAST).write_text(str(address))
             return address
+
+    @property
+    def leasable(self) -> int:
+        """How many addresses of the range can be leased (the reserved ones cannot)."""
+        return self._last - self._first + 1 - len(self._reserved_in_range())
+
+    def _reserved_in_range(self) -> list[int]:
+        return sorted(a for a in self._reserved if self._first <= a <= self._last)
+
+    def _reserved_note(self) -> str:
+        reserved = [str(ipaddress.IPv4Address(a)) for a in self._reserved_in_range()]
+        return f" ({', '.join(reserved)} reserved: the gateway)" if reserved else ""
 
     def release(self, container_id: str, ifname: str) -> list[ipaddress.IPv4Address]:
         """Remove every lease of (container_id, ifname); the addresses freed."""

@@ -35,6 +35,8 @@ from cni.errors import INVALID_ENVIRONMENT, NETWORK_SETUP_FAILED, TRY_AGAIN_LATE
 T = TypeVar("T")
 
 _CLONE_NEWNET = 0x40000000
+# ioctl(2) on a namespace file: its CLONE_NEW* type (linux/nsfs.h, _IO(0xb7, 0x3); Linux 4.11).
+_NS_GET_NSTYPE = 0xB703
 _IFF_UP = 0x1
 _RT_TABLE_MAIN = 254
 _RTPROT_BOOT = 3
@@ -311,12 +313,25 @@ def in_pod(netns_path: str, work: Callable[[Any], T]) -> T:
     return in_netns(netns_path, run)
 
 
-def refuse_own_netns(netns_path: str) -> None:
-    """Refuse a "pod" namespace that is the calling thread's own, i.e. the node's."""
+def refuse_unusable_netns(netns_path: str) -> None:
+    """Refuse a "pod" namespace that is not a network namespace, or is the node's own.
+
+    Checked before anything is created: the kernel would only refuse the veth later, with an
+    EINVAL that says nothing of the path.
+    """
     try:
         target = os.stat(netns_path)
     except OSError:
         return  # not there: the caller reports that in its own words
+    kind = _namespace_kind(netns_path)
+    if kind != _CLONE_NEWNET:
+        found = _file_kind(target.st_mode) if kind is None else "another kind of namespace"
+        raise CniError(
+            INVALID_ENVIRONMENT,
+            "CNI_NETNS is not a network namespace",
+            f"{netns_path} is {found}",
+            hint="pass the path of the container's network namespace, e.g. /run/netns/<name>",
+        )
     own = os.stat("/proc/thread-self/ns/net")
     if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
         raise CniError(
@@ -325,6 +340,32 @@ def refuse_own_netns(netns_path: str) -> None:
             netns_path,
             hint="pass the container's network namespace",
         )
+
+
+def _namespace_kind(path: str) -> int | None:
+    """The CLONE_NEW* type of the namespace file at `path`; None if it is not one."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return fcntl.ioctl(fd, _NS_GET_NSTYPE)
+    except OSError:
+        return None  # ENOTTY: a file, directory or device, not a namespace
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    import stat
+
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a special file"
 
 
 def add_pod_interface(
@@ -338,7 +379,7 @@ def add_pod_interface(
 ) -> tuple[Link, Link]:
     """A veth pair: `host_name` on the bridge, `ifname` in the pod with address and route.
 
-    The caller has refused the node's own namespace (`refuse_own_netns`) before taking a lease.
+    The caller has refused an unusable namespace (`refuse_unusable_netns`) before taking a lease.
     """
     host_mac, pod_mac = random_mac(), random_mac()
     try:

@@ -114,7 +114,7 @@ class Node:
     def add(self, request: Request) -> dict[str, Any]:
         log = self.log.bind(container_id=request.container_id, ifname=request.ifname)
         netns = str(self.root.path(request.netns))
-        netlink.refuse_own_netns(netns)
+        netlink.refuse_unusable_netns(netns)
         host_name = netlink.host_ifname(request.container_id, request.ifname)
         with self._attachment(host_name):
             address = self.leases.acquire(request.container_id, request.ifname)

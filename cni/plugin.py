@@ -95,17 +95,20 @@ def execute(env: Mapping[str, str], stdin: bytes, node_for: NodeFor) -> tuple[in
     from cni import request
     from cni.errors import CniError
 
-    version = "1.1.0"
+    version: str | None = None
     try:
         req = request.parse(env, stdin)
         version = req.cni_version
         result = handle(req, node_for)
     except CniError as error:
-        return 1, json.dumps(error.to_dict(version)).encode()
+        failure = error
     except Exception as error:
         failure = CniError(INTERNAL_ERROR, "smarter-cni failed", f"{type(error).__name__}: {error}")
-        return 1, json.dumps(failure.to_dict(version)).encode()
-    return 0, b"" if result is None else json.dumps(result).encode()
+    else:
+        return 0, b"" if result is None else json.dumps(result).encode()
+    # Refused before the request was whole: still answer in the configuration's version.
+    answer = failure.to_dict(version or client.answer_version(stdin))
+    return 1, json.dumps(answer).encode()
 
 
 def nodes_under(host_root: str = "/") -> NodeFor:

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 
+from cni.client import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS
 from cni.errors import DECODE_FAILURE, INVALID_ENVIRONMENT, CniError
 from cni.names import name_danger
 
@@ -18,7 +19,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
 _ATTACHMENT_COMMANDS = ("ADD", "DEL", "CHECK")
 _NEEDS_NETNS = ("ADD", "CHECK")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -286,3 +287,44 @@ def test_agent_takes_a_burst_of_connections_before_accepting_any(tmp_path: Path)
         for client in clients:
             client.close()
         server.server_close()
+
+
+def test_request_over_the_agents_limit_is_a_cni_error_and_a_log_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from cni.agent import _Handler, _Nodes, _Server
+    from cni.client import MAX_MESSAGE
+    from smarter_common.hostroot import HostRoot
+
+    path = str(tmp_path / "agent.sock")
+    server = _Server(path, _Handler)
+    server.nodes = _Nodes(HostRoot(tmp_path))
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    serving.start()
+    stdin = b'{"cniVersion": "0.4.0", "pad": "' + b"x" * MAX_MESSAGE + b'"}'
+    plugin = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        plugin.settimeout(10)
+        plugin.connect(path)
+
+        def send() -> None:
+            with contextlib.suppress(OSError):  # the agent stops reading at its limit
+                plugin.sendall(encode_request({"CNI_COMMAND": "ADD"}, stdin))
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        answer = read_all(plugin)
+        sender.join(timeout=10)
+    finally:
+        plugin.close()
+        server.shutdown()
+        server.server_close()
+        serving.join(timeout=10)
+    status, _, output = answer.partition(b"\n")
+    error = json.loads(output)
+    assert status == b"1"
+    assert (error["code"], error["cniVersion"]) == (7, "0.4.0")
+    assert error["msg"] == "request too large for the smarter-cni agent"
+    logged = capfd.readouterr()
+    assert "request_too_large" in logged.out + logged.err
+    assert "Traceback" not in logged.out + logged.err

@@ -83,3 +83,44 @@ def test_dns_with_an_invalid_conflist_says_what_is_wrong(tmp_path: Path) -> None
     )
     assert result.returncode == 1
     assert "has no plugin of type 'smarter-cni'" in result.stderr
+
+
+def test_dns_refuses_to_start_when_dnsmasqs_user_cannot_read_the_hosts_directory() -> None:
+    import shutil
+    import tempfile
+
+    # Under /tmp, not pytest's tmp_path: that is inside a mode-0700 directory of its own.
+    tmp_path = Path(tempfile.mkdtemp(prefix="scni-dns-", dir="/tmp"))
+    try:
+        _refused_for_a_private_parent(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _refused_for_a_private_parent(tmp_path: Path) -> None:
+    from tests.netns import in_netns, network_namespace
+
+    tmp_path.chmod(0o755)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    state = private / "state"
+    conflist = tmp_path / "10-smarter.conflist"
+    conflist.write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": "smarter",
+        "plugins": [{"type": "smarter-cni", "stateDir": str(state),
+                     "dns": {"upstream": ["127.0.0.1#5399"]}}],
+    }))  # fmt: skip
+    # In a netns of its own: without the check, dnsmasq would start and serve nothing.
+    with network_namespace("scn-dns-") as netns:
+        result = in_netns(
+            netns, sys.executable, "-m", "cni", "dns", "--conf", str(conflist),
+            check=False, timeout=20,
+        )  # fmt: skip
+    assert result.returncode == 1, result
+    assert result.stderr.strip() == (
+        f"smarter-cni: dnsmasq runs as user nobody, which cannot read the hosts directory"
+        f" {state}/hosts: it cannot enter or read {private} (let others enter it"
+        f" (chmod o+rx {private}), or move stateDir or dns.hostsDir to a directory they can"
+        " enter)"
+    )

@@ -87,3 +87,17 @@ def test_processes_racing_for_leases_never_share_an_address(tmp_path: Path) -> N
     addresses = [queue.get(timeout=5) for _ in range(60)]
     assert len(set(addresses)) == 60
     assert len(list(p for p in tmp_path.iterdir() if not p.name.startswith("."))) == 60
+
+
+def test_exhausted_range_counts_only_leasable_addresses(tmp_path: Path) -> None:
+    store = _store(tmp_path)  # 10.9.0.1-6, the gateway 10.9.0.1 among them
+    assert store.leasable == 5
+    for index in range(5):
+        store.acquire(f"c{index}", "eth0")
+    with pytest.raises(CniError) as caught:
+        store.acquire("one-too-many", "eth0")
+    assert caught.value.code == 100
+    assert caught.value.details == (
+        "all 5 leasable addresses from 10.9.0.1 to 10.9.0.6 are leased"
+        " (10.9.0.1 reserved: the gateway)"
+    )

@@ -369,6 +369,20 @@ def test_missing_netns_is_refused_with_code_4_and_leaves_nothing(
         _assert_nothing_left(cni_node, pod)
 
 
+def test_netns_that_is_a_regular_file_is_code_4_before_anything_is_made(
+    cni_node: Node, mode: AgentMode, tmp_path: Path
+) -> None:
+    not_a_netns = tmp_path / "netns"
+    not_a_netns.write_text("")
+    with mode(cni_node):
+        outcome = cni_node.cni("ADD", container_id="file-ns", netns=str(not_a_netns), args=None)
+    assert (outcome.returncode, outcome.json["code"]) == (1, 4), outcome
+    assert outcome.json["msg"] == "CNI_NETNS is not a network namespace"
+    assert outcome.json["details"].startswith(f"{not_a_netns} is a regular file")
+    assert cni_node.leases() == []
+    assert [link for link in cni_node.links() if link.startswith("scni")] == []
+
+
 def test_existing_interface_in_the_pod_is_an_error_and_leaves_nothing_of_ours(
     cni_node: Node,
 ) -> None:

@@ -96,3 +96,35 @@ def test_names_from_other_clients_are_not_refused(name: str) -> None:
     # podman passes its container names: generated `focused_cray`, or any a user chose.
     args = parse_cni_args(f"IgnoreUnknown=1;K8S_POD_NAME={name}")
     assert args["K8S_POD_NAME"] == name
+
+
+@pytest.mark.parametrize(
+    ("config", "env", "version"),
+    [
+        ({"cniVersion": "0.4.0"}, {"CNI_CONTAINERID": "../escape"}, "0.4.0"),
+        ({"cniVersion": "1.0.0"}, {"CNI_COMMAND": "ATTACH"}, "1.0.0"),
+        ({"cniVersion": "1.0.0"}, {"CNI_ARGS": "K8S_POD_NAME=a\nb"}, "1.0.0"),
+        ({"cniVersions": ["0.4.0", "1.0.0"]}, {"CNI_IFNAME": "eth/0"}, "1.0.0"),
+        ({"name": "no-version"}, {"CNI_IFNAME": "eth/0"}, "1.1.0"),
+    ],
+)
+def test_errors_found_before_the_config_is_parsed_answer_in_its_version(
+    tmp_path: Path, config: dict[str, object], env: dict[str, str], version: str
+) -> None:
+    from cni import plugin
+
+    stdin = json.dumps({"name": "smarter", "type": "smarter-cni", **config}).encode()
+    status, output = plugin.execute(_env(tmp_path, **env), stdin, plugin.nodes_under())
+    error = json.loads(output)
+    assert (status, error["code"], error["cniVersion"]) == (1, 4, version)
+
+
+def test_undecodable_config_is_answered_in_the_version_it_names(tmp_path: Path) -> None:
+    from cni import plugin
+
+    status, output = plugin.execute(
+        _env(tmp_path), b'{"cniVersion": "0.4.0", "name": ', plugin.nodes_under()
+    )
+    assert (status, json.loads(output)["code"], json.loads(output)["cniVersion"]) == (
+        1, 6, "0.4.0",
+    )  # fmt: skip
