@@ -46,6 +46,8 @@ _SERVER_OPTIONS = (("grpc.enable_channelz", 0),)
 # to bind a path of 106 bytes or more (its message says "more than 107 characters").
 _MAX_SOCKET_PATH = 105
 _SLOT = re.compile(r"^(?P<device>.+)-(?P<slot>\d+)$")
+# An Allocate refusal names this many unknown IDs at most (it ends up in a pod event).
+_MAX_IDS_SHOWN = 5
 
 _log = get_logger("smarter-device-manager")
 # The generated gRPC module carries no type hints.
@@ -100,6 +102,27 @@ def preferred_allocation(
         chosen.append(free[key].pop()[1])
         held[key] = held.get(key, 0) + 1
     return chosen
+
+
+def unknown_ids_message(resource: str, unknown: Sequence[str], advertised: Sequence[str]) -> str:
+    """Why Allocate refuses IDs this resource does not advertise, as the pod's event shows it.
+
+    The kubelet chose them from an older device list (the rules changed `nummaxdevices`, or the
+    device manager restarted with other rules): the pod has to be admitted anew.
+    """
+    shown = ", ".join(unknown[:_MAX_IDS_SHOWN])
+    if len(unknown) > _MAX_IDS_SHOWN:
+        shown += f", ... ({len(unknown)} in all)"
+    if not advertised:
+        offered = "none"
+    elif len(advertised) > 2:
+        offered = f"{advertised[0]}..{advertised[-1]} ({len(advertised)})"
+    else:
+        offered = ", ".join(advertised)
+    return (
+        f"{resource}: unknown device IDs {shown}; this node advertises {offered}. "
+        "The kubelet chose from an older device list (changed rules?): recreate the pod"
+    )
 
 
 def _device_of(device_id: str) -> tuple[str, int]:
@@ -223,9 +246,14 @@ class ResourcePlugin:
         for req in request.container_requests:
             unknown = sorted(set(req.devices_ids) - set(self.ids))
             if unknown:
+                # The kubelet does not read the code: any error fails the pod's admission
+                # (UnexpectedAdmissionError) with the status text in its event, so the code is
+                # for the operator reading it. The original's plain Go error reaches the kubelet
+                # as UNKNOWN; the request's IDs are what is wrong, which INVALID_ARGUMENT says.
+                self._log.warning("allocate_refused", unknown=unknown, advertised=len(self.ids))
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"{self.resource}: unknown device IDs {', '.join(unknown)}",
+                    unknown_ids_message(self.resource, unknown, self.ids),
                 )
             if offer is None:
                 await context.abort(
