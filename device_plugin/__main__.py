@@ -15,6 +15,9 @@ from smarter_common.errors import SmarterError
 from smarter_common.hostroot import HostRoot
 
 DEFAULT_RULES = Path("/etc/smarter-device-manager/conf.yaml")
+# The node's own kubelet directory: like the rules file it is a path of this process's
+# filesystem, not of the host root (a simulated gateway's root has no kubelet of its own).
+DEFAULT_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 EXIT_CONFIG = 2
 
 
@@ -35,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         "--plugin-dir",
         metavar="DIR",
         type=Path,
-        help="kubelet device plugin directory (default <host root>/var/lib/kubelet/device-plugins)",
+        default=DEFAULT_PLUGIN_DIR,
+        help=f"the kubelet's device plugin directory, not moved by --host-root "
+        f"(default {DEFAULT_PLUGIN_DIR})",
     )
     parser.add_argument(
         "--device-paths",
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smarter-device-manager: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     host = host_root_from(args)
-    plugin_dir: Path = args.plugin_dir or host.device_plugins
+    plugin_dir: Path = args.plugin_dir
     try:
         rules = load_rules(args.rules)
     except SmarterError as exc:

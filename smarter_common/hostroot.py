@@ -1,8 +1,16 @@
-"""Where the host's filesystem is.
+"""Where the host's filesystem is, as far as the hardware goes.
 
-Every path to `/sys`, `/dev`, `/lib/firmware`, `/var/lib/kubelet` or `/run` is resolved under one
-root, so the programs run unchanged on the host (`/`), in a DaemonSet with host paths mounted
-elsewhere, and against the simulated gateway.
+The host root is the directory that stands for the host's `/` where its hardware is seen:
+`/dev`, `/sys` (remote cores, the firmware loader's parameters, the device tree),
+`/lib/firmware`, and the cores' state under `/run` are resolved under it. So the programs run
+unchanged on the host (`/`), in a DaemonSet with the host's paths mounted under `/host`, and
+against the simulated gateway (a directory served by `smarter-sim`).
+
+What belongs to the node's own kubelet and containerd does not move with it: the kubelet's
+device plugin directory (`/var/lib/kubelet/device-plugins`), containerd's state and sockets are
+where this machine's kubelet and containerd keep them, whatever the host root (a simulated
+gateway has neither). A program that must reach them somewhere else says so with a flag of its
+own (`smarter-device-manager --plugin-dir`); this module offers no default for them.
 """
 
 from __future__ import annotations
@@ -67,11 +75,10 @@ class HostRoot:
         return self.path("/lib/firmware")
 
     @property
-    def kubelet(self) -> Path:
-        return self.path("/var/lib/kubelet")
-
-    @property
     def device_plugins(self) -> Path:
+        """Deprecated, and the default of nothing: the kubelet's directory does not follow the
+        host root (see the module docstring). Kept until its last user reads the device
+        manager's `--plugin-dir` instead."""
         return self.path("/var/lib/kubelet/device-plugins")
 
     @property

@@ -22,7 +22,6 @@ def test_well_known_paths_live_under_the_root(tmp_path: Path) -> None:
     host = HostRoot(tmp_path)
     assert host.remoteproc_class == tmp_path / "sys/class/remoteproc"
     assert host.lib_firmware == tmp_path / "lib/firmware"
-    assert host.device_plugins == tmp_path / "var/lib/kubelet/device-plugins"
     assert host.firmware_search_path_param == tmp_path / "sys/module/firmware_class/parameters/path"
     assert host.run == tmp_path / "run"
 

@@ -120,6 +120,9 @@ def daemon_command(host: HostTree, *extra: str) -> list[str]:
         str(host.root),
         "--rules",
         str(host.rules),
+        # Never the default: that is the machine's own kubelet directory.
+        "--plugin-dir",
+        str(host.plugin_dir),
         "--log-format",
         "json",
         *extra,

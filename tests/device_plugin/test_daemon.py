@@ -240,13 +240,51 @@ def test_broken_rules_are_reported_and_the_last_good_rules_kept(
     assert event["level"] == "error"
     assert event["error"].startswith(
         f"{gateway.rules}: rule 1 (devicematch '^ttyUSB['): field 'devicematch' is not a valid "
-        "regular expression"
+        "RE2 regular expression: missing ]: ["
     )
     # The last good rules still decide: a new serial port is still a resource, snd still served.
     gateway.node("ttyUSB1", minor=1)
     kubelet.wait_registered({"smarter-devices/ttyUSB1"}, timeout=WAIT_S)
     assert (gateway.plugin_dir / "smarter-snd.sock").is_socket()
     assert daemon.process.poll() is None
+
+
+def test_a_rule_re2_refuses_is_reported_and_the_last_good_rules_kept(
+    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+) -> None:
+    daemon = start_daemon()
+    kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
+
+    # Python's re would take the lookahead and serve only the new rules' matches.
+    gateway.write_rules(
+        "- devicematch: ^video[0-9]+$\n  nummaxdevices: 1\n"
+        "- devicematch: ^tty(?=USB)\n  nummaxdevices: 1\n"
+    )
+    daemon.wait_log("rules_rejected")
+    (event,) = _events(daemon, "rules_rejected")
+    assert event["error"] == (
+        f"{gateway.rules}: rule 2 (devicematch '^tty(?=USB)'): field 'devicematch' is not a valid "
+        "RE2 regular expression: invalid perl operator: (?= (devicematch is RE2 syntax, as the "
+        "original's Go regexp reads it: no lookaround, backreferences or possessive quantifiers, "
+        "'\\z' ends the text; https://github.com/google/re2/wiki/Syntax)"
+    )
+    gateway.node("ttyUSB1", minor=1)
+    kubelet.wait_registered({"smarter-devices/ttyUSB1"}, timeout=WAIT_S)
+    assert kubelet.devices("smarter-devices/snd") is not None
+    assert len(kubelet.devices("smarter-devices/video0") or []) == 2  # still the old count
+    assert daemon.process.poll() is None
+
+
+def test_rules_in_the_originals_re2_dialect_are_served(
+    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+) -> None:
+    gateway.write_rules(
+        "- devicematch: ^ttyUSB[[:digit:]]+$\n  nummaxdevices: 1\n"
+        "- devicematch: ^video\\pN\\z\n  nummaxdevices: 2\n"
+    )
+    start_daemon()
+    wanted = {"smarter-devices/ttyUSB0", "smarter-devices/video0", "smarter-devices/rproc0"}
+    assert set(kubelet.wait_registered(wanted, timeout=WAIT_S)) == wanted
 
 
 def test_allocate_a_directory_rule_hands_over_every_node_below_it(
@@ -266,7 +304,7 @@ def test_allocate_a_directory_rule_hands_over_every_node_below_it(
 def test_allocate_a_tty_gives_its_node_and_refuses_unknown_ids(
     gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
-    start_daemon()
+    daemon = start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
     connection = kubelet.connection("smarter-devices/ttyUSB0")
     response = connection.allocate(["ttyUSB0-0"], ["ttyUSB0-0"])
@@ -276,8 +314,15 @@ def test_allocate_a_tty_gives_its_node_and_refuses_unknown_ids(
     ] == [[("/dev/ttyUSB0", "/dev/ttyUSB0", "rw")]] * 2
     with pytest.raises(grpc.RpcError) as refused:
         connection.allocate(["ttyUSB0-0", "ttyUSB9-0"])
+    # The kubelet fails the pod's admission on any Allocate error and puts this text in the
+    # pod's event ("Allocate failed due to rpc error: code = InvalidArgument desc = ...").
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert refused.value.details() == "smarter-devices/ttyUSB0: unknown device IDs ttyUSB9-0"
+    assert refused.value.details() == (
+        "smarter-devices/ttyUSB0: unknown device IDs ttyUSB9-0; this node advertises ttyUSB0-0. "
+        "The kubelet chose from an older device list (changed rules?): recreate the pod"
+    )
+    (event,) = _events(daemon, "allocate_refused")
+    assert (event["resource"], event["unknown"]) == ("smarter-devices/ttyUSB0", ["ttyUSB9-0"])
 
 
 def test_allocate_a_core_names_it_in_the_env_and_gives_its_console(
@@ -404,6 +449,59 @@ def test_broken_rules_at_start_exit_2_with_the_message_and_serve_nothing(
         "'nummaxdevices' is 0, must be between 1 and 1000 (1 makes the device exclusive to one "
         "container)\n"
     )
+    assert list(gateway.plugin_dir.iterdir()) == []
+
+
+def test_a_rule_re2_refuses_at_start_exits_2_naming_the_rule_and_re2s_reason_only(
+    gateway: HostTree,
+) -> None:
+    gateway.write_rules(
+        "- devicematch: ^snd$\n  nummaxdevices: 1\n- devicematch: ^(tty)\\1$\n  nummaxdevices: 1\n"
+    )
+    result = subprocess.run(
+        daemon_command(gateway), cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    # One line: RE2's own logging of the refusal (absl, to stderr) is off.
+    assert result.stderr == (
+        f"smarter-device-manager: {gateway.rules}: rule 2 (devicematch '^(tty)\\\\1$'): field "
+        "'devicematch' is not a valid RE2 regular expression: invalid escape sequence: \\1 "
+        "(devicematch is RE2 syntax, as the original's Go regexp reads it: no lookaround, "
+        "backreferences or possessive quantifiers, '\\z' ends the text; "
+        "https://github.com/google/re2/wiki/Syntax)\n"
+    )
+    assert list(gateway.plugin_dir.iterdir()) == []
+
+
+def test_with_a_host_root_the_daemon_still_registers_with_the_nodes_own_kubelet(
+    gateway: HostTree,
+) -> None:
+    # The node's /var/lib is a tmpfs of a mount namespace of the test's own, holding the kubelet
+    # stand-in: the daemon, given only SMARTER_HOST_ROOT, must find it there.
+    result = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            'mount -t tmpfs smarter-test /var/lib && exec "$@"',
+            "sh",
+            sys.executable,
+            "-m",
+            "tests.device_plugin.nodes_kubelet",
+            str(gateway.root),
+            str(gateway.rules),
+            *EXPECTED,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == sorted(EXPECTED)
     assert list(gateway.plugin_dir.iterdir()) == []
 
 
