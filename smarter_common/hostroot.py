@@ -75,13 +75,6 @@ class HostRoot:
         return self.path("/lib/firmware")
 
     @property
-    def device_plugins(self) -> Path:
-        """Deprecated, and the default of nothing: the kubelet's directory does not follow the
-        host root (see the module docstring). Kept until its last user reads the device
-        manager's `--plugin-dir` instead."""
-        return self.path("/var/lib/kubelet/device-plugins")
-
-    @property
     def remoteproc_class(self) -> Path:
         return self.path("/sys/class/remoteproc")
 

@@ -216,8 +216,6 @@ def test_dnsmasq_forwards_to_the_nodes_resolvers_not_to_itself() -> None:
 
 
 def test_device_manager_reads_the_rules_configmap_and_serves_the_kubelets_plugin_dir() -> None:
-    from smarter_common.hostroot import HostRoot
-
     spec = _pod_spec("smarter-device-manager")
     (container,) = spec["containers"]
     options = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"])
@@ -226,8 +224,7 @@ def test_device_manager_reads_the_rules_configmap_and_serves_the_kubelets_plugin
     (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
     configmap = _one("ConfigMap", volume["configMap"]["name"])
     assert rules.name in configmap["data"]
-    plugin_dir = HostRoot(Path(options["host-root"])).device_plugins
-    assert _host_path_of(spec, container, str(plugin_dir)) == PurePosixPath(
+    assert _host_path_of(spec, container, options["plugin-dir"]) == PurePosixPath(
         "/var/lib/kubelet/device-plugins"
     )
 
