@@ -210,10 +210,20 @@ def bridge_problem(name: str) -> str | None:
 
 
 def _enable_forwarding() -> None:
-    # Per network namespace: this process's, which is the node's.
+    # Per network namespace: this process's, which is the node's. In a container /proc/sys is
+    # read-only, so the node's own setting must then already be on.
     path = Path("/proc/sys/net/ipv4/ip_forward")
-    if path.read_text().strip() != "1":
+    if path.read_text().strip() == "1":
+        return
+    try:
         path.write_text("1")
+    except OSError as error:
+        raise CniError(
+            NETWORK_SETUP_FAILED,
+            "IPv4 forwarding is off on this node and cannot be turned on from here",
+            str(error),
+            hint="sysctl -w net.ipv4.ip_forward=1, and persist it in /etc/sysctl.d/",
+        ) from error
 
 
 def delete_link(name: str) -> bool:
