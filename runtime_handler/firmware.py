@@ -218,29 +218,47 @@ def _fork_supervisor(record: state.Record, directory: Path, control_fd: int, hos
     pid = os.fork()
     if pid:
         return pid
+    # The child never returns into create's code, whatever is raised here or while it says
+    # so (a lost stderr raises on every write and flush): create's cleanup would delete the
+    # record of a container whose core may be running.
     code = 1
+    try:
+        code = _supervise(record, directory, control_fd, host)
+    finally:
+        os._exit(code)
+
+
+def _supervise(record: state.Record, directory: Path, control_fd: int, host: HostRoot) -> int:
     try:
         os.setsid()
         os.chdir("/")
         record.pid = os.getpid()
         record.pid_start = state.process_start_time(record.pid)
-        code = Supervisor(record, directory, control_fd, host).run()
-    except BaseException as error:
+        return Supervisor(record, directory, control_fd, host).run()
+    except BaseException as error:  # the supervisor's last word: never raised on
+        _supervisor_failed(record, directory, error)
+        return 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+
+
+def _supervisor_failed(record: state.Record, directory: Path, error: BaseException) -> None:
+    """Keep the container's record (stopped, with the reason) and say why, where we can."""
+    message = f"supervisor of {record.id} failed: {as_call_error(error)}"
+    record.status = state.STATUS_STOPPED
+    record.exit_code = 1
+    record.error = message
+    with contextlib.suppress(OSError):
+        state.save(directory, record)
+    with contextlib.suppress(OSError, ValueError):
         import traceback
 
         traceback.print_exception(error, file=sys.stderr)
-        # The shim shows the runtime log's last error, so the failure is said there too.
-        with contextlib.suppress(OSError):
-            append_log(
-                record.log,
-                f"supervisor of {record.id} failed: {as_call_error(error)}",
-                level="error",
-                log_format=record.log_format,
-            )
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    # The shim shows the runtime log's last error, so the failure is said there too.
+    with contextlib.suppress(OSError, ValueError):
+        append_log(record.log, message, level="error", log_format=record.log_format)
 
 
 def _wait_start_time(pid: int) -> str:

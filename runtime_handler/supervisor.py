@@ -84,8 +84,7 @@ class Supervisor:
         try:
             core = self._start()
         except RuntimeCallError as error:
-            self._log.error(str(error))
-            _say(f"smarter-hybrid-runtime: {error}")
+            self._say_error(str(error))
             return self._finish(EXIT_FAILED, error=str(error))
         return self._watch(core)
 
@@ -185,10 +184,16 @@ class Supervisor:
             )
 
     def _fail(self, message: str, core: RemoteCore) -> int:
-        self._log.error(message, core=core.device_id)
         self._drain_console()
-        _say(f"smarter-hybrid-runtime: {message}")
+        self._say_error(message)
         return self._finish(EXIT_FAILED, error=message)
+
+    def _say_error(self, message: str) -> None:
+        """Why the container ends: on its stderr, and as an error entry of the `--log` file
+        (without one, the log is that same stderr: said once)."""
+        if self.record.log:
+            self._log.error(message)
+        _say(f"smarter-hybrid-runtime: {message}")
 
     def _stop(self, core: RemoteCore, signum: int) -> int:
         self._log.info("stopping core", core=core.device_id, signal=signum)
@@ -354,11 +359,10 @@ def _read_state(core: RemoteCore) -> str:
 
 
 def _say(message: str) -> None:
-    try:
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+    """A line on the container's stderr; straight to the descriptor, so that a lost reader
+    leaves nothing buffered to fail again at exit."""
+    with contextlib.suppress(OSError):
+        os.write(2, (message + "\n").encode())
 
 
 class _ConsoleCopy:
@@ -443,14 +447,47 @@ class _ConsoleCopy:
             pass
 
 
+class _QuietStream:
+    """The log's stream; a write that fails (the reader of our stderr is gone, a full disk)
+    is dropped: losing the log must never lose the container."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+
 def _logger(record: state.Record) -> Any:
-    """structlog writing runc-style entries (`level`, `msg`, `time`) to the runtime log."""
+    """structlog writing runc-style entries (`level`, `msg`, `time`) to the runtime log.
+
+    Without `--log` (podman, a hand-run runtime) stderr is the container's own output, as
+    for runc, which writes nothing of its own there: only warnings go there then. The reason
+    a container ended is said once on stderr by the supervisor itself (`_say`).
+    """
+    import logging
+
     import structlog
 
     from smarter_common import logs
 
-    # The log file stays open for as long as the supervisor lives.
-    stream: Any = open(record.log, "a", buffering=1) if record.log else sys.stderr  # noqa: SIM115
+    level = logs.resolve_level(settings.current().log_level)
+    stream: Any
+    if record.log:
+        # The log file stays open for as long as the supervisor lives.
+        stream = open(record.log, "a", buffering=1)  # noqa: SIM115
+    else:
+        stream = sys.stderr
+        level = max(level, logging.WARNING)
+    quiet: Any = _QuietStream(stream)
     renderer: Any
     if record.log_format == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -464,8 +501,8 @@ def _logger(record: state.Record) -> Any:
             structlog.processors.EventRenamer("msg"),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logs.resolve_level(settings.current().log_level)),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=quiet),
         cache_logger_on_first_use=False,
     )
     return logs.get_logger("smarter-hybrid-runtime", container_id=record.id, core=record.core)

@@ -64,6 +64,8 @@ class Shim:
     simulator: Simulator
     supervisors: dict[str, int] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # False: no --log, as podman calls runtimes; the runtime's log is then its stderr.
+    with_log: bool = True
 
     @property
     def env(self) -> Mapping[str, str]:
@@ -72,14 +74,25 @@ class Shim:
 
     def globals_for(self, bundle: Path) -> list[str]:
         log = bundle / "log.json"
+        if not self.with_log:
+            return ["--root", str(self.root)]
         return ["--root", str(self.root), "--log", str(log), "--log-format", "json"]
 
     def create(
-        self, bundle: Path, container_id: str, *, stdout: int | None = None
+        self,
+        bundle: Path,
+        container_id: str,
+        *,
+        stdout: int | None = None,
+        stderr_fd: int | None = None,
     ) -> subprocess.CompletedProcess[str]:
         # stdio as the shim gives it: pipes or files the container keeps after create returns.
         out = stdout if stdout is not None else os.open(os.devnull, os.O_WRONLY)
-        stderr = os.open(bundle / "stderr", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        stderr = (
+            stderr_fd
+            if stderr_fd is not None
+            else os.open(bundle / "stderr", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        )
         try:
             result = runtime(
                 *self.globals_for(bundle),
@@ -96,7 +109,8 @@ class Shim:
                 stderr=stderr,
             )
         finally:
-            os.close(stderr)
+            if stderr_fd is None:
+                os.close(stderr)
             if stdout is None:
                 os.close(out)
         if result.returncode == 0:
@@ -767,3 +781,74 @@ def test_a_console_that_never_appears_is_logged_and_the_firmware_still_runs(
         "remoteproc0",
         0.3,
     )
+
+
+@pytest.mark.parametrize("with_log", [True, False], ids=["log-file", "log-on-stderr"])
+def test_a_lost_stdio_reader_loses_neither_the_container_nor_its_core(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle, with_log: bool
+) -> None:
+    # The shim dies (or the log pipes close) while the firmware runs; then the firmware crashes.
+    shim.with_log = with_log
+    bundle = fw_bundle(make_bundle, firmware("crash", "cortex-m4", crash_after=2))
+    m4 = core(simulator, 0)
+    with pipe() as (out_read, out_write), pipe() as (err_read, err_write):
+        created = shim.create(bundle, "lost", stdout=out_write, stderr_fd=err_write)
+        assert created.returncode == 0, created.stderr
+        for fd in (out_write, err_write, out_read, err_read):
+            os.close(fd)
+    assert shim.call(bundle, "start", "lost").returncode == 0
+    assert shim.wait_exit("lost") == 1
+
+    stopped = shim.state(bundle, "lost")
+    assert (stopped["status"], stopped["pid"]) == ("stopped", 0)
+    assert m4.state() == "crashed"
+    assert shim.call(bundle, "delete", "--force", "lost").returncode == 0
+    assert m4.state() == "offline"
+    assert not (simulator.host.lib_firmware / "smarter-lost.elf").exists()
+    assert not (shim.root / "smarter-hybrid" / "lost").exists()
+    assert not is_locked(core_lock(simulator, 0))
+
+
+def _read_all(fd: int) -> str:
+    data = b""
+    while chunk := os.read(fd, 4096):
+        data += chunk
+    return data.decode()
+
+
+def test_without_a_log_file_the_container_output_is_the_console_alone(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    # podman gives no --log: like runc, the runtime writes nothing of its own to the
+    # container's stdout or stderr, except why the container ended when it failed.
+    shim.with_log = False
+    bundle = fw_bundle(make_bundle, firmware("hello", "cortex-m4"))
+    with pipe() as (out_read, out_write), pipe() as (err_read, err_write):
+        assert shim.create(bundle, "quiet", stdout=out_write, stderr_fd=err_write).returncode == 0
+        os.close(out_write)
+        os.close(err_write)
+        assert shim.call(bundle, "start", "quiet").returncode == 0
+        assert read_lines(out_read, 2) == ["hello from cortex-m4 1", "hello from cortex-m4 2"]
+        assert shim.call(bundle, "kill", "quiet", "TERM").returncode == 0
+        assert shim.wait_exit("quiet") == 128 + signal.SIGTERM
+        rest = _read_all(out_read).splitlines()
+        assert all(re.fullmatch(r"hello from cortex-m4 \d+", line) for line in rest), rest
+        assert _read_all(err_read) == ""
+    assert shim.call(bundle, "delete", "quiet").returncode == 0
+    assert not (bundle / "log.json").exists()
+
+
+def test_without_a_log_file_a_crash_is_said_once_on_stderr(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    shim.with_log = False
+    bundle = fw_bundle(make_bundle, firmware("crash", "cortex-m4", crash_after=1))
+    with pipe() as (err_read, err_write):
+        assert shim.create(bundle, "said", stderr_fd=err_write).returncode == 0
+        os.close(err_write)
+        assert shim.call(bundle, "start", "said").returncode == 0
+        assert shim.wait_exit("said") == 1
+        assert _read_all(err_read) == (
+            "smarter-hybrid-runtime: remoteproc0 crashed running smarter-said.elf\n"
+        )
+    assert shim.call(bundle, "delete", "said").returncode == 0
