@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime_handler import settings, state
+from runtime_handler import settings, signals, state
 from runtime_handler.bundle import Bundle
 from runtime_handler.cli import Invocation
 from runtime_handler.core_select import BoardView, CoreView, check_board, choose_core
@@ -316,28 +316,15 @@ def show_state(invocation: Invocation) -> int:
     return 0
 
 
-def parse_signal(text: str) -> int:
-    """runc's signal argument: `9`, `KILL` or `SIGKILL`."""
-    if text.isdigit():
-        return int(text)
-    name = text.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise RuntimeCallError(f"unknown signal {text!r}") from None
-
-
 def kill(invocation: Invocation) -> int:
     directory, record = _load(invocation)
-    signum = parse_signal(invocation.args[1] if len(invocation.args) > 1 else "SIGTERM")
+    signum = signals.parse(invocation.args[1] if len(invocation.args) > 1 else "")
     if not state.supervisor_alive(record) or record.status == state.STATUS_STOPPED:
         if invocation.switch("all"):
             # runc: `kill --all` signals whatever processes are left, none is not an error.
             return 0
         raise RuntimeCallError("container not running")
-    if signum != 0:
+    if signals.effect(signum) == signals.STOPS_CORE:
         _send(directory, f"kill {signum}\n")
     return 0
 

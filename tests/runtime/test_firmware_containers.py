@@ -852,3 +852,31 @@ def test_without_a_log_file_a_crash_is_said_once_on_stderr(
             "smarter-hybrid-runtime: remoteproc0 crashed running smarter-said.elf\n"
         )
     assert shim.call(bundle, "delete", "said").returncode == 0
+
+
+def test_kill_decides_by_each_signals_default_action_and_refuses_what_runc_refuses(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    bundle = fw_bundle(make_bundle, firmware("hello", "cortex-m4"))
+    m4 = core(simulator, 0)
+    assert shim.create(bundle, "sig").returncode == 0
+    assert shim.call(bundle, "start", "sig").returncode == 0
+    refusals = {
+        "99": "unable to signal init: invalid argument",
+        "FOO": 'unknown signal "FOO"',
+        "STOP": "SIGSTOP would pause the container, and a remote core cannot be paused through"
+        " remoteproc (stop the container with SIGTERM or SIGKILL)",
+    }
+    for argument, message in refusals.items():
+        (bundle / "log.json").unlink(missing_ok=True)
+        assert shim.call(bundle, "kill", "sig", argument).returncode == 1, argument
+        assert log_messages(bundle / "log.json") == [message]
+    for ignored in ("WINCH", "SIGCHLD", "urg", "CONT", "0"):
+        assert shim.call(bundle, "kill", "sig", ignored).returncode == 0, ignored
+    time.sleep(0.5)  # the supervisor polls its FIFO every 50 ms
+    assert (m4.state(), shim.state(bundle, "sig")["status"]) == ("running", "running")
+
+    assert shim.call(bundle, "kill", "sig", "USR1").returncode == 0
+    assert shim.wait_exit("sig") == 128 + signal.SIGUSR1
+    assert m4.state() == "offline"
+    assert shim.call(bundle, "delete", "sig").returncode == 0
