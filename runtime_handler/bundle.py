@@ -41,21 +41,29 @@ class Bundle:
     __slots__ = ("annotations", "args", "cwd", "env", "oci_version", "path", "rootfs", "terminal")
 
     def __init__(self, path: str, config: dict[str, object]) -> None:
+        # Fields of the wrong JSON type are refused as runc refuses them (Go's json.Unmarshal
+        # into specs.Spec), never read as something else or skipped.
         self.path = path
-        process = _mapping(config.get("process"))
-        root = _mapping(config.get("root"))
-        self.oci_version = str(config.get("ociVersion") or "1.0.2")
-        self.args: list[str] = [str(arg) for arg in _sequence(process.get("args"))]
-        self.cwd = str(process.get("cwd") or "/")
-        self.terminal = bool(process.get("terminal"))
+        process = _object(config, "process", "Spec.process", "specs.Process")
+        root = _object(config, "root", "Spec.root", "specs.Root")
+        self.oci_version = _string(config, "ociVersion", "Spec.ociVersion") or "1.0.2"
+        self.args: list[str] = _strings(process, "args", "Process.process.args")
+        self.cwd = _string(process, "cwd", "Process.process.cwd") or "/"
+        terminal = process.get("terminal")
+        if terminal is not None and not isinstance(terminal, bool):
+            raise _unmarshal(terminal, "Process.process.terminal", "bool")
+        self.terminal = bool(terminal)
         self.env: dict[str, str] = {}
-        for item in _sequence(process.get("env")):
-            name, _, value = str(item).partition("=")
+        for item in _strings(process, "env", "Process.process.env"):
+            name, _, value = item.partition("=")
             self.env[name] = value
-        self.annotations: dict[str, str] = {
-            str(key): str(value) for key, value in _mapping(config.get("annotations")).items()
-        }
-        root_path = str(root.get("path") or "rootfs")
+        annotations = _object(config, "annotations", "Spec.annotations", "map[string]string")
+        self.annotations: dict[str, str] = {}
+        for key, annotation in annotations.items():
+            if not isinstance(annotation, str):
+                raise _unmarshal(annotation, "Spec.annotations", "string")
+            self.annotations[key] = annotation
+        root_path = _string(root, "path", "Root.root.path") or "rootfs"
         self.rootfs = os.path.normpath(os.path.join(path, root_path))
 
     @property
@@ -121,6 +129,9 @@ def load(bundle_dir: str) -> Bundle:
         ) from None
     except ValueError as error:
         raise RuntimeCallError(f"bundle config {config_path} is not valid JSON: {error}") from None
+    except RecursionError:
+        # Go's decoder refuses nesting beyond 10000; Python's parser gives up sooner.
+        raise RuntimeCallError(f"bundle config {config_path} is nested too deeply") from None
     if not isinstance(config, dict):
         raise RuntimeCallError(f"bundle config {config_path} is not a JSON object")
     return Bundle(path, config)
@@ -149,7 +160,9 @@ def parse_json(text: str) -> object:
 
         scan = make_scanner(_ScanContext())  # type: ignore[arg-type]
         value, end = scan(document, 0)
-    except (ImportError, StopIteration, ValueError):
+    except (ImportError, StopIteration, ValueError, SystemError):
+        # SystemError: the C scanner fails so on some malformed input (a trailing comma)
+        # when driven directly; json.loads then says what is wrong.
         pass
     else:
         if end == len(document):
@@ -235,10 +248,49 @@ def _has_interpreter(stream: BinaryIO, head: bytes, order: Literal["little", "bi
     )
 
 
-def _mapping(value: object) -> dict[str, object]:
-    return value if isinstance(value, dict) else {}
+def _object(parent: dict[str, object], key: str, field: str, go_type: str) -> dict[str, object]:
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _unmarshal(value, field, go_type)
+    return value
 
 
-def _sequence(value: object) -> list[object]:
-    return value if isinstance(value, list) else []
+def _string(parent: dict[str, object], key: str, field: str) -> str:
+    value = parent.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _unmarshal(value, field, "string")
+    return value
+
+
+def _strings(parent: dict[str, object], key: str, field: str) -> list[str]:
+    value = parent.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _unmarshal(value, field, "[]string")
+    for item in value:
+        if not isinstance(item, str):
+            raise _unmarshal(item, field, "string")
+    return value
+
+
+def _unmarshal(value: object, field: str, go_type: str) -> RuntimeCallError:
+    """Go's json error for `value` where `field` of `go_type` was expected."""
+    if isinstance(value, bool):
+        kind = "bool"
+    elif isinstance(value, int | float):
+        kind = "number"
+    elif isinstance(value, str):
+        kind = "string"
+    elif isinstance(value, list):
+        kind = "array"
+    else:
+        kind = "object"
+    return RuntimeCallError(
+        f"json: cannot unmarshal {kind} into Go struct field {field} of type {go_type}"
+    )
 

@@ -14,7 +14,7 @@ from runtime_handler import bundle
 from runtime_handler.elf_check import classify
 from runtime_handler.errors import FirmwareRefusedError, RuntimeCallError
 
-from .conftest import BuildElf, MakeBundle
+from .conftest import BuildElf, MakeBundle, log_messages, runtime
 
 X86_64_ELF = Path(os.path.realpath("/bin/true"))
 
@@ -188,3 +188,58 @@ def test_config_parses_as_json_would(runc_spec: dict[str, object]) -> None:
 def test_invalid_config_raises_jsons_error(text: str) -> None:
     with pytest.raises(json.JSONDecodeError):
         bundle.parse_json(text)
+
+
+def _firmware_config_with(make_bundle: MakeBundle, build_elf: BuildElf, change: str) -> Path:
+    """A firmware bundle (it would run on a core) whose config.json is then made malformed."""
+    bundle = make_bundle(
+        ["/firmware.elf"], {"/firmware.elf": build_elf("cortex-m4")}, env=["SMARTER_RPROC=x"]
+    )
+    config = json.loads((bundle / "config.json").read_text())
+    text = json.dumps(config)
+    if change == "trailing comma":
+        text = text[:-1] + ",}"
+    elif change == "deep nesting":
+        text = text[:-1] + ', "x": ' + "[" * 20000 + "]" * 20000 + "}"
+    else:
+        field, _, raw = change.partition("=")
+        section, _, key = field.rpartition(".")
+        (config[section] if section else config)[key] = json.loads(raw)
+        text = json.dumps(config)
+    (bundle / "config.json").write_text(text)
+    return bundle
+
+
+# What runc 1.1.5 says of each (checked with /usr/sbin/runc create).
+MALFORMED = {
+    "trailing comma": "invalid character '}' looking for beginning of object key string",
+    "deep nesting": "invalid character '[' exceeded max depth",
+    'process.env="PATH=/bin"': "json: cannot unmarshal string into Go struct field"
+    " Process.process.env of type []string",
+    'process.env=["A=1", 2]': "json: cannot unmarshal number into Go struct field"
+    " Process.process.env of type string",
+    'process.args="/firmware.elf"': "json: cannot unmarshal string into Go struct field"
+    " Process.process.args of type []string",
+    'process.terminal="no"': "json: cannot unmarshal string into Go struct field"
+    " Process.process.terminal of type bool",
+    'annotations=["a"]': "json: cannot unmarshal array into Go struct field Spec.annotations"
+    " of type map[string]string",
+    'root.path=5': "json: cannot unmarshal number into Go struct field Root.root.path of type"
+    " string",
+}
+
+
+@pytest.mark.parametrize("change", list(MALFORMED))
+def test_a_malformed_config_is_refused_in_runcs_words_never_a_traceback_or_ignored(
+    make_bundle: MakeBundle, build_elf: BuildElf, runc_root: Path, change: str
+) -> None:
+    bundle = _firmware_config_with(make_bundle, build_elf, change)
+    log = bundle / "log.json"
+    result = runtime(
+        "--root", str(runc_root), "--log", str(log), "--log-format", "json",
+        "create", "--bundle", str(bundle), "bad",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert log_messages(log) == [f"runc create failed: {MALFORMED[change]}"]
+    assert list(runc_root.iterdir()) == []
