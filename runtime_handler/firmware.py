@@ -28,7 +28,14 @@ from runtime_handler.errors import (
     append_log,
     as_call_error,
 )
-from runtime_handler.supervisor import STOP_TIMEOUT, Supervisor, start_timeout, stop_core
+from runtime_handler.supervisor import (
+    STOP_TIMEOUT,
+    Supervisor,
+    recovery_saved_path,
+    restore_recovery,
+    start_timeout,
+    stop_core,
+)
 from smarter_common.atomic import write_atomic
 from smarter_common.errors import HostPathError, LockBusyError
 from smarter_common.firmware_elf import ElfFacts
@@ -385,6 +392,8 @@ def _release_core(record: state.Record) -> None:
         if core is not None and ours and core.state() in ("running", "crashed"):
             with contextlib.suppress(RuntimeCallError):
                 stop_core(core)
+        if core is not None:
+            restore_recovery(core, recovery_saved_path(record))
     finally:
         lock.release()
 

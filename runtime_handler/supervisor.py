@@ -25,6 +25,7 @@ from typing import Any
 from runtime_handler import settings, state
 from runtime_handler.bundle import resolve_in_rootfs
 from runtime_handler.errors import RuntimeCallError
+from smarter_common.atomic import write_atomic
 from smarter_common.hostroot import HostRoot
 from smarter_common.remoteproc import (
     RemoteCore,
@@ -94,7 +95,7 @@ class Supervisor:
         if core is None:
             raise CoreError(f"{record.core} no longer exists")
         self._place_firmware()
-        _disable_recovery(core, self._log)
+        _disable_recovery(core, recovery_saved_path(record), self._log)
         if _read_state(core) == "crashed":
             # A crashed core keeps its old firmware until it is offline again (EBUSY).
             stop_core(core)
@@ -296,15 +297,43 @@ def _recover(core: RemoteCore, deadline: float) -> None:
         time.sleep(_POLL_SECONDS / 5)
 
 
-def _disable_recovery(core: RemoteCore, log: Any) -> None:
+def recovery_saved_path(record: state.Record) -> Path:
+    """Where the core's `recovery` value from before any container is kept, beside its lock."""
+    return Path(record.lock_path).with_suffix(".recovery")
+
+
+def _disable_recovery(core: RemoteCore, saved: Path, log: Any) -> None:
     """Keep the kernel from restarting a crashed firmware by itself (its default): the crash
-    must end the container, so that the kubelet's restart policy decides."""
-    if not (core.sysfs / "recovery").exists():
+    must end the container, so that the kubelet's restart policy decides. The value found is
+    kept (unless an earlier container's is still kept) for `restore_recovery`."""
+    attribute = core.sysfs / "recovery"
+    if not attribute.exists():
         return
+    try:
+        found = attribute.read_text().strip()
+    except OSError:
+        found = ""
+    if found and not saved.exists():
+        with contextlib.suppress(OSError):
+            write_atomic(saved, found + "\n")
     try:
         _write_attribute(core, "recovery", "disabled")
     except CoreError as error:
         log.warning("recovery stays enabled", core=core.device_id, error=str(error))
+
+
+def restore_recovery(core: RemoteCore, saved: Path) -> None:
+    """Put back the `recovery` value the core had before our containers, once it is offline
+    (enabling recovery on a crashed core would reboot the old firmware)."""
+    try:
+        value = saved.read_text().strip()
+    except OSError:
+        return
+    if _read_state(core) != "offline":
+        return
+    with contextlib.suppress(CoreError):
+        _write_attribute(core, "recovery", value)
+    saved.unlink(missing_ok=True)
 
 
 def console_timeout() -> float:

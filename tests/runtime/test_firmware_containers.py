@@ -880,3 +880,21 @@ def test_kill_decides_by_each_signals_default_action_and_refuses_what_runc_refus
     assert shim.wait_exit("sig") == 128 + signal.SIGUSR1
     assert m4.state() == "offline"
     assert shim.call(bundle, "delete", "sig").returncode == 0
+
+
+def test_delete_puts_back_the_recovery_the_core_had(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    m4 = core(simulator, 0)
+    recovery = m4.sysfs / "recovery"
+    recovery.write_text("enabled")
+    bundle = fw_bundle(make_bundle, firmware("crash", "cortex-m4", crash_after=1))
+    assert shim.create(bundle, "rec").returncode == 0
+    assert shim.call(bundle, "start", "rec").returncode == 0
+    assert shim.wait_exit("rec") == 1
+    # While the container exists its crash stays visible: the kernel must not reboot it.
+    assert (m4.state(), recovery.read_text().strip()) == ("crashed", "disabled")
+
+    assert shim.call(bundle, "delete", "rec").returncode == 0
+    assert (m4.state(), recovery.read_text().strip()) == ("offline", "enabled")
+    assert not list(core_lock(simulator, 0).parent.glob("*.recovery"))
