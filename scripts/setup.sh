@@ -13,7 +13,7 @@ DEBIAN_PACKAGES=(
   fuse3
   qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi
   busybox-static
-  podman buildah
+  podman buildah docker.io
 )
 
 say() { printf '==> %s\n' "$*" >&2; }
