@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return report(error, log=invocation.log, log_format=invocation.log_format)
     if command in ("create", "run"):
         return _create(invocation, words)
+    if command == "list":
+        return passthrough.list_containers([PROGRAM, *words])
     elif command in _FIRMWARE_COMMANDS and invocation.container_id:
         if cli.id_problem(invocation.container_id):
             return _refuse_id(invocation)

@@ -38,3 +38,25 @@ def exec_runc(argv: list[str]) -> None:
             file=sys.stderr,
         )
         raise SystemExit(127) from None
+
+
+# What runc's `list` says of our state directory inside its --root (it is no runc container).
+_OUR_DIRECTORY_COMPLAINT = b"load container smarter-hybrid: "
+
+
+def list_containers(argv: list[str]) -> int:
+    """`list`, runc's answer with its complaint about our state directory left out."""
+    import subprocess
+
+    runc = find_runc(settings.current().runc)
+    try:
+        result = subprocess.run([runc, *argv[1:]], stderr=subprocess.PIPE, check=False)
+    except OSError as error:
+        print(f"smarter-hybrid-runtime: cannot execute runc at {runc}: {error.strerror}",
+              file=sys.stderr)  # fmt: skip
+        return 127
+    for line in result.stderr.splitlines(keepends=True):
+        if not line.startswith(_OUR_DIRECTORY_COMPLAINT):
+            sys.stderr.buffer.write(line)
+    sys.stderr.flush()
+    return result.returncode

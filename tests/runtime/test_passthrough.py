@@ -144,3 +144,16 @@ def test_routing_calls_to_runc_imports_nothing_heavy(make_bundle: MakeBundle) ->
             check=True,
         )
         assert result.stdout == "\n", call
+
+
+def test_list_does_not_take_our_state_directory_for_a_broken_runc_container(
+    runc_root: Path,
+) -> None:
+    (runc_root / "smarter-hybrid" / "fw1").mkdir(parents=True)
+    for args in ([], ["-q"], ["--format", "json"]):
+        ours = runtime("--root", str(runc_root), "list", *args)
+        runcs = subprocess.run(
+            [RUNC, "--root", str(runc_root), "list", *args], capture_output=True, text=True
+        )
+        assert "load container smarter-hybrid" in runcs.stderr
+        assert (ours.returncode, ours.stdout, ours.stderr) == (0, runcs.stdout, ""), args
