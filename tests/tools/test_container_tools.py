@@ -39,6 +39,43 @@ INSTALL_HINT = "run scripts/setup.sh as root (Debian packages podman, buildah, d
 # What the runtime's own logging looks like (logfmt or JSON): none of it may reach the output.
 RUNTIME_LOG_MARKS = ("logger=smarter-hybrid-runtime", '"logger": "smarter-hybrid-runtime"')
 WAIT = 60.0
+INSTALLED = "/usr/local/bin/smarter-hybrid-runtime"
+# The commands docs/container-tools.md gives (tests/tools/test_examples.py holds it to them).
+PODMAN_RUN = (
+    "--runtime",
+    "hybrid",
+    "run",
+    "--name",
+    "fw",
+    "--network",
+    "none",
+    "--env",
+    "SMARTER_RPROC=remoteproc1",
+    IMAGE,
+)
+DOCKER_RUN = (
+    "run",
+    "--name",
+    "fw",
+    "--runtime",
+    "hybrid",
+    "--network",
+    "none",
+    "--env",
+    "SMARTER_RPROC=remoteproc1",
+    IMAGE,
+)
+CTR_RUN = (
+    "run",
+    "--runtime",
+    "io.containerd.runc.v2",
+    "--runc-binary",
+    INSTALLED,
+    "--env",
+    "SMARTER_RPROC=remoteproc0",
+    IMAGE,
+    "fw",
+)
 
 
 def _require(*programs: str) -> None:
@@ -230,18 +267,7 @@ def podman(bed: Bed, tmp_path: Path) -> Iterator[Podman]:
 def test_podman_runs_firmware_with_the_runtime_from_containers_conf(
     bed: Bed, podman: Podman
 ) -> None:
-    run = podman(
-        "--runtime",
-        "hybrid",
-        "run",
-        "--name",
-        "fw",
-        "--network",
-        "none",
-        "--env",
-        "SMARTER_RPROC=remoteproc1",
-        IMAGE,
-    )
+    run = podman(*PODMAN_RUN)
     with _attached(run, bed.work, "podman-run", podman.env) as (process, output):
         _wait_for_console(output, "podman")
         assert bed.core_state("remoteproc1") == "running"
@@ -327,20 +353,9 @@ def _ctr(daemons: Daemons, *args: str | Path) -> list[str]:
 def test_ctr_run_with_the_runtime_as_runc_binary(bed: Bed, daemons: Daemons) -> None:
     _run(_ctr(daemons, "images", "import", bed.oci_archive))
     runc_root = bed.work / "ctr-runc"
-    run = _ctr(
-        daemons,
-        "run",
-        "--runtime",
-        "io.containerd.runc.v2",
-        "--runc-binary",
-        bed.runtime,
-        "--runc-root",
-        runc_root,
-        "--env",
-        "SMARTER_RPROC=remoteproc0",
-        IMAGE,
-        "fw",
-    )
+    # The installed path is the test's zipapp; its state goes under the test's directory.
+    words = [str(bed.runtime) if word == INSTALLED else word for word in CTR_RUN]
+    run = _ctr(daemons, "run", "--runc-root", runc_root, *words[1:])
     try:
         with _attached(run, bed.work, "ctr-run") as (process, output):
             _wait_for_console(output, "ctr")
@@ -435,18 +450,7 @@ def test_docker_runs_firmware_with_the_runtime_from_daemon_json(
     runtimes = json.loads(_run(docker("info", "--format", "{{json .Runtimes}}")))
     assert {"hybrid", "runc-debug", "runc"} <= set(runtimes)
     _run(docker("load", "--input", str(bed.docker_archive)))
-    run = docker(
-        "run",
-        "--name",
-        "fw",
-        "--runtime",
-        "hybrid",
-        "--network",
-        "none",
-        "--env",
-        "SMARTER_RPROC=remoteproc1",
-        IMAGE,
-    )
+    run = docker(*DOCKER_RUN)
     with _attached(run, bed.work, "docker-run") as (process, output):
         _wait_for_console(output, "docker")
         assert bed.core_state("remoteproc1") == "running"
