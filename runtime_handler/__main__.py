@@ -24,6 +24,9 @@ create, start, state, kill, delete, features, ps, pause, resume, update, exec, r
 
   install-containerd-config [--host-root DIR] [--restart]
                          add the runtime "hybrid" to the node's containerd (or k3s) config
+  install-engine-config [--host-root DIR] [--reload]
+                         add the runtime "hybrid" to podman's containers.conf and Docker's
+                         daemon.json, where those engines are present
 
 settings (environment variables; else NAME=value lines in <this executable>.conf):
   SMARTER_RUNTIME_HOST_ROOT directory standing for the host's / (default /)
@@ -48,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         from runtime_handler.containerd_config import main as install
 
         return install(words[1:])
+    if words[:1] == ["install-engine-config"]:  # podman's and Docker's, never the shim's
+        from runtime_handler.engine_config import main as install_engines
+
+        return install_engines(words[1:])
     invocation = cli.parse(words)
     command = invocation.command
     if command is None:

@@ -233,3 +233,17 @@ def test_main_reloads_dockerd_only_when_daemon_json_changed(tmp_path: Path) -> N
     assert daemon["runtimes"]["hybrid"] == {"path": "/opt/hybrid"}
     assert engine_config.main(args, run=run) == 0
     assert len(ran) == 1
+
+
+def test_the_runtime_command_offers_install_engine_config(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = _node(tmp_path, docker=True)
+    command = [sys.executable, "-m", "runtime_handler", "install-engine-config"]
+    result = subprocess.run(
+        [*command, "--host-root", str(root)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    daemon_json = root / DAEMON_JSON.lstrip("/")
+    assert json.loads(daemon_json.read_text()) == {"runtimes": {"hybrid": {"path": BINARY}}}
