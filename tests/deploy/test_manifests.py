@@ -22,13 +22,20 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KUBERNETES_VERSIONS = ["1.28.0", "1.37.0"]
 
 
+# A component's files are patches, not whole objects (tests/deploy/test_least_privilege.py
+# validates the DaemonSets they make); examples/tools holds files for container tools outside
+# Kubernetes (a Compose file), checked by tests/tools.
+_NOT_MANIFESTS = (("components",), ("examples", "tools"))
+
+
 def _manifest_files() -> list[Path]:
-    # A component's files are patches, not whole objects: tests/deploy/test_least_privilege.py
-    # validates the DaemonSets they make.
     return sorted(
         path
         for path in DEPLOY.rglob("*.yaml")
-        if path.name != "kustomization.yaml" and "components" not in path.relative_to(DEPLOY).parts
+        if path.name != "kustomization.yaml"
+        and not any(
+            path.relative_to(DEPLOY).parts[: len(prefix)] == prefix for prefix in _NOT_MANIFESTS
+        )
     )
 
 
