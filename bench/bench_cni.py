@@ -98,7 +98,7 @@ class _Chain:
 
 def _resolves(server: str, name: str, address: str, timeout: float = 5.0) -> float | None:
     """Milliseconds until `name` resolves to `address` at `server`; None if it never does."""
-    from tests.cni.dnsquery import query
+    from testbed.dnsquery import query
 
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
@@ -243,7 +243,7 @@ def _timings(
 
 
 def run() -> list[Measurement]:
-    from tests.netns import network_namespace
+    from testbed.netns import network_namespace
 
     state = Path(tempfile.mkdtemp(prefix="scnib-", dir="/tmp"))
     state.chmod(0o755)
@@ -418,7 +418,7 @@ def _answers(node: str) -> bool:
             node,
             sys.executable,
             "-c",
-            "import sys; from tests.cni.dnsquery import query; "
+            "import sys; from testbed.dnsquery import query; "
             f"sys.exit(query('{OURS_GATEWAY}', 'probe.smarter.internal', 0.5) is None)",
         ],
         cwd=REPO,

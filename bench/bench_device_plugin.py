@@ -151,7 +151,7 @@ def _typical_rss(root: Path, kubelet_module: Any) -> tuple[int, float]:
 
 def run() -> list[Measurement]:
     sys.path.insert(0, str(REPO))
-    from demo import kubelet as kubelet_module
+    from testbed import kubelet as kubelet_module
 
     root = Path(tempfile.mkdtemp(prefix="sdmb", dir="/tmp"))
     process: subprocess.Popen[bytes] | None = None

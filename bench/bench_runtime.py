@@ -186,7 +186,7 @@ def _subreaper() -> Iterator[None]:
 
 def _firmware(workdir: Path, ours: Path) -> list[Measurement]:
     from sim.firmware_build import build_firmware
-    from tests.simulator import running_simulator
+    from testbed.simulator import running_simulator
 
     elf = build_firmware("hello", "cortex-m4", workdir / "firmware")
     bundle = workdir / "firmware-bundle"

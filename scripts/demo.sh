@@ -4,4 +4,4 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 scripts/setup.sh
-exec .venv/bin/python -m demo "$@"
+exec .venv/bin/python -m testbed.demo "$@"

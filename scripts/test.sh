@@ -4,7 +4,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 scripts/setup.sh
-PACKAGES=(smarter_common cni device_plugin runtime_handler sim demo)
+PACKAGES=(smarter_common cni device_plugin runtime_handler sim testbed)
 echo "==> ruff" >&2
 .venv/bin/ruff check "${PACKAGES[@]}" tests bench scripts
 echo "==> mypy --strict" >&2

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.netns import in_netns, netns_path, network_namespace
+from testbed.netns import in_netns, netns_path, network_namespace
 
 PYTHON = sys.executable
-DNSQUERY = str(Path(__file__).with_name("dnsquery.py"))
+DNSQUERY = str(Path(__file__).resolve().parents[2] / "testbed" / "dnsquery.py")
 REPO = str(Path(__file__).resolve().parents[2])
 GATEWAY = "10.210.0.1"
 

@@ -98,7 +98,7 @@ def test_dns_refuses_to_start_when_dnsmasqs_user_cannot_read_the_hosts_directory
 
 
 def _refused_for_a_private_parent(tmp_path: Path) -> None:
-    from tests.netns import in_netns, network_namespace
+    from testbed.netns import in_netns, network_namespace
 
     tmp_path.chmod(0o755)
     private = tmp_path / "private"

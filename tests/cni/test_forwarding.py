@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.netns import in_netns, network_namespace
+from testbed.netns import in_netns, network_namespace
 
 pytestmark = pytest.mark.netns
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from testbed.netns import ip, netns_path
 from tests.cni.harness import GATEWAY, PYTHON, REPO, AgentMode, Node, node, pods
-from tests.netns import ip, netns_path
 
 pytestmark = [pytest.mark.netns]
 

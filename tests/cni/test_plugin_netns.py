@@ -17,6 +17,7 @@ import pytest
 from cni.client import ANSWER_TIMEOUT_ENV
 from cni.netlink import host_ifname
 from smarter_common.locks import FileLock
+from testbed.netns import in_netns, ip, netns_path, network_namespace
 from tests.cni.harness import (
     GATEWAY,
     PYTHON,
@@ -28,7 +29,6 @@ from tests.cni.harness import (
     pods,
     runtime_config,
 )
-from tests.netns import in_netns, ip, netns_path, network_namespace
 
 pytestmark = [pytest.mark.netns]
 

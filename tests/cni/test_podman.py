@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from sim.node_images import BUSYBOX_IMAGE, build_node_images
+from testbed.netns import netns_path, network_namespace
 from tests.cni.harness import (
     GATEWAY,
     REPO,
@@ -37,7 +38,6 @@ from tests.cni.harness import (
     make_state_dir,
     plugin_config,
 )
-from tests.netns import netns_path, network_namespace
 
 pytestmark = [
     pytest.mark.netns,

@@ -33,8 +33,8 @@ from cni import install as cni_install
 from runtime_handler import containerd_config
 from smarter_common import containerd
 from smarter_common.hostroot import HostRoot
+from testbed.netns import in_netns, ip
 from tests.cni import harness
-from tests.netns import in_netns, ip
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 COMPONENTS = DEPLOY / "components"

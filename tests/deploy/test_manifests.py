@@ -254,10 +254,10 @@ def test_example_pods_ask_for_resources_the_device_manager_advertises() -> None:
 
 
 def test_example_pods_run_unchanged_on_the_simulated_gateway() -> None:
-    from demo.images import firmware_image
     from runtime_handler.core_select import BoardView, check_board
     from sim import boards
     from sim.node_images import BUSYBOX_IMAGE
+    from testbed.images import firmware_image
 
     simulated = boards.board(None)
     built = {BUSYBOX_IMAGE, firmware_image("hello")}  # smarter-sim build-node-images, the demo's

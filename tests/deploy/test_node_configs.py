@@ -2,7 +2,7 @@
 
 For each fixture (tests/fixtures/containerd/, each with its origin in its first line) the
 installer runs as the DaemonSet runs it (the built zipapp, `--host-root`); a node operator's
-paths are set on its output (demo.node_config.operator_paths); then a real containerd (Debian's
+paths are set on its output (testbed.node_config.operator_paths); then a real containerd (Debian's
 1.6, in a network namespace of the test's own, everything under the test's directory) must load
 its CRI plugin with the node's runtimes unchanged plus `hybrid`, and run a pod of each over CRI
 as the kubelet does. Schema 3 configs are containerd 2.x's: no containerd 2 exists on this
@@ -26,15 +26,15 @@ from typing import Any
 
 import pytest
 
-from demo.containerd import Containerd, ContainerdLayout, overlay_works, unmount_all
-from demo.cri.client import ContainerSpec, CriClient, PodSpec
-from demo.images import BUSYBOX_IMAGE, PAUSE_IMAGE, Images, build_images
-from demo.node_config import operator_paths
-from demo.processes import Processes
 from runtime_handler import containerd_config
 from runtime_handler.containerd_config import ContainerdConfigError
 from smarter_common import containerd
 from smarter_common.hostroot import HostRoot
+from testbed.containerd import Containerd, ContainerdLayout, overlay_works, unmount_all
+from testbed.cri.client import ContainerSpec, CriClient, PodSpec
+from testbed.images import BUSYBOX_IMAGE, PAUSE_IMAGE, Images, build_images
+from testbed.node_config import operator_paths
+from testbed.processes import Processes
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "containerd"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from demo import kubelet as kubelet_module
-from demo.kubelet import Kubelet
+from testbed import kubelet as kubelet_module
+from testbed.kubelet import Kubelet
 
 REPO = Path(__file__).resolve().parents[2]
 TTY_USB_MAJOR = 188

@@ -21,8 +21,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from demo.kubelet import Devices, Kubelet, start
 from device_plugin.daemon import PERIODIC_S
+from testbed.kubelet import Devices, Kubelet, start
 from tests.device_plugin.conftest import (
     REPO,
     SOUND_MAJOR,
@@ -490,7 +490,7 @@ def test_with_a_host_root_the_daemon_still_registers_with_the_nodes_own_kubelet(
             "sh",
             sys.executable,
             "-m",
-            "tests.device_plugin.nodes_kubelet",
+            "testbed.nodes_kubelet",
             str(gateway.root),
             str(gateway.rules),
             *EXPECTED,

@@ -10,9 +10,9 @@ from typing import Any, cast
 import grpc
 import pytest
 
-from demo.kubelet import Kubelet
 from device_plugin.api import v1beta1_pb2 as api
 from device_plugin.api import v1beta1_pb2_grpc as api_grpc
+from testbed.kubelet import Kubelet
 from tests.device_plugin.conftest import HostTree
 
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from demo.gateway import Gateway, GatewayConfig
 from smarter_common.errors import SmarterError
+from testbed.gateway import Gateway, GatewayConfig
 
 
 @pytest.fixture(scope="module")

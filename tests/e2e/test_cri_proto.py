@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from demo import cri
+from testbed import cri
 
 # Field numbers as published in k8s.io/cri-api pkg/apis/runtime/v1/api.proto.
 PUBLISHED = {

@@ -1,4 +1,5 @@
-"""`python -m demo` shows the gateway working and leaves nothing behind, also when interrupted."""
+"""`python -m testbed.demo` shows the gateway working and leaves nothing behind, also when
+interrupted."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def _assert_nothing_left(output: str) -> None:
 
 def test_demo_shows_pods_names_devices_and_console_then_cleans_up() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "demo", "--console-seconds", "3"],
+        [sys.executable, "-m", "testbed.demo", "--console-seconds", "3"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -69,7 +70,7 @@ def test_ctrl_c_during_the_demo_tears_everything_down(tmp_path: Path) -> None:
     log = tmp_path / "demo.out"
     with log.open("w") as out:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "demo", "--console-seconds", "60"],
+            [sys.executable, "-m", "testbed.demo", "--console-seconds", "60"],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO,

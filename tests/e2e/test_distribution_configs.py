@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.gateway import REPO, Gateway, GatewayConfig, GatewayError
+from testbed.gateway import REPO, Gateway, GatewayConfig, GatewayError
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from demo.cri.client import CriError
-from demo.gateway import PRODUCTION_CONFLIST, REPO, Allocation, Gateway, Pod
-from demo.images import BUSYBOX_IMAGE
 from runtime_handler.bundle import BOARD_ANNOTATIONS
+from testbed.cri.client import CriError
+from testbed.gateway import PRODUCTION_CONFLIST, REPO, Allocation, Gateway, Pod
+from testbed.images import BUSYBOX_IMAGE
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.gateway import Gateway, GatewayConfig
+from testbed.gateway import Gateway, GatewayConfig
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

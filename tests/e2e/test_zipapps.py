@@ -178,7 +178,7 @@ def test_a_program_that_would_ship_grpc_is_refused(tmp_path: Path) -> None:
 def test_cni_status_through_the_agent_imports_only_the_standard_library(
     zipapps: Path, tmp_path: Path
 ) -> None:
-    from tests.netns import network_namespace
+    from testbed.netns import network_namespace
 
     state = tmp_path / "state"
     plugin = {"type": "smarter-cni", "subnet": "10.211.0.0/24", "stateDir": str(state)}

@@ -13,7 +13,7 @@ import pytest
 
 from sim.firmware_build import build_firmware
 from smarter_common.remoteproc import RemoteCore, core_by_id
-from tests.simulator import Simulator, running_simulator
+from testbed.simulator import Simulator, running_simulator
 
 # Builds are cached by content hash; the directory is ignored by git.
 FIRMWARE_CACHE = Path(__file__).resolve().parents[2] / "sim" / "firmware" / "build" / "tests"

@@ -11,7 +11,7 @@ import pytest
 from sim.firmware_build import build_firmware
 from smarter_common.errors import ConfigError
 from smarter_common.firmware_elf import check_fits, read_elf_facts
-from tests.simulator import REPO
+from testbed.simulator import REPO
 
 SIM = (sys.executable, "-m", "sim")
 ARCHS = {

@@ -15,8 +15,8 @@ import pytest
 
 from sim.mounts import mounts_under
 from smarter_common.remoteproc import core_by_id
+from testbed.simulator import REPO, process_alive, running_simulator
 from tests.sim.conftest import firmware, write_attr
-from tests.simulator import REPO, process_alive, running_simulator
 
 
 def sim_command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -8,8 +8,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from testbed.simulator import REPO
 from tests.sim.conftest import firmware
-from tests.simulator import REPO
 
 
 def pack(*args: str) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from smarter_common.remoteproc import announced_console, console_device, discover_cores
+from testbed.simulator import Simulator, process_alive
 from tests.sim.conftest import (
     CORES,
     ConsoleReader,
@@ -23,7 +24,6 @@ from tests.sim.conftest import (
     write_attr,
     write_errno,
 )
-from tests.simulator import Simulator, process_alive
 
 pytestmark = pytest.mark.usefixtures("stop_cores")
 

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from demo.containerd import Containerd, ContainerdLayout, unmount_all
-from demo.processes import Processes
 from runtime_handler import engine_config
-from tests.netns import network_namespace
-from tests.simulator import Simulator, process_alive, running_simulator
+from testbed.containerd import Containerd, ContainerdLayout, unmount_all
+from testbed.netns import network_namespace
+from testbed.processes import Processes
+from testbed.simulator import Simulator, process_alive, running_simulator
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "deploy" / "examples" / "tools"

@@ -14,7 +14,7 @@ from pathlib import Path
 from smarter_common.errors import SmarterError
 from smarter_common.logs import get_logger
 
-log = get_logger("demo.processes")
+log = get_logger("testbed.processes")
 
 
 class ProcessError(SmarterError):

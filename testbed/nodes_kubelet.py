@@ -1,7 +1,7 @@
 """Run smarter-device-manager with a host root and no `--plugin-dir` beside a kubelet stand-in
 on the node's own `/var/lib/kubelet/device-plugins`; print the resources that registered.
 
-`python -m tests.device_plugin.nodes_kubelet ROOT RULES RESOURCE...` runs only where `/var/lib`
+`python -m testbed.nodes_kubelet ROOT RULES RESOURCE...` runs only where `/var/lib`
 is a tmpfs of a private mount namespace (the test starts it under `unshare --mount` after
 mounting one), so the machine's own `/var/lib/kubelet` is never touched.
 """
@@ -14,8 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from demo.kubelet import start
 from sim.mounts import mount_points
+from testbed.kubelet import start
 
 NODE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 WAIT_S = 10.0

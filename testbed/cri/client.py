@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from demo.cri import load
 from smarter_common.errors import SmarterError
+from testbed.cri import load
 
 # CRI messages are generated at run time; they are typed as Any here.
 Message = Any

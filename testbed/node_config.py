@@ -30,8 +30,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from demo.containerd import ContainerdLayout
 from smarter_common import containerd
+from testbed.containerd import ContainerdLayout
 
 RUNC_SHIM_TYPES = frozenset({"io.containerd.runc.v2", "io.containerd.runc.v1"})
 # Snapshotters that would otherwise make or probe directories outside the work directory.

@@ -1,4 +1,4 @@
-"""`python -m demo`: bring up a simulated gateway, show what it does, tear it all down.
+"""`python -m testbed.demo`: bring up a simulated gateway, show what it does, tear it all down.
 
 Run as root after `scripts/setup.sh` (scripts/demo.sh does both). Everything it starts lives in
 a network namespace and a work directory of its own, and is removed on the way out, also on
@@ -18,11 +18,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from demo.cri.client import CriError
 from smarter_common.errors import SmarterError
+from testbed.cri.client import CriError
 
 if TYPE_CHECKING:
-    from demo.gateway import Gateway, Pod
+    from testbed.gateway import Gateway, Pod
 
 CLIENT_POD = "client-x8k2p"
 SENSOR_POD = "sensor-7xk2p"
@@ -33,7 +33,7 @@ CRASH_POD = "crasher-2kd8w"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m demo",
+        prog="python -m testbed.demo",
         description=(
             "Bring up a simulated gateway (our own containerd with smarter-cni, the hybrid"
             " runtime and smarter-device-manager, remote cores simulated in QEMU), run two"
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported once logging is configured: their module loggers bind the configuration then.
     import os
 
-    from demo.gateway import Gateway, GatewayConfig
+    from testbed.gateway import Gateway, GatewayConfig
 
     if os.geteuid() != 0:
         print("demo: run as root (network namespaces, containerd, FUSE)", file=sys.stderr)
@@ -140,7 +140,7 @@ def _teardown(gateway: Gateway, *, keep: bool) -> int:
 
 
 def _show(gateway: Gateway, console_seconds: float) -> None:
-    from demo.gateway import RPROC_RESOURCE_PREFIX
+    from testbed.gateway import RPROC_RESOURCE_PREFIX
 
     cri = gateway.cri
     assert cri is not None

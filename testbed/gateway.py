@@ -6,7 +6,7 @@ the kubelet's plugin directory, smarter-cni's state) and the simulator's host ro
 the remote cores' sysfs, /dev, /lib/firmware). The node is installed as a real one is: a
 distribution's own containerd config (Debian's packaged one by default), then the installers
 of the CNI and runtime DaemonSets against the node's directory, then containerd with only what
-an operator also sets (its paths, the sandbox image; demo.node_config). Each exec'd program
+an operator also sets (its paths, the sandbox image; testbed.node_config). Each exec'd program
 gets its settings file beside it, as an operator writes it. The smarter-cni agent and dnsmasq
 run as the DaemonSet runs them; the device manager registers with a kubelet stand-in.
 Everything started is stopped by PID, and every namespace and mount removed, on the way out,
@@ -28,8 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from cni.names import app_name
-from demo import images as image_build
-from demo.containerd import (
+from smarter_common import containerd
+from smarter_common.errors import SmarterError
+from smarter_common.hostroot import HOST_ROOT_ENV, HostRoot
+from smarter_common.logs import get_logger
+from testbed import images as image_build
+from testbed.containerd import (
     HYBRID_HANDLER,
     Containerd,
     ContainerdLayout,
@@ -37,19 +41,15 @@ from demo.containerd import (
     overlay_works,
     unmount_all,
 )
-from demo.cri.client import ContainerSpec, CriClient, CriError, PodSpec
-from demo.kubelet import Kubelet
-from demo.node_config import operator_paths
-from demo.processes import Processes, Started
-from smarter_common import containerd
-from smarter_common.errors import SmarterError
-from smarter_common.hostroot import HOST_ROOT_ENV, HostRoot
-from smarter_common.logs import get_logger
+from testbed.cri.client import ContainerSpec, CriClient, CriError, PodSpec
+from testbed.kubelet import Kubelet
+from testbed.node_config import operator_paths
+from testbed.processes import Processes, Started
 
 if TYPE_CHECKING:
     from cni.config import NetConf
 
-log = get_logger("demo.gateway")
+log = get_logger("testbed.gateway")
 
 REPO = Path(__file__).resolve().parents[1]
 # containerd's PATH: the zipapps' `#!/usr/bin/env -S python3 ...` must find the distribution's
@@ -831,7 +831,7 @@ def _runtime_handler(runtime_class: str) -> str:
 def _write_settings(executable: Path, settings: Mapping[str, str]) -> Path:
     """`<executable>.conf`: the exec'd program's own settings, one `NAME=value` a line."""
     path = executable.with_name(executable.name + SETTINGS_SUFFIX)
-    lines = [f"# {executable.name}'s settings on this simulated gateway (demo.gateway)"]
+    lines = [f"# {executable.name}'s settings on this simulated gateway (testbed.gateway)"]
     lines.extend(f"{name}={value}" for name, value in settings.items())
     path.write_text("\n".join(lines) + "\n")
     return path

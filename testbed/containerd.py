@@ -1,7 +1,7 @@
 """A containerd of our own: where it keeps things, its process, and what it leaves behind.
 
 Its config is a distribution's own, given the runtime by the installers and this layout's
-paths by demo.node_config: every path it uses (root, state, sockets, runc state) is under one
+paths by testbed.node_config: every path it uses (root, state, sockets, runc state) is under one
 work directory, so it never touches the system's containerd. What cannot be moved (the shims'
 sockets live under /run/containerd/s/, named by a hash that includes our socket path) is
 removed by the shims.
@@ -15,12 +15,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from demo.processes import Processes, Started
 from runtime_handler.containerd_config import HANDLER
 from smarter_common.errors import SmarterError
 from smarter_common.logs import get_logger
+from testbed.processes import Processes, Started
 
-log = get_logger("demo.containerd")
+log = get_logger("testbed.containerd")
 
 HYBRID_HANDLER = HANDLER
 

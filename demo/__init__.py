@@ -1,1 +1,0 @@
-"""The README's demo: a simulated gateway with all three plugins."""
