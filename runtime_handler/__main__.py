@@ -2,15 +2,15 @@
 
 Called by containerd's runc shim in runc's place. A call about a firmware container is handled
 here; every other call is replaced by runc with the same arguments. Deciding costs one stat
-(or, at `create`, one read of config.json and of the entrypoint's first bytes).
+(or, at `create`, one read of config.json and of the entrypoint's first bytes); who answers a
+call about a container is runtime_handler.route's decision, the launcher's too.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-from runtime_handler import cli, passthrough, settings
+from runtime_handler import passthrough, route, runc_cli, settings
 
 PROGRAM = "smarter-hybrid-runtime"
 USAGE = f"""usage: {PROGRAM} [runc global options] COMMAND [options] [ID ...]
@@ -35,14 +35,10 @@ settings (environment variables; else NAME=value lines in <this executable>.conf
   SMARTER_CONSOLE_TIMEOUT seconds to wait for a started core's console tty (default 2, max 60)
   SMARTER_LOG_LEVEL      level of the supervisor's entries in the runtime log (default info)
 SMARTER_HOST_ROOT, which containerd passes to every program it runs, is not read.
+In a firmware container's own environment (config.json), set by the device manager:
+  SMARTER_RPROC          the core granted to the container, remoteprocN (default: a free one)
+Every SMARTER_* variable of every program: docs/contributing.md.
 """
-
-_FIRMWARE_COMMANDS = frozenset(
-    {
-        "start", "state", "kill", "delete", "ps", "update", "pause", "resume", "exec",
-        "events", "checkpoint", "restore",
-    }
-)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         from runtime_handler.engine_config import main as install_engines
 
         return install_engines(words[1:])
-    invocation = cli.parse(words)
+    invocation = runc_cli.parse(words)
     command = invocation.command
     if command is None:
         if _asks(words, ("--version", "-v")):
@@ -77,18 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         return _create(invocation, words)
     if command == "list":
         return passthrough.list_containers([PROGRAM, *words])
-    elif command in _FIRMWARE_COMMANDS and invocation.container_id:
-        if cli.id_problem(invocation.container_id):
-            return _refuse_id(invocation)
-        container_dir = os.path.join(invocation.root, "smarter-hybrid", invocation.container_id)
-        if os.path.isdir(container_dir):
-            return _firmware_command(invocation)
+    owner = route.owner(command, invocation.root, invocation.container_id)
+    if owner == route.REFUSED:
+        return _refuse_id(invocation)
+    if owner == route.RUNTIME:
+        return _firmware_command(invocation)
     passthrough.exec_runc([PROGRAM, *words])
     return 127
 
 
-def _create(invocation: cli.Invocation, words: list[str]) -> int:
-    if invocation.container_id and cli.id_problem(invocation.container_id):
+def _create(invocation: runc_cli.Invocation, words: list[str]) -> int:
+    if invocation.container_id and route.id_problem(invocation.container_id):
         return _refuse_id(invocation)
     from runtime_handler import bundle, elf_check
     from runtime_handler.errors import FirmwareRefusedError, RuntimeCallError, report
@@ -118,15 +113,15 @@ def _create(invocation: cli.Invocation, words: list[str]) -> int:
         return report(as_call_error(error), log=invocation.log, log_format=invocation.log_format)
 
 
-def _refuse_id(invocation: cli.Invocation) -> int:
+def _refuse_id(invocation: runc_cli.Invocation) -> int:
     """runc's refusal of a malformed id, before any path is built from it (`../x`)."""
     from runtime_handler.errors import RuntimeCallError, report
 
-    problem = cli.id_problem(invocation.container_id) or ""
+    problem = route.id_problem(invocation.container_id) or ""
     return report(RuntimeCallError(problem), log=invocation.log, log_format=invocation.log_format)
 
 
-def _firmware_command(invocation: cli.Invocation) -> int:
+def _firmware_command(invocation: runc_cli.Invocation) -> int:
     from runtime_handler import firmware
     from runtime_handler.errors import as_call_error, report
     from smarter_common.errors import SmarterError

@@ -6,8 +6,7 @@ import os
 import sys
 
 from runtime_handler import settings
-
-_RUNC_CANDIDATES = ("/usr/sbin/runc", "/usr/bin/runc")
+from runtime_handler.route import RUNC_CANDIDATES
 
 
 def find_runc(configured: str | None = None) -> str:
@@ -15,7 +14,7 @@ def find_runc(configured: str | None = None) -> str:
     distribution's, else `runc` on PATH."""
     if configured:
         return configured
-    for candidate in _RUNC_CANDIDATES:
+    for candidate in RUNC_CANDIDATES:
         if os.access(candidate, os.X_OK):
             return candidate
     for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):

@@ -1,31 +1,51 @@
-"""The zipapp's first code: a call about a container that is not ours goes to runc at once.
+"""The zipapp's first code, and the one routing table: who answers a call about a container.
+
+A call about a container the runtime did not create (a sandbox, a sidecar) is runc's; one about
+a firmware container (a directory under `<--root>/smarter-hybrid/`) is the runtime's. That
+decision (`owner`), the commands it applies to (`CONTAINER_COMMANDS`) and the syntax of runc's
+options (`parse_options`) are defined here once: runtime_handler.__main__ and
+runtime_handler.runc_cli use them as the launcher does.
 
 The zipapp's shebang runs this file's text before the archive is opened (see
 scripts/build_zipapps.py), so the commonest calls (`start`, `state`, `kill`, `delete`... of a
 sandbox or sidecar) cost no zipimport of the archive's directory, no runpy and no import: only
-`posix` and `sys`, which the interpreter loaded at start. It decides exactly as
-runtime_handler.__main__ does (an id with no directory under `<--root>/smarter-hybrid/` is
-runc's) and leaves every other call to that module's main(): create, firmware containers,
-malformed ids, unusual options.
+`posix` and `sys`, which the interpreter loaded at start. Every other call (create, list,
+firmware containers, malformed ids) is left to runtime_handler.__main__.main(). The rules of
+this exec'd path: docs/contributing.md.
 """
 
 import posix
 import sys
 
-_RUNC_ENV = b"SMARTER_RUNC"
-# runtime_handler.settings.NAMES: the names its settings file may hold.
-_SETTINGS_NAMES = frozenset(
+# No `typing` and no `from __future__` (each an import); the checker alone reads these names,
+# and the annotations that need them are strings.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    TakesValue = Callable[[str], bool]
+
+DEFAULT_ROOT = "/run/runc"
+# runtime_handler.state.STATE_SUBDIR (restated: importing it would cost the launcher its
+# speed); tests/test_restated_constants.py holds them equal.
+STATE_DIRECTORY = "smarter-hybrid"
+# Who answers a call about one container.
+RUNC = "runc"
+RUNTIME = "runtime"
+REFUSED = "refused"  # a malformed id: refused in runc's words before any path is built from it
+
+GLOBAL_VALUE_OPTIONS = frozenset({"log", "log-format", "root", "criu", "rootless"})
+# The commands about one existing container: a firmware container's are the runtime's, any
+# other's runc's (`owner`).
+CONTAINER_COMMANDS = frozenset(
     {
-        "SMARTER_RUNTIME_HOST_ROOT", "SMARTER_RUNC", "SMARTER_START_TIMEOUT",
-        "SMARTER_CONSOLE_TIMEOUT", "SMARTER_LOG_LEVEL",
+        "start", "state", "kill", "delete", "pause", "resume", "ps", "events", "exec", "update",
+        "checkpoint", "restore",
     }
 )
-_SETTINGS_MAX_BYTES = 65536
-_RUNC_CANDIDATES = ("/usr/sbin/runc", "/usr/bin/runc")
-_GLOBAL_VALUE_OPTIONS = frozenset({"log", "log-format", "root", "criu", "rootless"})
-_ASKS_US = frozenset({"help", "h", "version", "v"})
-# The commands decided here, each with its options that take a value (the rest are switches).
-_ID_COMMANDS: dict[str, frozenset[str]] = {
+# Those the launcher decides itself, each with its options that take a value (the rest are
+# switches); runtime_handler.runc_cli adds the other commands' options.
+LAUNCHER_VALUE_OPTIONS: dict[str, frozenset[str]] = {
     "start": frozenset(),
     "state": frozenset(),
     "kill": frozenset(),
@@ -35,58 +55,96 @@ _ID_COMMANDS: dict[str, frozenset[str]] = {
     "ps": frozenset({"format", "f"}),
     "events": frozenset({"interval"}),
 }
-# runc's id rule, as runtime_handler.cli.id_problem applies it.
-_ID_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
+
+# runc's container id rule (libcontainer's idRegex `^[\w+-\.]+$`, Go's ASCII `\w`), with `.`
+# and `..` refused; checked without `re`, which is not loaded on the hot path.
+ID_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
+
+# runtime_handler.settings (restated, held equal by tests/test_restated_constants.py): the
+# variable naming runc, the names its settings file may hold, and the file's size limit.
+RUNC_ENV = "SMARTER_RUNC"
+SETTINGS_NAMES = frozenset(
+    {
+        "SMARTER_RUNTIME_HOST_ROOT", "SMARTER_RUNC", "SMARTER_START_TIMEOUT",
+        "SMARTER_CONSOLE_TIMEOUT", "SMARTER_LOG_LEVEL",
+    }
+)
+SETTINGS_SUFFIX = ".conf"
+SETTINGS_MAX_BYTES = 65536
+# Where runc is looked for when no setting names it (runtime_handler.passthrough uses these).
+RUNC_CANDIDATES = ("/usr/sbin/runc", "/usr/bin/runc")
 _S_IFMT = 0o170000
 _S_IFDIR = 0o040000
 
 
-def is_runcs(argv: list[str]) -> bool:
-    """Whether runc's arguments `argv` (no program name) are plainly a call for runc."""
-    parsed = _options(argv, 0, _GLOBAL_VALUE_OPTIONS)
-    if parsed is None:
-        return False
-    index, global_options = parsed
-    if not _ASKS_US.isdisjoint(global_options) or index >= len(argv):
-        return False
-    root = global_options.get("root") or "/run/runc"
-    values = _ID_COMMANDS.get(argv[index])
-    if values is None:
-        return False
-    parsed = _options(argv, index + 1, values)
-    if parsed is None:
-        return False
-    index = parsed[0]
-    if index >= len(argv) or not argv[index]:
-        return True  # no id: runc's usage error
-    container_id = argv[index]
-    if container_id in (".", "..") or not _ID_CHARACTERS.issuperset(container_id):
-        return False
+def id_problem(container_id: str | None) -> str | None:
+    """runc's complaint about `container_id` (its words), or None when it is a valid id."""
+    if not container_id:
+        return "container id cannot be empty"
+    if container_id in (".", "..") or not ID_CHARACTERS.issuperset(container_id):
+        return "invalid container ID format"
+    return None
+
+
+def owner(command: str | None, root: str, container_id: str | None) -> str:
+    """Who answers `command` about `container_id` under runc's `--root`: RUNC, RUNTIME or
+    REFUSED. Not for create/run (decided by the bundle) nor list (both runc's and ours)."""
+    if command not in CONTAINER_COMMANDS or not container_id:
+        return RUNC  # no id: runc's usage error
+    if id_problem(container_id):
+        return REFUSED
     try:
-        mode = posix.stat(f"{root}/smarter-hybrid/{container_id}").st_mode
+        mode = posix.stat(f"{root}/{STATE_DIRECTORY}/{container_id}").st_mode
     except OSError:
-        return True
-    return mode & _S_IFMT != _S_IFDIR
+        return RUNC
+    return RUNTIME if mode & _S_IFMT == _S_IFDIR else RUNC
 
 
-def _options(
-    argv: list[str], index: int, with_values: frozenset[str]
-) -> tuple[int, dict[str, str]] | None:
-    """The options from `index` on and where they end; None at `--` (left to main())."""
-    seen: dict[str, str] = {}
-    while index < len(argv):
-        word = argv[index]
+def parse_options(
+    words: list[str], index: int, takes_value: "TakesValue"
+) -> tuple[dict[str, str | bool], int]:
+    """runc's options in `words` from `index` on, and the index of the first word after them.
+
+    Go's flag rules as runc's CLI library applies them: `-x` and `--x` are the same, a value is
+    the next word or follows `=`, a switch is True, and parsing stops at the first positional
+    word or after `--`. `takes_value(name)` says whether an option takes a value.
+    """
+    options: dict[str, str | bool] = {}
+    while index < len(words):
+        word = words[index]
         if word == "--":
-            return None
+            return options, index + 1
         if not word.startswith("-") or word == "-":
             break
         name, has_value, value = word.lstrip("-").partition("=")
-        if name in with_values and not has_value and index + 1 < len(argv):
+        if has_value:
+            options[name] = value
+        elif takes_value(name) and index + 1 < len(words):
             index += 1
-            value = argv[index]
-        seen[name] = value
+            options[name] = words[index]
+        else:
+            options[name] = True
         index += 1
-    return index, seen
+    return options, index
+
+
+def root_of(global_options: dict[str, str | bool]) -> str:
+    """runc's state directory from its global options."""
+    root = global_options.get("root")
+    return root if isinstance(root, str) and root else DEFAULT_ROOT
+
+
+def is_runcs(argv: list[str]) -> bool:
+    """Whether runc's arguments `argv` (no program name) are a call that is runc's, decided as
+    runtime_handler.__main__.main() decides it, for the commands in LAUNCHER_VALUE_OPTIONS."""
+    global_options, index = parse_options(argv, 0, GLOBAL_VALUE_OPTIONS.__contains__)
+    values = LAUNCHER_VALUE_OPTIONS.get(argv[index]) if index < len(argv) else None
+    if values is None:
+        return False  # left to main()
+    command = argv[index]
+    index = parse_options(argv, index + 1, values.__contains__)[1]
+    container_id = argv[index] if index < len(argv) else None
+    return owner(command, root_of(global_options), container_id) == RUNC
 
 
 def _runc(archive: str) -> str | None:
@@ -95,12 +153,12 @@ def _runc(archive: str) -> str | None:
     configured = _runc_setting(archive)
     if configured is None:
         return None
-    from_env = posix.environ.get(_RUNC_ENV)
+    from_env = posix.environ.get(RUNC_ENV.encode())
     if from_env:
         return from_env.decode(errors="surrogateescape")
     if configured:
         return configured
-    for candidate in _RUNC_CANDIDATES:
+    for candidate in RUNC_CANDIDATES:
         if posix.access(candidate, posix.X_OK):
             return candidate
     return None  # main() searches PATH and reports failures
@@ -110,19 +168,19 @@ def _runc_setting(archive: str) -> str | None:
     """SMARTER_RUNC from the settings file beside the executable ('' when unset or no file);
     None when the file is unreadable or malformed (runtime_handler.settings' rules)."""
     try:
-        fd = posix.open(archive + ".conf", posix.O_RDONLY | posix.O_CLOEXEC)
+        fd = posix.open(archive + SETTINGS_SUFFIX, posix.O_RDONLY | posix.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return ""
     except OSError:
         return None
     try:
         # One read: a regular file gives all it has up to the size asked.
-        data = posix.read(fd, _SETTINGS_MAX_BYTES + 1)
+        data = posix.read(fd, SETTINGS_MAX_BYTES + 1)
     except OSError:
         return None
     finally:
         posix.close(fd)
-    if len(data) > _SETTINGS_MAX_BYTES:
+    if len(data) > SETTINGS_MAX_BYTES:
         return None
     try:
         text = data.decode()
@@ -135,9 +193,9 @@ def _runc_setting(archive: str) -> str | None:
             continue
         name, equals, rest = line.partition("=")
         name = name.strip()
-        if not equals or name not in _SETTINGS_NAMES:
+        if not equals or name not in SETTINGS_NAMES:
             return None
-        if name == "SMARTER_RUNC":
+        if name == RUNC_ENV:
             value = rest.strip()
     return value
 
