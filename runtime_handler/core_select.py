@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 from runtime_handler.errors import FirmwareRefusedError
 from smarter_common.firmware_elf import ElfFacts, FirmwareError, check_fits
-
-_FREE_STATES = ("offline", "crashed")
+from smarter_common.remoteproc import ENV_RPROC, IDLE_STATES, STATE_OFFLINE
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class CoreView:
 
     @property
     def free(self) -> bool:
-        return not self.reserved and self.state in _FREE_STATES
+        return not self.reserved and self.state in IDLE_STATES
 
     def why_busy(self) -> str:
         if self.reserved:
@@ -47,7 +46,7 @@ class CoreView:
 
 @dataclass(frozen=True)
 class BoardView:
-    """The board as the devicetree names it."""
+    """The board as the devicetree names it (`smarter_common.remoteproc.read_board`)."""
 
     model: str
     compatible: tuple[str, ...]
@@ -92,7 +91,7 @@ def choose_core(
     for core in cores:
         fits = _fit_problem(facts, core)
         if fits is None and core.free:
-            if core.state == "offline":
+            if core.state == STATE_OFFLINE:
                 return core
             fallback = fallback or core
             continue
@@ -111,9 +110,9 @@ def _check_requested(facts: ElfFacts, cores: Sequence[CoreView], requested: str)
     else:
         present = ", ".join(core.device_id for core in cores) or "none"
         raise FirmwareRefusedError(
-            f"SMARTER_RPROC={requested} names a core that does not exist;"
+            f"{ENV_RPROC}={requested} names a core that does not exist;"
             f" this host's cores: {present}",
-            hint="the device manager sets SMARTER_RPROC; request smarter-devices/rprocN",
+            hint=f"the device manager sets {ENV_RPROC}; request smarter-devices/rprocN",
         )
     try:
         check_fits(facts, core.cpu)

@@ -28,20 +28,27 @@ from runtime_handler.errors import (
     append_log,
     as_call_error,
 )
-from runtime_handler.supervisor import (
-    STOP_TIMEOUT,
-    Supervisor,
-    recovery_saved_path,
-    restore_recovery,
-    start_timeout,
-    stop_core,
-)
+from runtime_handler.supervisor import Supervisor, recovery_saved_path, start_timeout
 from smarter_common.atomic import write_atomic
 from smarter_common.errors import HostPathError, LockBusyError
 from smarter_common.firmware_elf import ElfFacts
 from smarter_common.hostroot import HostRoot
 from smarter_common.locks import FileLock, is_locked
-from smarter_common.remoteproc import core_by_id, discover_cores
+from smarter_common.remoteproc import (
+    IDLE_STATES,
+    STATE_CRASHED,
+    STATE_RUNNING,
+    core_by_id,
+    discover_cores,
+    firmware_dir,
+    read_board,
+)
+from smarter_common.remoteproc_control import (
+    STOP_TIMEOUT,
+    RemoteCoreError,
+    restore_recovery,
+    stop_core,
+)
 
 FIRMWARE_PREFIX = "smarter-"
 # runc 1.1's words (libcontainer's ErrExist), which the shim shows the user.
@@ -53,23 +60,6 @@ _WAIT_POLL = 0.01
 def lock_path(host: HostRoot, device_id: str) -> Path:
     """The reservation lock of a core: under the host's /run, shared by every --root."""
     return host.run / _LOCKS_SUBDIR / f"{device_id}.lock"
-
-
-def firmware_dir(host: HostRoot) -> Path:
-    """Where the firmware loader looks first: the `firmware_class.path` parameter, else
-    /lib/firmware (both as host paths under the host root)."""
-    try:
-        custom = host.firmware_search_path_param.read_text().strip()
-    except OSError:
-        custom = ""
-    try:
-        return host.path(custom) if custom else host.lib_firmware
-    except HostPathError as error:
-        raise RuntimeCallError(
-            f"cannot place firmware: the kernel's firmware search path {custom!r} is unusable"
-            f" ({error.message})",
-            hint="set /sys/module/firmware_class/parameters/path to an absolute directory",
-        ) from None
 
 
 def observe_cores(host: HostRoot) -> list[CoreView]:
@@ -85,20 +75,6 @@ def observe_cores(host: HostRoot) -> list[CoreView]:
             )
         )
     return views
-
-
-def observe_board(host: HostRoot) -> BoardView:
-    base = host.devicetree_base
-    try:
-        model = (base / "model").read_bytes().rstrip(b"\0").decode(errors="replace")
-    except OSError:
-        model = ""
-    try:
-        raw = (base / "compatible").read_bytes()
-    except OSError:
-        raw = b""
-    compatible = tuple(item.decode(errors="replace") for item in raw.split(b"\0") if item)
-    return BoardView(model=model, compatible=compatible)
 
 
 def create(invocation: Invocation, bundle: Bundle, facts: ElfFacts) -> int:
@@ -117,7 +93,8 @@ def create(invocation: Invocation, bundle: Bundle, facts: ElfFacts) -> int:
         # Checked before any core is touched: a bad timeout must not strand a started core.
         configured.check()
         host = HostRoot(Path(configured.host_root))
-        check_board(bundle.board, observe_board(host))
+        board = read_board(host)
+        check_board(bundle.board, BoardView(board.model, board.compatible))
         core, lock = _reserve(host, facts, bundle.requested_core)
         try:
             return _create_reserved(invocation, bundle, host, core, lock, directory)
@@ -175,7 +152,7 @@ def _create_reserved(
 ) -> int:
     container_id = directory.name
     current = core_by_id(host, core.device_id)
-    if current is None or current.state() not in ("offline", "crashed"):
+    if current is None or current.state() not in IDLE_STATES:
         raise FirmwareRefusedError(f"{core.device_id} started running while it was being reserved")
     entrypoint = bundle.entrypoint or ""
     if not entrypoint.startswith("/"):
@@ -187,7 +164,7 @@ def _create_reserved(
         entrypoint=entrypoint,
         core=core.device_id,
         firmware_name=f"{FIRMWARE_PREFIX}{container_id}.elf",
-        firmware_dir=str(firmware_dir(host)),
+        firmware_dir=str(_placement_dir(host)),
         lock_path=str(lock.path),
         host_root=str(host.root),
         log=os.path.abspath(invocation.log) if invocation.log else None,
@@ -217,6 +194,13 @@ def _create_reserved(
         shutil.rmtree(directory, ignore_errors=True)
         raise
     return 0
+
+
+def _placement_dir(host: HostRoot) -> Path:
+    try:
+        return firmware_dir(host)
+    except HostPathError as error:
+        raise RuntimeCallError(f"cannot place firmware: {error.message}", hint=error.hint) from None
 
 
 def _fork_supervisor(record: state.Record, directory: Path, control_fd: int, host: HostRoot) -> int:
@@ -389,8 +373,8 @@ def _release_core(record: state.Record) -> None:
     try:
         core = core_by_id(host, record.core)
         ours = core is not None and core.firmware() == record.firmware_name
-        if core is not None and ours and core.state() in ("running", "crashed"):
-            with contextlib.suppress(RuntimeCallError):
+        if core is not None and ours and core.state() in (STATE_RUNNING, STATE_CRASHED):
+            with contextlib.suppress(RemoteCoreError):
                 stop_core(core)
         if core is not None:
             restore_recovery(core, recovery_saved_path(record))

@@ -11,7 +11,6 @@ vanished or would not start.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import select
 import shutil
@@ -25,28 +24,32 @@ from typing import Any
 from runtime_handler import settings, state
 from runtime_handler.bundle import resolve_in_rootfs
 from runtime_handler.errors import RuntimeCallError
-from smarter_common.atomic import write_atomic
 from smarter_common.hostroot import HostRoot
 from smarter_common.remoteproc import (
+    LIVE_STATES,
+    STATE_CRASHED,
+    STATE_OFFLINE,
+    STATE_RUNNING,
     RemoteCore,
     announced_console,
     console_device,
     core_by_id,
+    read_state,
     tty_class,
 )
+from smarter_common.remoteproc_control import (
+    RemoteCoreError,
+    disable_recovery,
+    start_core,
+    stop_core,
+    wait_for_state,
+)
 
-STOP_TIMEOUT = 10.0
-# States in which the core runs the container's firmware.
-_LIVE_STATES = ("running", "attached")
 EXIT_FAILED = 1
 _POLL_SECONDS = 0.05
 _CONSOLE_QUIET_SECONDS = 0.2
 _CONSOLE_DRAIN_LIMIT = 1.0
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-class CoreError(RuntimeCallError):
-    """The core would not take the firmware, start, or stop."""
 
 
 def start_timeout() -> float:
@@ -84,7 +87,7 @@ class Supervisor:
                 break
         try:
             core = self._start()
-        except RuntimeCallError as error:
+        except (RuntimeCallError, RemoteCoreError) as error:
             self._say_error(str(error))
             return self._finish(EXIT_FAILED, error=str(error))
         return self._watch(core)
@@ -93,28 +96,20 @@ class Supervisor:
         record = self.record
         core = core_by_id(self.host, record.core)
         if core is None:
-            raise CoreError(f"{record.core} no longer exists")
+            raise RemoteCoreError(f"{record.core} no longer exists")
         self._place_firmware()
-        _disable_recovery(core, recovery_saved_path(record), self._log)
-        if _read_state(core) == "crashed":
-            # A crashed core keeps its old firmware until it is offline again (EBUSY).
-            stop_core(core)
-        _write_attribute(core, "firmware", record.firmware_name)
-        _write_attribute(core, "state", "start")
-        deadline = time.monotonic() + start_timeout()
-        while True:
-            current = _read_state(core)
-            # Crashed means it did run: like a process that dies right after exec, the start
-            # succeeded and the exit status tells the rest.
-            if current in ("running", "crashed"):
-                break
-            if time.monotonic() >= deadline:
-                raise CoreError(
-                    f"{core.device_id} did not reach state running within {start_timeout():g}s"
-                    f" (state {current or 'unreadable'})",
-                    hint=f"raise {settings.START_TIMEOUT_ENV} if the core boots slowly",
-                )
-            time.sleep(_POLL_SECONDS / 5)
+        # The crash must end the container, so that the kubelet's restart policy decides.
+        disable_recovery(core, recovery_saved_path(record), self._log)
+        start_core(core, record.firmware_name)
+        # Crashed means it did run: like a process that dies right after exec, the start
+        # succeeded and the exit status tells the rest.
+        current = wait_for_state(core, (STATE_RUNNING, STATE_CRASHED), start_timeout())
+        if current not in (STATE_RUNNING, STATE_CRASHED):
+            raise RemoteCoreError(
+                f"{core.device_id} did not reach state running within {start_timeout():g}s"
+                f" (state {current or 'unreadable'})",
+                hint=f"raise {settings.START_TIMEOUT_ENV} if the core boots slowly",
+            )
         self._open_console(core)
         record.status = state.STATUS_RUNNING
         record.started = state.now_rfc3339()
@@ -139,7 +134,7 @@ class Supervisor:
         record = self.record
         source = resolve_in_rootfs(record.rootfs, record.entrypoint)
         if source is None:
-            raise CoreError(f"firmware {record.entrypoint} vanished from {record.rootfs}")
+            raise RuntimeCallError(f"firmware {record.entrypoint} vanished from {record.rootfs}")
         target = record.firmware_path
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -152,11 +147,11 @@ class Supervisor:
             record.firmware_placed = True
             state.save(self.directory, record)
         except FileExistsError:
-            raise CoreError(
+            raise RuntimeCallError(
                 f"firmware file {target} already exists and belongs to another container"
             ) from None
         except OSError as error:
-            raise CoreError(f"cannot place firmware at {target}: {error.strerror}") from None
+            raise RuntimeCallError(f"cannot place firmware at {target}: {error.strerror}") from None
         finally:
             temporary.unlink(missing_ok=True)
 
@@ -165,15 +160,15 @@ class Supervisor:
             command = self._next_command(timeout=_POLL_SECONDS)
             if command is not None and command[0] == "kill":
                 return self._stop(core, command[1])
-            if not core.sysfs.is_dir():
+            if not core.exists():
                 return self._fail(f"{core.device_id} vanished", core)
-            current = _read_state(core)
-            if current in _LIVE_STATES:
+            current = read_state(core)
+            if current in LIVE_STATES:
                 continue
-            if current == "offline":
+            if current == STATE_OFFLINE:
                 self._log.info("core stopped from outside", core=core.device_id)
                 return self._finish(0)
-            if current == "crashed":
+            if current == STATE_CRASHED:
                 return self._fail(
                     f"{core.device_id} crashed running {self.record.firmware_name}", core
                 )
@@ -200,7 +195,7 @@ class Supervisor:
         self._log.info("stopping core", core=core.device_id, signal=signum)
         try:
             stop_core(core)
-        except RuntimeCallError as error:
+        except RemoteCoreError as error:
             self._log.error(str(error))
         return self._finish(128 + signum)
 
@@ -249,91 +244,9 @@ class Supervisor:
                 self._pending += os.read(self._control_fd, 512)
 
 
-def stop_core(core: RemoteCore, *, timeout: float = STOP_TIMEOUT) -> None:
-    """Bring the core to offline; a core already offline is fine.
-
-    The kernel takes `stop` only from a running (or attached) core: on a crashed one it is
-    EINVAL. Such a core is recovered first (`recover` to its `recovery` attribute boots the
-    same firmware again), then stopped.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        current = _read_state(core)
-        if current == "offline":
-            return
-        if current == "crashed":
-            _recover(core, deadline)
-            continue
-        try:
-            _write_attribute(core, "state", "stop")
-        except CoreError:
-            current = _read_state(core)
-            if current in _LIVE_STATES:
-                raise
-            if current == "crashed" and time.monotonic() < deadline:
-                continue  # crashed again between recovery and stop
-            if current not in ("offline", "crashed"):
-                return  # detached, deleted...: nothing a stop can change
-        while _read_state(core) in _LIVE_STATES:
-            if time.monotonic() >= deadline:
-                raise CoreError(f"{core.device_id} did not stop within {timeout:g}s")
-            time.sleep(_POLL_SECONDS / 5)
-        if _read_state(core) != "crashed":
-            return
-
-
-def _recover(core: RemoteCore, deadline: float) -> None:
-    """Get a crashed core out of `crashed` the way the kernel allows: trigger its recovery."""
-    if not (core.sysfs / "recovery").exists():
-        raise CoreError(
-            f"{core.device_id} crashed and cannot be stopped: the kernel refuses stop on a"
-            " crashed core (EINVAL) and this one has no recovery attribute",
-            hint="reload the remoteproc driver or reboot to use the core again",
-        )
-    _write_attribute(core, "recovery", "recover")
-    while _read_state(core) == "crashed":
-        if time.monotonic() >= deadline:
-            raise CoreError(f"{core.device_id} stayed crashed after recovery was triggered")
-        time.sleep(_POLL_SECONDS / 5)
-
-
 def recovery_saved_path(record: state.Record) -> Path:
     """Where the core's `recovery` value from before any container is kept, beside its lock."""
     return Path(record.lock_path).with_suffix(".recovery")
-
-
-def _disable_recovery(core: RemoteCore, saved: Path, log: Any) -> None:
-    """Keep the kernel from restarting a crashed firmware by itself (its default): the crash
-    must end the container, so that the kubelet's restart policy decides. The value found is
-    kept (unless an earlier container's is still kept) for `restore_recovery`."""
-    attribute = core.sysfs / "recovery"
-    if not attribute.exists():
-        return
-    try:
-        found = attribute.read_text().strip()
-    except OSError:
-        found = ""
-    if found and not saved.exists():
-        with contextlib.suppress(OSError):
-            write_atomic(saved, found + "\n")
-    try:
-        _write_attribute(core, "recovery", "disabled")
-    except CoreError as error:
-        log.warning("recovery stays enabled", core=core.device_id, error=str(error))
-
-
-def restore_recovery(core: RemoteCore, saved: Path) -> None:
-    """Put back the `recovery` value the core had before our containers, once it is offline
-    (enabling recovery on a crashed core would reboot the old firmware)."""
-    try:
-        value = saved.read_text().strip()
-    except OSError:
-        return
-    if _read_state(core) != "offline":
-        return
-    with contextlib.suppress(CoreError):
-        _write_attribute(core, "recovery", value)
-    saved.unlink(missing_ok=True)
 
 
 def console_timeout() -> float:
@@ -352,39 +265,6 @@ def wait_for_console(host: HostRoot, core: RemoteCore, timeout: float) -> Path |
             break
         time.sleep(_POLL_SECONDS / 2)
     return console_device(host, core)
-
-
-_ERRNO_MEANING: dict[tuple[str, int | None], str] = {
-    ("state", errno.ENOENT): "the firmware loader found no file {value!r}",
-    ("state", errno.EINVAL): "the core rejected the firmware or the request (EINVAL)",
-    ("recovery", errno.EINVAL): "the kernel does not take this recovery command (EINVAL)",
-    ("state", errno.EBUSY): "the core is already running (EBUSY)",
-    ("firmware", errno.EBUSY): "the core is running, its firmware cannot change (EBUSY)",
-}
-
-
-def _write_attribute(core: RemoteCore, name: str, value: str) -> None:
-    path = core.sysfs / name
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
-    except OSError as error:
-        firmware = core.firmware() if name == "state" else value
-        meaning = _ERRNO_MEANING.get((name, error.errno), error.strerror or str(error))
-        raise CoreError(
-            f"writing {value!r} to {core.device_id}/{name} failed: "
-            + meaning.format(value=firmware)
-        ) from None
-
-
-def _read_state(core: RemoteCore) -> str:
-    try:
-        return (core.sysfs / "state").read_text().strip()
-    except OSError:
-        return ""
 
 
 def _say(message: str) -> None:

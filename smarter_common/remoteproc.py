@@ -1,18 +1,55 @@
-"""The remoteproc model: the remote cores under `/sys/class/remoteproc` and their state.
+"""The remote-core contract, reading side: the cores under `/sys/class/remoteproc` and their names.
 
 The kernel's ABI (Documentation/ABI/testing/sysfs-class-remoteproc): `name`, `firmware` (file
 name looked up by the firmware loader), `state` (`offline`, `running`, `crashed`, `suspended`,
-`invalid`, `attached`); writing `start` or `stop` to `state` drives the core.
+`invalid`, `attached`, `detached`, `deleted`); writing `start` or `stop` to `state` drives the
+core; `recovery` (`enabled`, `disabled`; writing `recover` restarts a crashed core once).
+The device manager, the hybrid runtime, the simulator (the kernel's side) and the test bed all
+name these through this module; writing them, with the kernel's errno meanings, is
+`smarter_common.remoteproc_control`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from smarter_common.errors import HostPathError
 from smarter_common.hostroot import HostRoot
+
+# The attributes of `remoteprocN`.
+ATTR_NAME = "name"
+ATTR_FIRMWARE = "firmware"
+ATTR_STATE = "state"
+ATTR_RECOVERY = "recovery"
+
+# What `state` reads.
+STATE_OFFLINE = "offline"
+STATE_RUNNING = "running"
+STATE_CRASHED = "crashed"
+STATE_ATTACHED = "attached"
+# States in which a core runs the firmware it was given.
+LIVE_STATES = (STATE_RUNNING, STATE_ATTACHED)
+# States in which a core takes new firmware (a crashed one after recovery and stop).
+IDLE_STATES = (STATE_OFFLINE, STATE_CRASHED)
+
+# What `state` takes.
+COMMAND_START = "start"
+COMMAND_STOP = "stop"
+
+# What `recovery` reads and takes.
+RECOVERY_ENABLED = "enabled"
+RECOVERY_DISABLED = "disabled"
+RECOVERY_RECOVER = "recover"
+
+# What the device manager's Allocate puts in a container's environment: the core's sysfs name
+# (`remoteproc0`) and its `name` attribute (`cortex-m4`). runtime_handler/bundle.py restates
+# ENV_RPROC on purpose: it is on the runtime's exec'd path, which imports nothing of this.
+ENV_RPROC = "SMARTER_RPROC"
+ENV_RPROC_NAME = "SMARTER_RPROC_NAME"
 
 _CORE_DIR = re.compile(r"^remoteproc(\d+)$")
 # Cortex-M/R cores as they appear in names and devicetree `compatible` strings:
@@ -21,10 +58,6 @@ _CPU_IN_TEXT = re.compile(
     r"(?:cortex-|(?<=[-_,])c?)(m0plus|m0|m1|m3|m4|m7|m23|m33|m35p|m55|m85|r4|r5|r7|r8|r52|r82)f?\b",
     re.IGNORECASE,
 )
-
-STATE_OFFLINE = "offline"
-STATE_RUNNING = "running"
-STATE_CRASHED = "crashed"
 
 
 @dataclass(frozen=True)
@@ -46,24 +79,140 @@ class RemoteCore:
 
     @property
     def name(self) -> str:
-        return _read_text(self.sysfs / "name")
+        return _read_text(self.sysfs / ATTR_NAME)
 
     @property
     def compatible(self) -> list[str]:
         """The devicetree `compatible` strings of the core's node, if it has one."""
-        raw = _read_bytes(self.sysfs / "device" / "of_node" / "compatible")
-        return [item.decode(errors="replace") for item in raw.split(b"\0") if item]
+        return list(
+            devicetree_strings(_read_bytes(self.sysfs / "device" / "of_node" / "compatible"))
+        )
 
     def state(self) -> str:
-        return _read_text(self.sysfs / "state")
+        return _read_text(self.sysfs / ATTR_STATE)
 
     def firmware(self) -> str:
-        return _read_text(self.sysfs / "firmware")
+        return _read_text(self.sysfs / ATTR_FIRMWARE)
+
+    def has_recovery(self) -> bool:
+        """Whether the kernel offers `recovery` for this core (from Linux 5.11)."""
+        return (self.sysfs / ATTR_RECOVERY).exists()
+
+    def exists(self) -> bool:
+        """Whether the core is still there (a driver unbind removes its directory)."""
+        return self.sysfs.is_dir()
 
     @property
     def cpu(self) -> str | None:
         """The core's CPU as `cortex-m4`, `cortex-r5`..., when its name or node tells."""
         return cpu_from_descriptions([self.name, *self.compatible])
+
+
+@dataclass(frozen=True)
+class CoreSnapshot:
+    """What one core says at one moment: enough to tell who uses it and how it is doing."""
+
+    device_id: str
+    name: str
+    state: str
+    firmware: str
+
+
+@dataclass(frozen=True)
+class Board:
+    """The board as its devicetree names it (`/sys/firmware/devicetree/base`)."""
+
+    model: str
+    compatible: tuple[str, ...]
+
+
+def read_state(core: RemoteCore) -> str:
+    """The core's state; '' when it cannot be read (gone, unbound, a dead mount): callers that
+    poll treat that as "not the state I wait for" and say so with the state they found."""
+    try:
+        return (core.sysfs / ATTR_STATE).read_text().strip()
+    except OSError:
+        return ""
+
+
+def read_recovery(core: RemoteCore) -> str:
+    """The core's `recovery` value; '' when it has none or it cannot be read."""
+    try:
+        return (core.sysfs / ATTR_RECOVERY).read_text().strip()
+    except OSError:
+        return ""
+
+
+def snapshot_cores(host: HostRoot) -> list[CoreSnapshot]:
+    """State and firmware of every core under the host root, in index order. An attribute that
+    cannot be read reads `unreadable: <why>`, so that a report shows it instead of failing."""
+    return [
+        CoreSnapshot(
+            device_id=core.device_id,
+            name=_read_or_say(core.sysfs / ATTR_NAME),
+            state=_read_or_say(core.sysfs / ATTR_STATE),
+            firmware=_read_or_say(core.sysfs / ATTR_FIRMWARE),
+        )
+        for core in discover_cores(host)
+    ]
+
+
+def devicetree_strings(raw: bytes) -> tuple[str, ...]:
+    """A devicetree string-list property (`compatible`) as the kernel exposes it:
+    NUL-terminated strings, decoded; empty items are dropped."""
+    return tuple(item.decode(errors="replace") for item in raw.split(b"\0") if item)
+
+
+def encode_devicetree_strings(values: tuple[str, ...] | list[str]) -> bytes:
+    """The inverse of `devicetree_strings`: each string NUL-terminated."""
+    return b"".join(value.encode() + b"\0" for value in values)
+
+
+def read_board(host: HostRoot) -> Board:
+    """The devicetree's `model` and `compatible` strings; empty where the host has none."""
+    base = host.devicetree_base
+    model = _read_bytes_or_empty(base / "model").rstrip(b"\0").decode(errors="replace")
+    return Board(
+        model=model, compatible=devicetree_strings(_read_bytes_or_empty(base / "compatible"))
+    )
+
+
+def firmware_search_path(host: HostRoot) -> str:
+    """The `firmware_class.path` kernel parameter: a host directory the firmware loader
+    searches before the standard ones; '' when unset or unreadable."""
+    try:
+        return host.firmware_search_path_param.read_text().strip()
+    except OSError:
+        return ""
+
+
+def firmware_dir(host: HostRoot) -> Path:
+    """Where firmware is put for the loader to find first: the `firmware_class.path`
+    directory, else /lib/firmware (both under the host root). HostPathError when the
+    parameter names a path that cannot be under the host root."""
+    custom = firmware_search_path(host)
+    if not custom:
+        return host.lib_firmware
+    try:
+        return host.path(custom)
+    except HostPathError as error:
+        raise HostPathError(
+            f"the kernel's firmware search path {custom!r} is unusable ({error.message})",
+            hint="set /sys/module/firmware_class/parameters/path to an absolute directory",
+        ) from None
+
+
+def firmware_search_dirs(host: HostRoot) -> list[Path]:
+    """Where the firmware loader looks for a file named in `firmware`, in the kernel's order
+    (drivers/base/firmware_loader/main.c, leaving out the per-release directories): the
+    `firmware_class.path` directory, /lib/firmware/updates, /lib/firmware. An unusable
+    parameter is skipped, as the loader finds nothing there."""
+    dirs = []
+    with contextlib.suppress(HostPathError):
+        custom = firmware_search_path(host)
+        if custom:
+            dirs.append(host.path(custom))
+    return [*dirs, host.path("/lib/firmware/updates"), host.lib_firmware]
 
 
 def cpu_from_descriptions(descriptions: list[str]) -> str | None:
@@ -152,3 +301,17 @@ def _read_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         return b""
+
+
+def _read_bytes_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _read_or_say(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as error:
+        return f"unreadable: {error}"

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime_handler.supervisor import stop_core
 from sim.firmware_build import build_firmware
 from smarter_common.locks import is_locked
 from smarter_common.remoteproc import RemoteCore, console_device, core_by_id
+from smarter_common.remoteproc_control import stop_core
 from testbed.simulator import Simulator, process_alive, running_simulator
 
 from .conftest import RUNC, RUNTIME, MakeBundle, log_messages, runtime

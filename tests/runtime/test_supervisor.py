@@ -82,7 +82,7 @@ def test_attached_core_keeps_the_container_running_until_it_goes_offline(
     watcher, core, _ = watched
     # The watch polls: it sees `attached` a few times, then the core stopped from outside.
     reads = iter(["attached", "attached", "running", "offline"])
-    monkeypatch.setattr(supervisor, "_read_state", lambda _core: next(reads))
+    monkeypatch.setattr(supervisor, "read_state", lambda _core: next(reads))
 
     assert watcher._watch(core) == 0
     assert state.load(watcher.directory).exit_code == 0
