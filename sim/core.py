@@ -1,5 +1,9 @@
 """One simulated remote core: the state machine behind its sysfs files, with the kernel's errnos.
 
+The kernel's side of the contract in smarter_common.remoteproc (names, states, commands) and
+smarter_common.remoteproc_control (each refusal's errno), so that the runtime reads here exactly
+what it reads on a board.
+
 Mirrors drivers/remoteproc/remoteproc_sysfs.c: `firmware` can change only while the core is
 offline (EBUSY otherwise); `start` on a running core is EBUSY, a missing firmware file ENOENT, a
 file that is not an ELF this core can run EINVAL; `stop` is EINVAL unless the core is running
@@ -27,14 +31,39 @@ from sim.qemu import QemuRun
 from smarter_common.errors import SmarterError
 from smarter_common.firmware_elf import FirmwareError, check_fits, read_elf_facts
 from smarter_common.logs import get_logger
-from smarter_common.remoteproc import STATE_CRASHED, STATE_OFFLINE, STATE_RUNNING
+from smarter_common.remoteproc import (
+    COMMAND_START,
+    COMMAND_STOP,
+    RECOVERY_DISABLED,
+    RECOVERY_ENABLED,
+    RECOVERY_RECOVER,
+    STATE_CRASHED,
+    STATE_OFFLINE,
+    STATE_RUNNING,
+)
+from smarter_common.remoteproc_control import (
+    FIRMWARE_EMPTY,
+    FIRMWARE_WHILE_RUNNING,
+    RECOVERY_REJECTED,
+    START_NO_FILE,
+    START_WHILE_BUSY,
+    STATE_REJECTED,
+    Refusal,
+)
 
 
-class CoreError(OSError):
+class SysfsWriteError(OSError):
     """A sysfs write the kernel would refuse, carrying the errno the writer sees."""
 
-    def __init__(self, code: int, why: str) -> None:
-        super().__init__(code, why)
+    def __init__(self, refusal: Refusal, why: str) -> None:
+        super().__init__(refusal.errno, why)
+
+
+class QemuStartError(OSError):
+    """QEMU would not start: the writer of `start` sees EIO, as for a core that fails to boot."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(errno.EIO, why)
 
 
 # A runner starts QEMU on a thread whose signal mask is the simulator's normal one; see
@@ -81,7 +110,7 @@ class SimCore:
 
     @property
     def recovery(self) -> str:
-        return "enabled" if self._recovery_enabled else "disabled"
+        return RECOVERY_ENABLED if self._recovery_enabled else RECOVERY_DISABLED
 
     @property
     def qemu_pid(self) -> int | None:
@@ -92,32 +121,32 @@ class SimCore:
         name = value.split("\n", 1)[0]
         with self._lock:
             if self._state != STATE_OFFLINE:
-                raise CoreError(errno.EBUSY, "can't change firmware while running")
+                raise SysfsWriteError(FIRMWARE_WHILE_RUNNING, "can't change firmware while running")
             if not name:
-                raise CoreError(errno.EINVAL, "empty firmware name")
+                raise SysfsWriteError(FIRMWARE_EMPTY, "empty firmware name")
             self._firmware = name
         self._log.info("firmware set", firmware=name)
 
     def write_state(self, value: str) -> None:
         command = value[:-1] if value.endswith("\n") else value
-        if command == "start":
+        if command == COMMAND_START:
             self.start()
-        elif command == "stop":
+        elif command == COMMAND_STOP:
             self.stop()
         else:
-            raise CoreError(errno.EINVAL, f"unrecognised option {command!r}")
+            raise SysfsWriteError(STATE_REJECTED, f"unrecognised option {command!r}")
 
     def write_recovery(self, value: str) -> None:
         command = value[:-1] if value.endswith("\n") else value
-        if command == "enabled":
+        if command == RECOVERY_ENABLED:
             self._recovery_enabled = True
             self.recover()
-        elif command == "disabled":
+        elif command == RECOVERY_DISABLED:
             self._recovery_enabled = False
-        elif command == "recover":
+        elif command == RECOVERY_RECOVER:
             self.recover()
         else:
-            raise CoreError(errno.EINVAL, f"unrecognised option {command!r}")
+            raise SysfsWriteError(RECOVERY_REJECTED, f"unrecognised option {command!r}")
         self._log.info("recovery set", recovery=command)
 
     def recover(self) -> None:
@@ -128,7 +157,7 @@ class SimCore:
             self._state = STATE_OFFLINE
             try:
                 self._boot()
-            except CoreError as error:
+            except (SysfsWriteError, QemuStartError) as error:
                 # The kernel writes no errno back for a failed recovery; the core stays offline.
                 self._log.warning("recovery failed", error=str(error))
                 return
@@ -137,7 +166,7 @@ class SimCore:
     def start(self) -> None:
         with self._lock:
             if self._state != STATE_OFFLINE:
-                raise CoreError(errno.EBUSY, f"core is {self._state}")
+                raise SysfsWriteError(START_WHILE_BUSY, f"core is {self._state}")
             self._boot()
         self._log.info("core started", firmware=self._firmware, qemu_pid=self.qemu_pid)
 
@@ -148,7 +177,7 @@ class SimCore:
             check_fits(read_elf_facts(source), self.core_type.cpu)
         except FirmwareError as error:
             self._log.warning("firmware refused", firmware=str(source), error=str(error))
-            raise CoreError(errno.EINVAL, str(error)) from error
+            raise SysfsWriteError(STATE_REJECTED, str(error)) from error
         # The kernel loads the image into the core's memory at start; a private copy keeps
         # later changes to the file from reaching the running core.
         self._work_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +188,7 @@ class SimCore:
             self._run = self._runner(lambda: self._spawn(image))
         except (OSError, SmarterError) as error:
             self._log.error("qemu failed to start", error=str(error))
-            raise CoreError(errno.EIO, f"cannot start QEMU: {error}") from error
+            raise QemuStartError(f"cannot start QEMU: {error}") from error
         self._state = STATE_RUNNING
 
     def _spawn(self, image: Path) -> QemuRun:
@@ -182,7 +211,7 @@ class SimCore:
     def stop(self) -> None:
         with self._lock:
             if self._state != STATE_RUNNING:
-                raise CoreError(errno.EINVAL, f"core is {self._state}")
+                raise SysfsWriteError(STATE_REJECTED, f"core is {self._state}")
             run, self._run = self._run, None
             self._state = STATE_OFFLINE
         if run is not None:
@@ -199,9 +228,9 @@ class SimCore:
 
     def _find_firmware(self, name: str) -> Path:
         if name.startswith("/") or ".." in Path(name).parts:
-            raise CoreError(errno.ENOENT, f"firmware name {name!r} is not a relative path")
+            raise SysfsWriteError(START_NO_FILE, f"firmware name {name!r} is not a relative path")
         for directory in self._firmware_dirs():
             candidate = directory / name
             if candidate.is_file():
                 return candidate
-        raise CoreError(errno.ENOENT, f"firmware {name!r} not found")
+        raise SysfsWriteError(START_NO_FILE, f"firmware {name!r} not found")

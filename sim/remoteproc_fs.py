@@ -12,13 +12,19 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 
-from sim.boards import devicetree_strings
 from sim.core import SimCore
+from smarter_common.remoteproc import (
+    ATTR_FIRMWARE,
+    ATTR_NAME,
+    ATTR_RECOVERY,
+    ATTR_STATE,
+    encode_devicetree_strings,
+)
 
 # sysfs reports a page as the size of every attribute file.
 _ATTR_SIZE = 4096
-_WRITABLE = frozenset({"firmware", "state", "recovery"})
-_CORE_FILES = ("name", "firmware", "state", "recovery")
+_WRITABLE = frozenset({ATTR_FIRMWARE, ATTR_STATE, ATTR_RECOVERY})
+_CORE_FILES = (ATTR_NAME, ATTR_FIRMWARE, ATTR_STATE, ATTR_RECOVERY)
 # Where a board's kernel puts the rpmsg tty device of a core's firmware: the virtio device of
 # the firmware's resource table and its channel `rpmsg-tty` (src -1, dst 1024).
 VIRTIO_DIR = "virtio0"
@@ -58,16 +64,16 @@ class RemoteprocFs:
         return core, parts[1:]
 
     def _content(self, core: SimCore, rest: tuple[str, ...]) -> bytes:
-        if rest == ("name",):
+        if rest == (ATTR_NAME,):
             return f"{core.core_type.cpu}\n".encode()
-        if rest == ("firmware",):
+        if rest == (ATTR_FIRMWARE,):
             return f"{core.firmware}\n".encode()
-        if rest == ("state",):
+        if rest == (ATTR_STATE,):
             return f"{core.state}\n".encode()
-        if rest == ("recovery",):
+        if rest == (ATTR_RECOVERY,):
             return f"{core.recovery}\n".encode()
         if rest == ("device", "of_node", "compatible"):
-            return devicetree_strings((core.core_type.compatible,))
+            return encode_devicetree_strings((core.core_type.compatible,))
         if rest == ("device", "of_node", "name"):
             return b"m" + core.core_type.cpu.removeprefix("cortex-").encode() + b"\0"
         raise _error(errno.ENOENT)
@@ -141,11 +147,11 @@ class RemoteprocFs:
         if core is None:
             raise _error(errno.EISDIR)
         text = data.decode(errors="replace")
-        if rest == ("state",):
+        if rest == (ATTR_STATE,):
             core.write_state(text)
-        elif rest == ("firmware",):
+        elif rest == (ATTR_FIRMWARE,):
             core.set_firmware(text)
-        elif rest == ("recovery",):
+        elif rest == (ATTR_RECOVERY,):
             core.write_recovery(text)
         else:
             raise _error(errno.EACCES)

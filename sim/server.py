@@ -7,7 +7,6 @@ normal signal mask; each QEMU has a relay thread for its UART.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import resource
@@ -28,9 +27,10 @@ from sim.layout import DEVICE_NODES, Layout
 from sim.mounts import mounts_under, unmount
 from sim.qemu import INSTALL_HINT, qemu_binary
 from sim.remoteproc_fs import RPMSG_TTY_DIR, VIRTIO_DIR, RemoteprocFs
-from smarter_common.errors import HostPathError, SmarterError
+from smarter_common.errors import SmarterError
 from smarter_common.hostroot import HostRoot
 from smarter_common.logs import get_logger
+from smarter_common.remoteproc import encode_devicetree_strings, firmware_search_dirs
 
 RUN_DIR = "/run/smarter-sim"
 _MOUNT_TIMEOUT = 10.0
@@ -89,7 +89,7 @@ def serve(root: Path, cpus: Sequence[str], board_name: str | None, out: TextIO) 
                     core_type,
                     console,
                     state_dir / "cores" / str(index),
-                    lambda: _firmware_dirs(host),
+                    lambda: firmware_search_dirs(host),
                     spawner.run,
                 )
             )
@@ -205,7 +205,7 @@ def _build_files(layout: Layout, host: HostRoot, board: boards.Board) -> None:
     # Empty like the kernel's; when set, it is a host path searched before /lib/firmware.
     layout.write(host.firmware_search_path_param, b"\n")
     layout.write(host.devicetree_base / "model", board.model.encode() + b"\0")
-    layout.write(host.devicetree_base / "compatible", boards.devicetree_strings(board.compatible))
+    layout.write(host.devicetree_base / "compatible", encode_devicetree_strings(board.compatible))
     layout.mkdir(host.lib_firmware)
     for name, major, minor in DEVICE_NODES:
         layout.mknod(host.dev / name, major, minor)
@@ -228,21 +228,6 @@ def _publish_tty(layout: Layout, host: HostRoot, index: int) -> None:
     that link is how a core's console is found (tty numbers follow channel announcements)."""
     target = f"../../remoteproc/remoteproc{index}/{VIRTIO_DIR}/{RPMSG_TTY_DIR}"
     layout.symlink(host.sys / "class" / "tty" / f"ttyRPMSG{index}" / "device", target)
-
-
-def _firmware_dirs(host: HostRoot) -> list[Path]:
-    """Where `start` looks for the firmware file, in the kernel's order."""
-    dirs = []
-    try:
-        custom = host.firmware_search_path_param.read_text().strip()
-    except OSError:
-        custom = ""
-    if custom:
-        # An unusable value (one with `..`) is skipped: the loader just finds nothing there.
-        with contextlib.suppress(HostPathError):
-            dirs.append(host.path(custom))
-    dirs += [host.path("/lib/firmware/updates"), host.lib_firmware]
-    return dirs
 
 
 @dataclass
