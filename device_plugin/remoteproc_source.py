@@ -12,10 +12,13 @@ from device_plugin.rules import RESOURCE_DOMAIN
 from device_plugin.sources import DeviceNode, Offer, PathView, handed_path
 from smarter_common.hostroot import HostRoot
 from smarter_common.logs import get_logger
-from smarter_common.remoteproc import RemoteCore, console_device, discover_cores
-
-ENV_RPROC = "SMARTER_RPROC"
-ENV_RPROC_NAME = "SMARTER_RPROC_NAME"
+from smarter_common.remoteproc import (
+    ENV_RPROC,
+    ENV_RPROC_NAME,
+    RemoteCore,
+    console_device,
+    discover_cores,
+)
 
 _log = get_logger("smarter-device-manager", source="remoteproc")
 
