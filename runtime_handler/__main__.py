@@ -99,7 +99,7 @@ def _create(invocation: runc_cli.Invocation, words: list[str]) -> int:
     if facts is None:
         passthrough.exec_runc([PROGRAM, *words])
         return 127
-    from runtime_handler import firmware
+    from runtime_handler import firmware_commands
     from runtime_handler.errors import as_call_error
     from smarter_common.errors import SmarterError
 
@@ -108,7 +108,7 @@ def _create(invocation: runc_cli.Invocation, words: list[str]) -> int:
             raise RuntimeCallError(
                 "run is not supported for firmware containers: use create, then start"
             )
-        return firmware.create(invocation, loaded, facts)
+        return firmware_commands.create(invocation, loaded, facts)
     except (SmarterError, OSError) as error:
         return report(as_call_error(error), log=invocation.log, log_format=invocation.log_format)
 
@@ -122,11 +122,11 @@ def _refuse_id(invocation: runc_cli.Invocation) -> int:
 
 
 def _firmware_command(invocation: runc_cli.Invocation) -> int:
-    from runtime_handler import firmware
+    from runtime_handler import firmware_commands
     from runtime_handler.errors import as_call_error, report
     from smarter_common.errors import SmarterError
 
-    handler = firmware.COMMANDS[invocation.command or ""]
+    handler = firmware_commands.COMMANDS[invocation.command or ""]
     try:
         return handler(invocation)
     except (SmarterError, OSError) as error:

@@ -1,7 +1,8 @@
-"""runc's commands for firmware containers: create, start, state, kill, delete, ps, and the rest.
+"""runc's command set for firmware containers: create, start, state, kill, delete, ps, and the rest.
 
 Each command reads our record under `<--root>/smarter-hybrid/<id>/`, acts, and returns an exit
-status; failures are RuntimeCallError, reported by the caller in runc's log format.
+status; failures are RuntimeCallError, reported by the caller in runc's log format. The core is
+driven through smarter_common.remoteproc_control; the container's process is the supervisor.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 
 from runtime_handler import settings, signals, state
 from runtime_handler.bundle import Bundle
-from runtime_handler.cli import Invocation
 from runtime_handler.core_select import BoardView, CoreView, check_board, choose_core
 from runtime_handler.errors import (
     ContainerNotFoundError,
@@ -28,6 +28,7 @@ from runtime_handler.errors import (
     append_log,
     as_call_error,
 )
+from runtime_handler.runc_cli import Invocation
 from runtime_handler.supervisor import Supervisor, recovery_saved_path, start_timeout
 from smarter_common.atomic import write_atomic
 from smarter_common.errors import HostPathError, LockBusyError
