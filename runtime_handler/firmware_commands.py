@@ -158,7 +158,7 @@ def _create_reserved(
     entrypoint = bundle.entrypoint or ""
     if not entrypoint.startswith("/"):
         entrypoint = os.path.join(bundle.cwd, entrypoint)
-    record = state.Record(
+    record = state.ContainerRecord(
         id=container_id,
         bundle=bundle.path,
         rootfs=bundle.rootfs,
@@ -204,7 +204,9 @@ def _placement_dir(host: HostRoot) -> Path:
         raise RuntimeCallError(f"cannot place firmware: {error.message}", hint=error.hint) from None
 
 
-def _fork_supervisor(record: state.Record, directory: Path, control_fd: int, host: HostRoot) -> int:
+def _fork_supervisor(
+    record: state.ContainerRecord, directory: Path, control_fd: int, host: HostRoot
+) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -220,7 +222,9 @@ def _fork_supervisor(record: state.Record, directory: Path, control_fd: int, hos
         os._exit(code)
 
 
-def _supervise(record: state.Record, directory: Path, control_fd: int, host: HostRoot) -> int:
+def _supervise(
+    record: state.ContainerRecord, directory: Path, control_fd: int, host: HostRoot
+) -> int:
     try:
         os.setsid()
         os.chdir("/")
@@ -236,7 +240,9 @@ def _supervise(record: state.Record, directory: Path, control_fd: int, host: Hos
                 stream.flush()
 
 
-def _supervisor_failed(record: state.Record, directory: Path, error: BaseException) -> None:
+def _supervisor_failed(
+    record: state.ContainerRecord, directory: Path, error: BaseException
+) -> None:
     """Keep the container's record (stopped, with the reason) and say why, where we can."""
     message = f"supervisor of {record.id} failed: {as_call_error(error)}"
     record.status = state.STATUS_STOPPED
@@ -262,7 +268,7 @@ def _wait_start_time(pid: int) -> str:
         time.sleep(_WAIT_POLL)
 
 
-def _load(invocation: Invocation) -> tuple[Path, state.Record]:
+def _load(invocation: Invocation) -> tuple[Path, state.ContainerRecord]:
     container_id = invocation.container_id or ""
     directory = Path(state.container_dir(invocation.root, container_id))
     return directory, state.load(directory)
@@ -345,7 +351,7 @@ def delete(invocation: Invocation) -> int:
     return 0
 
 
-def _end_supervisor(directory: Path, record: state.Record) -> None:
+def _end_supervisor(directory: Path, record: state.ContainerRecord) -> None:
     with contextlib.suppress(RuntimeCallError):
         _send(directory, f"kill {int(signal.SIGKILL)}\n")
     if _wait_gone(record, STOP_TIMEOUT + 5.0):
@@ -354,7 +360,7 @@ def _end_supervisor(directory: Path, record: state.Record) -> None:
     _wait_gone(record, 5.0)
 
 
-def _wait_gone(record: state.Record, timeout: float) -> bool:
+def _wait_gone(record: state.ContainerRecord, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while state.supervisor_alive(record):
         if time.monotonic() >= deadline:
@@ -363,7 +369,7 @@ def _wait_gone(record: state.Record, timeout: float) -> bool:
     return True
 
 
-def _release_core(record: state.Record) -> None:
+def _release_core(record: state.ContainerRecord) -> None:
     """Stop the core when it still runs our firmware and nobody else holds it."""
     host = HostRoot(Path(record.host_root))
     lock = FileLock(Path(record.lock_path))

@@ -41,8 +41,8 @@ def is_ours(runtime_root: str, container_id: str) -> bool:
 
 
 @dataclass
-class Record:
-    """What we remember about one firmware container."""
+class ContainerRecord:
+    """What we remember about one firmware container (its `state.json`)."""
 
     id: str
     bundle: str
@@ -71,16 +71,16 @@ class Record:
         return Path(self.firmware_dir) / self.firmware_name
 
 
-def save(directory: Path, record: Record) -> None:
+def save(directory: Path, record: ContainerRecord) -> None:
     write_atomic(directory / RECORD_FILE, json.dumps(asdict(record), indent=1) + "\n")
 
 
-def load(directory: Path) -> Record:
+def load(directory: Path) -> ContainerRecord:
     try:
         raw = json.loads((directory / RECORD_FILE).read_text())
     except FileNotFoundError:
         raise ContainerNotFoundError() from None
-    return Record(**raw)
+    return ContainerRecord(**raw)
 
 
 def now_rfc3339() -> str:
@@ -103,19 +103,19 @@ def process_start_time(pid: int) -> str:
     return fields[19]
 
 
-def supervisor_alive(record: Record) -> bool:
+def supervisor_alive(record: ContainerRecord) -> bool:
     """Whether the container's supervisor (its init process) still runs."""
     return record.pid > 0 and process_start_time(record.pid) == record.pid_start
 
 
-def current_status(record: Record) -> str:
+def current_status(record: ContainerRecord) -> str:
     """created/running as recorded while the supervisor lives; stopped once it has exited."""
     if record.status != STATUS_STOPPED and supervisor_alive(record):
         return record.status
     return STATUS_STOPPED
 
 
-def oci_state(record: Record) -> dict[str, object]:
+def oci_state(record: ContainerRecord) -> dict[str, object]:
     """The state as `runc state` prints it (OCI runtime spec "State", plus runc's extras)."""
     status = current_status(record)
     return {

@@ -60,7 +60,7 @@ class Supervisor:
     """Runs one firmware container from `start` to the core stopping."""
 
     def __init__(
-        self, record: state.Record, directory: Path, control_fd: int, host: HostRoot
+        self, record: state.ContainerRecord, directory: Path, control_fd: int, host: HostRoot
     ) -> None:
         self.record = record
         self.directory = directory
@@ -244,7 +244,7 @@ class Supervisor:
                 self._pending += os.read(self._control_fd, 512)
 
 
-def recovery_saved_path(record: state.Record) -> Path:
+def recovery_saved_path(record: state.ContainerRecord) -> Path:
     """Where the core's `recovery` value from before any container is kept, beside its lock."""
     return Path(record.lock_path).with_suffix(".recovery")
 
@@ -375,7 +375,7 @@ class _QuietStream:
             self._stream.flush()
 
 
-def _logger(record: state.Record) -> Any:
+def _logger(record: state.ContainerRecord) -> Any:
     """structlog writing runc-style entries (`level`, `msg`, `time`) to the runtime log.
 
     Without `--log` (podman, a hand-run runtime) stderr is the container's own output, as

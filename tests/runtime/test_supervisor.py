@@ -25,7 +25,7 @@ def watched(tmp_path: Path) -> Iterator[tuple[supervisor.Supervisor, RemoteCore,
     directory = tmp_path / "container"
     directory.mkdir()
     log = tmp_path / "log.json"
-    record = state.Record(
+    record = state.ContainerRecord(
         id="fw",
         bundle=str(tmp_path),
         rootfs=str(tmp_path / "rootfs"),
