@@ -1,12 +1,10 @@
-"""The host-side zipapps run under Debian's python3 alone, and the CNI fast path stays stdlib."""
+"""The host-side zipapps run under Debian's python3 alone; their imports: test_fast_paths.py."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 from types import ModuleType
@@ -102,44 +100,6 @@ def test_build_is_deterministic(zipapps: Path, tmp_path: Path) -> None:
         assert (tmp_path / program).read_bytes() == (zipapps / program).read_bytes(), program
 
 
-# Runs the zipapp as `python3 zipapp` would, then reports which modules it left loaded.
-_MODULES_PROBE = """
-import json, runpy, sys
-before = set(sys.modules)
-sys.argv = sys.argv[1:]
-code = 0
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-except SystemExit as exit:
-    code = exit.code or 0
-sys.stderr.write("\\nMODULES " + json.dumps(sorted(set(sys.modules) - before)) + "\\n")
-sys.exit(code)
-"""
-
-
-def test_cni_version_command_imports_only_the_standard_library(zipapps: Path) -> None:
-    zipapp = zipapps / "smarter-cni"
-    result = subprocess.run(
-        [HOST_PYTHON, "-I", "-c", _MODULES_PROBE, str(zipapp)],
-        input=json.dumps({"cniVersion": "1.0.0", "name": "smarter", "type": "smarter-cni"}),
-        capture_output=True,
-        text=True,
-        env={**HOST_ENV, "CNI_COMMAND": "VERSION"},
-        cwd="/",
-    )
-    assert result.returncode == 0, f"CNI VERSION failed: {result.stdout} {result.stderr}"
-    assert result.stdout.strip(), "smarter-cni printed nothing for CNI_COMMAND=VERSION"
-    answer = json.loads(result.stdout)
-    assert "1.0.0" in answer["supportedVersions"], answer
-    report = result.stderr.rsplit("MODULES ", 1)
-    assert len(report) == 2, result.stderr
-    loaded = {name.split(".", 1)[0] for name in json.loads(report[1])}
-    assert "cni" in loaded, "the probe did not see the plugin's own modules: it is blind"
-    ours = {"cni", "smarter_common", "__main__"}
-    foreign = sorted(m for m in loaded - ours if m not in sys.stdlib_module_names)
-    assert not foreign, f"the CNI VERSION path imports non-stdlib modules: {foreign}"
-
-
 def _builder() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "build_zipapps", REPO / "scripts/build_zipapps.py"
@@ -173,62 +133,6 @@ def test_a_program_that_would_ship_grpc_is_refused(tmp_path: Path) -> None:
     with pytest.raises(builder.BuildError, match=r"would ship \['grpc'\]"):
         builder.build(program, tmp_path / "smarter-x")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_cni_status_through_the_agent_imports_only_the_standard_library(
-    zipapps: Path, tmp_path: Path
-) -> None:
-    from testbed.netns import network_namespace
-
-    state = tmp_path / "state"
-    plugin = {"type": "smarter-cni", "subnet": "10.211.0.0/24", "stateDir": str(state)}
-    conflist = tmp_path / "10-smarter.conflist"
-    conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "smarter", "plugins": [plugin]}))
-    with network_namespace("se-za-") as netns:
-        agent = subprocess.Popen(
-            [
-                "nsenter",
-                f"--net=/run/netns/{netns}",
-                "--",
-                sys.executable,
-                "-m",
-                "cni",
-                "agent",
-                "--conf",
-                str(conflist),
-            ],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while not (state / "agent.sock").exists():
-                assert agent.poll() is None, agent.stderr.read() if agent.stderr else ""
-                assert time.monotonic() < deadline, "the agent did not open its socket"
-                time.sleep(0.05)
-            result = subprocess.run(
-                [HOST_PYTHON, "-I", "-c", _MODULES_PROBE, str(zipapps / "smarter-cni")],
-                input=json.dumps({"cniVersion": "1.0.0", "name": "smarter", **plugin}),
-                capture_output=True,
-                text=True,
-                env={**HOST_ENV, "CNI_COMMAND": "STATUS", "CNI_PATH": "/usr/lib/cni"},
-                cwd="/",
-            )
-        finally:
-            agent.terminate()
-            agent.wait(timeout=20)
-    assert result.returncode == 0, f"CNI STATUS failed: {result.stdout} {result.stderr}"
-    loaded = {name for name in json.loads(result.stderr.rsplit("MODULES ", 1)[1])}
-    assert "cni.client" in loaded, "the probe did not see the plugin's own modules: it is blind"
-    assert "cni.node" not in loaded, "the plugin did the work itself: the agent was not used"
-    top_level = {name.split(".", 1)[0] for name in loaded}
-    foreign = sorted(
-        m
-        for m in top_level - {"cni", "smarter_common", "__main__"}
-        if m not in sys.stdlib_module_names
-    )
-    assert not foreign, f"the CNI fast path imports non-stdlib modules: {foreign}"
 
 
 def test_build_works_without_the_packaging_distribution(tmp_path: Path) -> None:

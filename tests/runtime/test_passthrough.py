@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from .conftest import RUNC, MakeBundle, log_messages, runtime
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _shim_globals(root: Path, bundle: Path) -> list[str]:
@@ -114,36 +111,6 @@ def test_unreadable_bundle_is_reported_by_runc(tmp_path: Path, runc_root: Path) 
         f"runc create failed: chdir {tmp_path}/absent: no such file or directory"
     ]
     assert not (runc_root / "smarter-hybrid").exists()
-
-
-HEAVY = ("json", "re", "typing", "dataclasses", "pathlib", "elftools", "structlog")
-
-
-def test_routing_calls_to_runc_imports_nothing_heavy(make_bundle: MakeBundle) -> None:
-    # Stops at each exec into runc and lists what routing had imported by then.
-    bundle = make_bundle(["/bin/sh"], busybox=True)
-    calls = [
-        ["--root", "/nonexistent", "--log", "/dev/null", "kill", "--all", "c1", "9"],
-        ["--root", "/nonexistent", "create", "--bundle", str(bundle), "c1"],
-    ]
-    probe = (
-        "import os, sys\n"
-        f"sys.path.insert(0, {str(REPO)!r})\n"
-        "def stop(path, argv):\n"
-        f"    print(','.join(m for m in {HEAVY!r} if m in sys.modules), flush=True)\n"
-        "    os._exit(0)\n"
-        "os.execv = stop\n"
-        "from runtime_handler.__main__ import main\n"
-        "main(sys.argv[1:])\n"
-    )
-    for call in calls:
-        result = subprocess.run(
-            [sys.executable, "-I", "-S", "-c", probe, *call],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        assert result.stdout == "\n", call
 
 
 def test_list_does_not_take_our_state_directory_for_a_broken_runc_container(
