@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime_handler.cli import DEFAULT_ROOT, parse
+from runtime_handler.runc_cli import DEFAULT_ROOT, parse
 
 SHIM_GLOBALS = [
     "--root",
