@@ -12,7 +12,24 @@ from collections.abc import Callable
 
 import pytest
 
-from smarter_common.remoteproc import announced_console, console_device, discover_cores
+from smarter_common.remoteproc import (
+    ATTR_FIRMWARE,
+    ATTR_RECOVERY,
+    ATTR_STATE,
+    announced_console,
+    console_device,
+    discover_cores,
+)
+from smarter_common.remoteproc_control import (
+    FIRMWARE_EMPTY,
+    FIRMWARE_WHILE_RUNNING,
+    RECOVERY_REJECTED,
+    START_NO_FILE,
+    START_WHILE_BUSY,
+    STATE_REJECTED,
+    RemoteCoreError,
+    write_attribute,
+)
 from testbed.simulator import Simulator, process_alive
 from tests.sim.conftest import (
     CORES,
@@ -399,3 +416,41 @@ def test_concurrent_starts_run_the_core_once(simulator: Simulator) -> None:
 
     assert sorted(outcomes) == [0, errno.EBUSY, errno.EBUSY, errno.EBUSY]
     assert len(simulator.child_pids()) == 1
+
+
+def test_every_refusal_of_an_idle_core_reads_as_the_shared_meaning(simulator: Simulator) -> None:
+    # The simulator raises remoteproc_control's errnos and the runtime translates them with the
+    # same table: each refusal reaches a writer as the meaning the runtime reports.
+    remote = core(simulator, 0)
+    cases = [
+        (ATTR_FIRMWARE, "\n", FIRMWARE_EMPTY),
+        (ATTR_STATE, "stop", STATE_REJECTED),
+        (ATTR_STATE, "reboot", STATE_REJECTED),
+        (ATTR_RECOVERY, "sometimes", RECOVERY_REJECTED),
+    ]
+    for attribute, value, refusal in cases:
+        with pytest.raises(RemoteCoreError) as raised:
+            write_attribute(remote, attribute, value)
+        assert str(raised.value).endswith(f"failed: {refusal.meaning}"), (attribute, value)
+    write_attribute(remote, ATTR_FIRMWARE, "no-such-firmware.elf")
+    with pytest.raises(RemoteCoreError) as raised:
+        write_attribute(remote, ATTR_STATE, "start")
+    assert str(raised.value) == "writing 'start' to remoteproc0/state failed: " + (
+        START_NO_FILE.meaning.format(firmware="no-such-firmware.elf")
+    )
+    assert str(raised.value).endswith("the firmware loader found no file 'no-such-firmware.elf'")
+
+
+def test_refusals_of_a_running_core_read_as_the_shared_meaning(simulator: Simulator) -> None:
+    remote = core(simulator, 1)
+    install(simulator, firmware("hello", "cortex-m4"), "hello-m4.elf")
+    write_attribute(remote, ATTR_FIRMWARE, "hello-m4.elf")
+    write_attribute(remote, ATTR_STATE, "start")
+
+    for attribute, value, refusal in [
+        (ATTR_STATE, "start", START_WHILE_BUSY),
+        (ATTR_FIRMWARE, "other.elf", FIRMWARE_WHILE_RUNNING),
+    ]:
+        with pytest.raises(RemoteCoreError) as raised:
+            write_attribute(remote, attribute, value)
+        assert str(raised.value).endswith(f"failed: {refusal.meaning}"), attribute
