@@ -23,8 +23,9 @@ ANNOTATION_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 # pod annotations listed in its runtime's `pod_annotations` into config.json.
 BOARD_ANNOTATIONS = ("smarter-edge.io/board", "board")
 FIRMWARE_SUFFIX = ".elf"
+# smarter_common.remoteproc.ENV_RPROC and smarter_common.firmware_elf.ELF_MAGIC, restated: every
+# create reads the bundle, and those modules cost imports; tests/test_restated_constants.py.
 RPROC_ENV = "SMARTER_RPROC"
-
 ELF_MAGIC = b"\x7fELF"
 _ELFCLASS32 = 1
 _EM_ARM = 40
