@@ -81,3 +81,12 @@ def test_no_command() -> None:
     call = parse(["--root", "/r"])
     assert call.command is None
     assert call.container_id is None
+
+
+def test_usage_lists_every_variable_the_runtime_reads() -> None:
+    from runtime_handler import settings
+    from runtime_handler.__main__ import USAGE
+    from smarter_common.remoteproc import ENV_RPROC
+
+    listed = {line.split()[0] for line in USAGE.splitlines() if line.startswith("  SMARTER_")}
+    assert listed == {*settings.NAMES, ENV_RPROC}
