@@ -124,3 +124,11 @@ class Processes:
     def stop_all(self) -> None:
         while self._started:
             self.stop(self._started[-1])
+
+
+def read_lines(path: Path) -> list[str]:
+    """A log file's lines as text; none while it does not exist (a process not yet started)."""
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
