@@ -12,7 +12,8 @@ from testbed.gateway import Gateway, GatewayConfig
 
 
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[Gateway]:
+def simulated_gateway() -> Iterator[Gateway]:
+    """The module's whole simulated gateway (containerd, the three programs, the simulator)."""
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests need root (network namespaces, containerd, FUSE)")
     config = GatewayConfig(keep_work_dir=bool(os.environ.get("SMARTER_E2E_KEEP")))
@@ -27,9 +28,9 @@ def gateway() -> Iterator[Gateway]:
 
 
 @pytest.fixture
-def clean_gateway(gateway: Gateway) -> Iterator[Gateway]:
+def clean_gateway(simulated_gateway: Gateway) -> Iterator[Gateway]:
     """The module's gateway; every pod a test made is removed after it, whatever happened."""
     try:
-        yield gateway
+        yield simulated_gateway
     finally:
-        gateway.remove_every_pod()
+        simulated_gateway.remove_every_pod()

@@ -83,8 +83,9 @@ def test_a_name_nobody_has_is_not_found(clean_gateway: Gateway) -> None:
 
 
 def test_device_manager_advertises_the_simulated_core_and_allocates_it(
-    gateway: Gateway,
+    simulated_gateway: Gateway,
 ) -> None:
+    gateway = simulated_gateway
     resources = gateway.resources()
     assert resources.get(RPROC0), f"{RPROC0} is not advertised: {resources}"
     allocation = gateway.allocate(RPROC0)
@@ -238,8 +239,9 @@ def test_removing_every_pod_leaves_nothing_behind(clean_gateway: Gateway) -> Non
 
 
 def test_the_node_is_installed_by_the_installers_over_the_distributions_own_config(
-    gateway: Gateway,
+    simulated_gateway: Gateway,
 ) -> None:
+    gateway = simulated_gateway
     from smarter_common import containerd
 
     node = gateway.node

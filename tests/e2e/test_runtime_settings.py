@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[Gateway]:
+def gateway_set_by_environment() -> Iterator[Gateway]:
+    """A gateway whose runtime takes its host root from containerd's environment."""
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests need root (network namespaces, containerd, FUSE)")
     config = GatewayConfig(firmware=("hello",), runtime_settings_in="environment")
@@ -39,8 +40,9 @@ def gateway() -> Iterator[Gateway]:
 
 
 def test_pods_get_their_network_with_the_runtimes_host_root_in_containerds_environment(
-    gateway: Gateway,
+    gateway_set_by_environment: Gateway,
 ) -> None:
+    gateway = gateway_set_by_environment
     settings_file = gateway.runtime.with_name(gateway.runtime.name + ".conf")
     assert not settings_file.exists(), "this gateway's runtime must be set by the environment"
     plain = gateway.run_busybox_pod("client-x8k2p")
