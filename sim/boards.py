@@ -78,8 +78,3 @@ def board(name: str | None) -> Board:
         raise ConfigError(
             f"the simulator has no board {name!r}", hint=f"use one of {', '.join(BOARDS)}"
         ) from None
-
-
-def devicetree_strings(values: tuple[str, ...]) -> bytes:
-    """A devicetree string list property as the kernel exposes it: NUL-terminated strings."""
-    return b"".join(value.encode() + b"\0" for value in values)

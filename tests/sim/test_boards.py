@@ -31,7 +31,3 @@ def test_an_unknown_board_is_refused_with_the_choices() -> None:
 
     assert refused.value.message == "the simulator has no board 'rpi4'"
     assert refused.value.hint == "use one of smarter-sim, stm32mp157c-dk2, imx8mm-evk"
-
-
-def test_devicetree_strings_are_nul_terminated() -> None:
-    assert boards.devicetree_strings(("a,b", "c")) == b"a,b\0c\0"
