@@ -45,7 +45,7 @@ def answer(message: bytes, nodes: _Nodes) -> bytes:
         env, stdin = client.decode_request(message)
     except (ValueError, UnicodeDecodeError) as error:
         failure = CniError(plugin.INTERNAL_ERROR, "malformed request to the agent", str(error))
-        return client.encode_answer(1, json.dumps(failure.to_dict("1.1.0")).encode())
+        return client.encode_answer(1, json.dumps(failure.to_dict(client.DEFAULT_VERSION)).encode())
     netns = env.get("CNI_NETNS", "")
     if netns and env.get("CNI_COMMAND") in ("ADD", "CHECK") and not os.path.exists(netns):
         # Not mounted where the agent can see it (e.g. /proc/<pid>/ns/net of a host process):

@@ -33,7 +33,7 @@ def version_result(req: Request) -> dict[str, Any]:
 
     wanted = negotiate_version(req.config)
     return {
-        "cniVersion": wanted if wanted in SUPPORTED_VERSIONS else "1.1.0",
+        "cniVersion": wanted if wanted in SUPPORTED_VERSIONS else client.DEFAULT_VERSION,
         "supportedVersions": list(SUPPORTED_VERSIONS),
     }
 

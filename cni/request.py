@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 
+from cni.client import DEFAULT_VERSION
 from cni.client import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS
 from cni.errors import DECODE_FAILURE, INVALID_ENVIRONMENT, CniError
 from cni.names import name_danger
@@ -65,7 +66,7 @@ class Request:
 
     @property
     def cni_version(self) -> str:
-        return negotiate_version(self.config) or "1.1.0"
+        return negotiate_version(self.config) or DEFAULT_VERSION
 
 
 def negotiate_version(config: Mapping[str, Any]) -> str | None:

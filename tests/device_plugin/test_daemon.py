@@ -52,8 +52,9 @@ def _all(health: str) -> Callable[[Devices], bool]:
 
 
 @pytest.fixture
-def gateway(host: HostTree) -> HostTree:
-    """A gateway with a USB serial adapter, a sound card and a camera, and one Cortex-M4 core."""
+def board(host: HostTree) -> HostTree:
+    """A board's host tree (no daemon yet): a USB serial adapter, a sound card, a camera and one
+    Cortex-M4 core."""
     host.node("ttyUSB0", minor=0)
     host.node("snd/controlC0", SOUND_MAJOR, 0)
     host.node("snd/pcmC0D0p", SOUND_MAJOR, 16)
@@ -74,7 +75,7 @@ EXPECTED = {
 
 
 def test_every_matching_device_and_core_is_registered(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     start_daemon()
     registered = kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
@@ -84,12 +85,12 @@ def test_every_matching_device_and_core_is_registered(
         assert request.endpoint == f"smarter-{resource.split('/')[1]}.sock"
         assert request.options.get_preferred_allocation_available
         assert not request.options.pre_start_required
-        assert (gateway.plugin_dir / request.endpoint).is_socket()
+        assert (board.plugin_dir / request.endpoint).is_socket()
     assert kubelet.refused == []
 
 
 def test_registration_is_answered_after_the_kubelet_got_the_plugin_options(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
@@ -100,7 +101,7 @@ def test_registration_is_answered_after_the_kubelet_got_the_plugin_options(
 
 
 def test_list_and_watch_offers_as_many_healthy_ids_as_the_rule_allows(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
@@ -117,26 +118,26 @@ def test_list_and_watch_offers_as_many_healthy_ids_as_the_rule_allows(
 
 
 def test_a_plugged_device_is_registered_and_a_removed_one_turns_unhealthy_then_recovers(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
     kubelet.wait_devices("smarter-devices/ttyUSB0", _all("Healthy"), timeout=WAIT_S)
 
-    gateway.node("ttyUSB1", minor=1)
+    board.node("ttyUSB1", minor=1)
     kubelet.wait_registered({"smarter-devices/ttyUSB1"}, timeout=WAIT_S)
     assert _health(
         kubelet.wait_devices("smarter-devices/ttyUSB1", _all("Healthy"), timeout=WAIT_S)
     ) == {"ttyUSB1-0": "Healthy"}
 
-    (gateway.dev / "ttyUSB0").unlink()
+    (board.dev / "ttyUSB0").unlink()
     kubelet.wait_devices("smarter-devices/ttyUSB0", _all("Unhealthy"), timeout=WAIT_S)
     with pytest.raises(grpc.RpcError) as gone:
         kubelet.allocate("smarter-devices/ttyUSB0", ["ttyUSB0-0"])
     assert gone.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "smarter-devices/ttyUSB0: the device is gone from this node" in str(gone.value.details())
 
-    gateway.node("ttyUSB0", minor=0)
+    board.node("ttyUSB0", minor=0)
     kubelet.wait_devices("smarter-devices/ttyUSB0", _all("Healthy"), timeout=WAIT_S)
     history = _drain(kubelet.updates("smarter-devices/ttyUSB0"))
     assert [_health(d) for d in history if d is not None] == [
@@ -147,34 +148,34 @@ def test_a_plugged_device_is_registered_and_a_removed_one_turns_unhealthy_then_r
 
 
 def test_shared_memory_churn_under_dev_does_not_wake_the_daemon(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
-    (gateway.dev / "shm").mkdir()
+    (board.dev / "shm").mkdir()
     daemon = start_daemon("--log-level", "debug")
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
 
     before = _dev_rescans(daemon)
     for index in range(20):
-        (gateway.dev / f"shm/segment{index}").write_text("x")
-        (gateway.dev / f"shm/segment{index}").unlink()
+        (board.dev / f"shm/segment{index}").write_text("x")
+        (board.dev / f"shm/segment{index}").unlink()
         time.sleep(0.03)  # apart: each would be a rescan of its own if it were heard
-    gateway.node("ttyUSB1", minor=1)
+    board.node("ttyUSB1", minor=1)
     kubelet.wait_registered({"smarter-devices/ttyUSB1"}, timeout=WAIT_S)
     assert _dev_rescans(daemon) - before == 1
 
 
 def test_a_node_in_a_new_subdirectory_is_seen(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
-    gateway.write_rules(RULES + "- devicematch: ^bus/usb/[0-9]+/[0-9]+$\n  nummaxdevices: 1\n")
+    board.write_rules(RULES + "- devicematch: ^bus/usb/[0-9]+/[0-9]+$\n  nummaxdevices: 1\n")
     start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
-    gateway.node("bus/usb/001/002", 189, 1)
+    board.node("bus/usb/001/002", 189, 1)
     kubelet.wait_registered({"smarter-devices/bus_usb_001_002"}, timeout=WAIT_S)
 
 
 def test_after_a_kubelet_restart_every_resource_is_served_and_registered_again(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
@@ -185,18 +186,18 @@ def test_after_a_kubelet_restart_every_resource_is_served_and_registered_again(
     # Every resource sent a Register to the new kubelet, not only to the old one.
     assert {r.resource_name for r in kubelet.registrations[first:]} >= EXPECTED
     for request in registered.values():
-        assert (gateway.plugin_dir / request.endpoint).is_socket()
+        assert (board.plugin_dir / request.endpoint).is_socket()
     kubelet.wait_devices("smarter-devices/snd", _all("Healthy"), timeout=WAIT_S)
     response = kubelet.allocate("smarter-devices/ttyUSB0", ["ttyUSB0-0"])
     assert [d.host_path for d in response.container_responses[0].devices] == ["/dev/ttyUSB0"]
 
 
 def test_the_daemon_waits_for_the_kubelet_and_registers_when_it_starts(
-    gateway: HostTree, start_daemon: StartDaemon
+    board: HostTree, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon()
     daemon.wait_log("waiting_for_kubelet")
-    late = start(gateway.plugin_dir)
+    late = start(board.plugin_dir)
     try:
         late.wait_registered(EXPECTED, timeout=WAIT_S)
     finally:
@@ -204,14 +205,14 @@ def test_the_daemon_waits_for_the_kubelet_and_registers_when_it_starts(
 
 
 def test_changed_rules_are_applied_without_a_restart(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
-    snd_socket = gateway.plugin_dir / "smarter-snd.sock"
+    snd_socket = board.plugin_dir / "smarter-snd.sock"
     assert snd_socket.is_socket()
 
-    gateway.write_rules(
+    board.write_rules(
         "- devicematch: ^ttyUSB[0-9]*$\n  nummaxdevices: 4\n"
         "- devicematch: ^video[0-9]+$\n  nummaxdevices: 2\n"
         "- devicematch: ^null$\n  nummaxdevices: 1\n"
@@ -229,46 +230,46 @@ def test_changed_rules_are_applied_without_a_restart(
 
 
 def test_broken_rules_are_reported_and_the_last_good_rules_kept(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
 
-    gateway.write_rules("- devicematch: ^ttyUSB[\n  nummaxdevices: 1\n")
+    board.write_rules("- devicematch: ^ttyUSB[\n  nummaxdevices: 1\n")
     log = daemon.wait_log("rules_rejected")
     (event,) = [json.loads(line) for line in log.splitlines() if "rules_rejected" in line]
     assert event["level"] == "error"
     assert event["error"].startswith(
-        f"{gateway.rules}: rule 1 (devicematch '^ttyUSB['): field 'devicematch' is not a valid "
+        f"{board.rules}: rule 1 (devicematch '^ttyUSB['): field 'devicematch' is not a valid "
         "RE2 regular expression: missing ]: ["
     )
     # The last good rules still decide: a new serial port is still a resource, snd still served.
-    gateway.node("ttyUSB1", minor=1)
+    board.node("ttyUSB1", minor=1)
     kubelet.wait_registered({"smarter-devices/ttyUSB1"}, timeout=WAIT_S)
-    assert (gateway.plugin_dir / "smarter-snd.sock").is_socket()
+    assert (board.plugin_dir / "smarter-snd.sock").is_socket()
     assert daemon.process.poll() is None
 
 
 def test_a_rule_re2_refuses_is_reported_and_the_last_good_rules_kept(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
 
     # Python's re would take the lookahead and serve only the new rules' matches.
-    gateway.write_rules(
+    board.write_rules(
         "- devicematch: ^video[0-9]+$\n  nummaxdevices: 1\n"
         "- devicematch: ^tty(?=USB)\n  nummaxdevices: 1\n"
     )
     daemon.wait_log("rules_rejected")
     (event,) = _events(daemon, "rules_rejected")
     assert event["error"] == (
-        f"{gateway.rules}: rule 2 (devicematch '^tty(?=USB)'): field 'devicematch' is not a valid "
+        f"{board.rules}: rule 2 (devicematch '^tty(?=USB)'): field 'devicematch' is not a valid "
         "RE2 regular expression: invalid perl operator: (?= (devicematch is RE2 syntax, as the "
         "original's Go regexp reads it: no lookaround, backreferences or possessive quantifiers, "
         "'\\z' ends the text; https://github.com/google/re2/wiki/Syntax)"
     )
-    gateway.node("ttyUSB1", minor=1)
+    board.node("ttyUSB1", minor=1)
     kubelet.wait_registered({"smarter-devices/ttyUSB1"}, timeout=WAIT_S)
     assert kubelet.devices("smarter-devices/snd") is not None
     assert len(kubelet.devices("smarter-devices/video0") or []) == 2  # still the old count
@@ -276,9 +277,9 @@ def test_a_rule_re2_refuses_is_reported_and_the_last_good_rules_kept(
 
 
 def test_rules_in_the_originals_re2_dialect_are_served(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
-    gateway.write_rules(
+    board.write_rules(
         "- devicematch: ^ttyUSB[[:digit:]]+$\n  nummaxdevices: 1\n"
         "- devicematch: ^video\\pN\\z\n  nummaxdevices: 2\n"
     )
@@ -288,7 +289,7 @@ def test_rules_in_the_originals_re2_dialect_are_served(
 
 
 def test_allocate_a_directory_rule_hands_over_every_node_below_it(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
@@ -302,7 +303,7 @@ def test_allocate_a_directory_rule_hands_over_every_node_below_it(
 
 
 def test_allocate_a_tty_gives_its_node_and_refuses_unknown_ids(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
@@ -326,7 +327,7 @@ def test_allocate_a_tty_gives_its_node_and_refuses_unknown_ids(
 
 
 def test_allocate_a_core_names_it_in_the_env_and_gives_its_console(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
@@ -342,17 +343,17 @@ def test_allocate_a_core_names_it_in_the_env_and_gives_its_console(
 
 
 def test_a_core_that_appears_later_is_registered(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
-    gateway.core(1, "cortex-m33")
-    gateway.node("ttyRPMSG1", 136, 1)  # its console: a /dev event triggers the rescan
+    board.core(1, "cortex-m33")
+    board.node("ttyRPMSG1", 136, 1)  # its console: a /dev event triggers the rescan
     kubelet.wait_registered({"smarter-devices/rproc1"}, timeout=WAIT_S)
 
 
 def test_options_preferred_allocation_and_pre_start_answer_per_the_api(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
@@ -370,22 +371,22 @@ def test_options_preferred_allocation_and_pre_start_answer_per_the_api(
 
 
 def test_sigterm_removes_every_socket_and_exits_zero(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
     watching = kubelet.updates("smarter-devices/snd")
     assert daemon.terminate() == 0
-    assert sorted(p.name for p in gateway.plugin_dir.iterdir()) == ["kubelet.sock"]
+    assert sorted(p.name for p in board.plugin_dir.iterdir()) == ["kubelet.sock"]
     last: Devices | None = []
     while last is not None:
         last = watching.get(timeout=WAIT_S)  # the stream ended
 
 
-def test_list_prints_resources_ids_and_paths_then_exits(gateway: HostTree) -> None:
-    os.symlink("/proc/self/fd", gateway.dev / "fd")
+def test_list_prints_resources_ids_and_paths_then_exits(board: HostTree) -> None:
+    os.symlink("/proc/self/fd", board.dev / "fd")
     result = subprocess.run(
-        [*daemon_command(gateway), "--list"], cwd=REPO, capture_output=True, text=True, timeout=30
+        [*daemon_command(board), "--list"], cwd=REPO, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stderr
     lines = [line.split() for line in result.stdout.splitlines()]
@@ -407,12 +408,12 @@ def test_list_prints_resources_ids_and_paths_then_exits(gateway: HostTree) -> No
             "SMARTER_RPROC=remoteproc0,SMARTER_RPROC_NAME=cortex-m4",
         ],
     ]
-    assert list(gateway.plugin_dir.iterdir()) == []
+    assert list(board.plugin_dir.iterdir()) == []
 
 
-def test_list_with_local_device_paths_shows_where_the_nodes_are_here(gateway: HostTree) -> None:
+def test_list_with_local_device_paths_shows_where_the_nodes_are_here(board: HostTree) -> None:
     result = subprocess.run(
-        [*daemon_command(gateway), "--list", "--device-paths", "local"],
+        [*daemon_command(board), "--list", "--device-paths", "local"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -420,61 +421,61 @@ def test_list_with_local_device_paths_shows_where_the_nodes_are_here(gateway: Ho
     )
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
-    assert rows["smarter-devices/ttyUSB0"][2] == f"/dev/ttyUSB0={gateway.dev}/ttyUSB0"
+    assert rows["smarter-devices/ttyUSB0"][2] == f"/dev/ttyUSB0={board.dev}/ttyUSB0"
 
 
 def test_a_core_that_vanishes_turns_unhealthy(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
     kubelet.wait_devices("smarter-devices/rproc0", _all("Healthy"), timeout=WAIT_S)
-    for entry in (gateway.root / "sys/class/remoteproc/remoteproc0").iterdir():
+    for entry in (board.root / "sys/class/remoteproc/remoteproc0").iterdir():
         entry.unlink()
-    (gateway.root / "sys/class/remoteproc/remoteproc0").rmdir()
-    (gateway.dev / "ttyRPMSG0").unlink()  # the /dev event makes the daemon look at once
+    (board.root / "sys/class/remoteproc/remoteproc0").rmdir()
+    (board.dev / "ttyRPMSG0").unlink()  # the /dev event makes the daemon look at once
     kubelet.wait_devices("smarter-devices/rproc0", _all("Unhealthy"), timeout=WAIT_S)
 
 
 def test_broken_rules_at_start_exit_2_with_the_message_and_serve_nothing(
-    gateway: HostTree,
+    board: HostTree,
 ) -> None:
-    gateway.write_rules("- devicematch: ^tty$\n  nummaxdevices: 0\n")
+    board.write_rules("- devicematch: ^tty$\n  nummaxdevices: 0\n")
     result = subprocess.run(
-        daemon_command(gateway), cwd=REPO, capture_output=True, text=True, timeout=30
+        daemon_command(board), cwd=REPO, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 2
     assert result.stderr == (
-        f"smarter-device-manager: {gateway.rules}: rule 1 (devicematch '^tty$'): field "
+        f"smarter-device-manager: {board.rules}: rule 1 (devicematch '^tty$'): field "
         "'nummaxdevices' is 0, must be between 1 and 1000 (1 makes the device exclusive to one "
         "container)\n"
     )
-    assert list(gateway.plugin_dir.iterdir()) == []
+    assert list(board.plugin_dir.iterdir()) == []
 
 
 def test_a_rule_re2_refuses_at_start_exits_2_naming_the_rule_and_re2s_reason_only(
-    gateway: HostTree,
+    board: HostTree,
 ) -> None:
-    gateway.write_rules(
+    board.write_rules(
         "- devicematch: ^snd$\n  nummaxdevices: 1\n- devicematch: ^(tty)\\1$\n  nummaxdevices: 1\n"
     )
     result = subprocess.run(
-        daemon_command(gateway), cwd=REPO, capture_output=True, text=True, timeout=30
+        daemon_command(board), cwd=REPO, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 2
     # One line: RE2's own logging of the refusal (absl, to stderr) is off.
     assert result.stderr == (
-        f"smarter-device-manager: {gateway.rules}: rule 2 (devicematch '^(tty)\\\\1$'): field "
+        f"smarter-device-manager: {board.rules}: rule 2 (devicematch '^(tty)\\\\1$'): field "
         "'devicematch' is not a valid RE2 regular expression: invalid escape sequence: \\1 "
         "(devicematch is RE2 syntax, as the original's Go regexp reads it: no lookaround, "
         "backreferences or possessive quantifiers, '\\z' ends the text; "
         "https://github.com/google/re2/wiki/Syntax)\n"
     )
-    assert list(gateway.plugin_dir.iterdir()) == []
+    assert list(board.plugin_dir.iterdir()) == []
 
 
 def test_with_a_host_root_the_daemon_still_registers_with_the_nodes_own_kubelet(
-    gateway: HostTree,
+    board: HostTree,
 ) -> None:
     # The node's /var/lib is a tmpfs of a mount namespace of the test's own, holding the kubelet
     # stand-in: the daemon, given only SMARTER_HOST_ROOT, must find it there.
@@ -491,8 +492,8 @@ def test_with_a_host_root_the_daemon_still_registers_with_the_nodes_own_kubelet(
             sys.executable,
             "-m",
             "testbed.nodes_kubelet",
-            str(gateway.root),
-            str(gateway.rules),
+            str(board.root),
+            str(board.rules),
             *EXPECTED,
         ],
         cwd=REPO,
@@ -502,7 +503,7 @@ def test_with_a_host_root_the_daemon_still_registers_with_the_nodes_own_kubelet(
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == sorted(EXPECTED)
-    assert list(gateway.plugin_dir.iterdir()) == []
+    assert list(board.plugin_dir.iterdir()) == []
 
 
 def test_a_host_root_without_dev_is_refused(host: HostTree) -> None:
@@ -564,40 +565,40 @@ def _registrations_of(kubelet: Kubelet, resource: str) -> int:
 
 
 def test_new_ptys_do_not_wake_the_daemon(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
-    gateway.node("pts/0", 136, 0)
+    board.node("pts/0", 136, 0)
     daemon = start_daemon("--log-level", "debug")
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
     before = _dev_rescans(daemon)
     for index in range(1, 21):  # a terminal or `kubectl exec` session each
-        gateway.node(f"pts/{index}", 136, index)
+        board.node(f"pts/{index}", 136, index)
         time.sleep(0.03)
-        (gateway.dev / f"pts/{index}").unlink()
-    gateway.node("ttyUSB1", minor=1)
+        (board.dev / f"pts/{index}").unlink()
+    board.node("ttyUSB1", minor=1)
     kubelet.wait_registered({"smarter-devices/ttyUSB1"}, timeout=WAIT_S)
     assert _dev_rescans(daemon) - before == 1
     assert not any(r.resource_name.startswith("smarter-devices/pts") for r in kubelet.registrations)
 
 
 def test_a_rule_that_names_pts_hears_and_serves_its_ptys(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
-    gateway.node("pts/0", 136, 0)
-    gateway.write_rules(RULES + "- devicematch: ^pts/[0-9]+$\n  nummaxdevices: 1\n")
+    board.node("pts/0", 136, 0)
+    board.write_rules(RULES + "- devicematch: ^pts/[0-9]+$\n  nummaxdevices: 1\n")
     start_daemon()
     kubelet.wait_registered(EXPECTED | {"smarter-devices/pts_0"}, timeout=WAIT_S)
-    gateway.node("pts/1", 136, 1)
+    board.node("pts/1", 136, 1)
     kubelet.wait_registered({"smarter-devices/pts_1"}, timeout=WAIT_S)
     response = kubelet.allocate("smarter-devices/pts_1", ["pts_1-0"])
     assert [d.host_path for d in response.container_responses[0].devices] == ["/dev/pts/1"]
 
 
 def test_a_symlink_out_of_dev_is_logged_with_the_rule_devicematch_and_not_advertised(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
-    os.symlink("/proc/self/fd", gateway.dev / "fd")
-    gateway.write_rules(RULES + "- devicematch: ^fd$\n  nummaxdevices: 1\n")
+    os.symlink("/proc/self/fd", board.dev / "fd")
+    board.write_rules(RULES + "- devicematch: ^fd$\n  nummaxdevices: 1\n")
     daemon = start_daemon()
     daemon.wait_log('"started"')
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
@@ -610,64 +611,64 @@ def test_a_symlink_out_of_dev_is_logged_with_the_rule_devicematch_and_not_advert
         "reason": "symlink resolves outside /dev",
     }
     assert "smarter-devices/fd" not in {r.resource_name for r in kubelet.registrations}
-    assert not (gateway.plugin_dir / "smarter-fd.sock").exists()
+    assert not (board.plugin_dir / "smarter-fd.sock").exists()
 
 
 def test_a_rules_reload_keeps_an_unplugged_device_the_new_rules_still_match_as_unhealthy(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
     kubelet.wait_devices("smarter-devices/ttyUSB0", _all("Healthy"), timeout=WAIT_S)
-    (gateway.dev / "ttyUSB0").unlink()
+    (board.dev / "ttyUSB0").unlink()
     kubelet.wait_devices("smarter-devices/ttyUSB0", _all("Unhealthy"), timeout=WAIT_S)
     tty_usb = kubelet.updates("smarter-devices/ttyUSB0")
     _drain(tty_usb)
     snd = kubelet.updates("smarter-devices/snd")
 
     # ttyUSB* still matched, snd (present) no longer: only snd goes.
-    gateway.write_rules(
+    board.write_rules(
         "- devicematch: ^ttyUSB[0-9]*$\n  nummaxdevices: 1\n"
         "- devicematch: ^null$\n  nummaxdevices: 1\n"
     )
     kubelet.wait_registered({"smarter-devices/null"}, timeout=WAIT_S)
     while snd.get(timeout=WAIT_S) is not None:  # its stream ends
         pass
-    assert not (gateway.plugin_dir / "smarter-snd.sock").exists()
-    assert (gateway.plugin_dir / "smarter-ttyUSB0.sock").is_socket()
+    assert not (board.plugin_dir / "smarter-snd.sock").exists()
+    assert (board.plugin_dir / "smarter-ttyUSB0.sock").is_socket()
     assert _drain(tty_usb) == []  # its stream is still open, nothing changed for it
     assert _health(kubelet.devices("smarter-devices/ttyUSB0") or []) == {"ttyUSB0-0": "Unhealthy"}
 
-    gateway.node("ttyUSB0", minor=0)
+    board.node("ttyUSB0", minor=0)
     assert _health(
         kubelet.wait_devices("smarter-devices/ttyUSB0", _all("Healthy"), timeout=WAIT_S)
     ) == {"ttyUSB0-0": "Healthy"}
 
 
 def test_a_rules_reload_drops_an_unplugged_device_no_rule_matches_any_more(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
-    (gateway.dev / "ttyUSB0").unlink()
+    (board.dev / "ttyUSB0").unlink()
     kubelet.wait_devices("smarter-devices/ttyUSB0", _all("Unhealthy"), timeout=WAIT_S)
     tty_usb = kubelet.updates("smarter-devices/ttyUSB0")
-    gateway.write_rules("- devicematch: ^snd$\n  nummaxdevices: 3\n")
+    board.write_rules("- devicematch: ^snd$\n  nummaxdevices: 3\n")
     while tty_usb.get(timeout=WAIT_S) is not None:
         pass
-    assert not (gateway.plugin_dir / "smarter-ttyUSB0.sock").exists()
-    assert (gateway.plugin_dir / "smarter-snd.sock").is_socket()
+    assert not (board.plugin_dir / "smarter-ttyUSB0.sock").exists()
+    assert (board.plugin_dir / "smarter-snd.sock").is_socket()
 
 
 def test_a_deleted_plugin_socket_is_served_and_registered_again(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     start_daemon()
     kubelet.wait_registered(EXPECTED, timeout=WAIT_S)
     kubelet.wait_devices("smarter-devices/video0", _all("Healthy"), timeout=WAIT_S)
     before = {resource: _registrations_of(kubelet, resource) for resource in EXPECTED}
     old = kubelet.connection("smarter-devices/video0")
-    video = gateway.plugin_dir / "smarter-video0.sock"
+    video = board.plugin_dir / "smarter-video0.sock"
 
     video.unlink()  # as a restarting kubelet does; kubelet.sock itself is left alone
     _wait_for(
@@ -727,12 +728,12 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
 
 
 def test_registration_retries_a_kubelet_socket_that_accepts_late_without_waiting_a_period(
-    gateway: HostTree, start_daemon: StartDaemon
+    board: HostTree, start_daemon: StartDaemon
 ) -> None:
     daemon = start_daemon()
     daemon.wait_log("waiting_for_kubelet")
-    stand_in = start(gateway.plugin_dir, "stand-in.sock")
-    listener = _LateListener(gateway.plugin_dir / "kubelet.sock", stand_in.socket)
+    stand_in = start(board.plugin_dir, "stand-in.sock")
+    listener = _LateListener(board.plugin_dir / "kubelet.sock", stand_in.socket)
     try:
         appeared = time.monotonic()
         time.sleep(0.5)  # the daemon heard kubelet.sock and dials it: refused until listen()
@@ -746,12 +747,12 @@ def test_registration_retries_a_kubelet_socket_that_accepts_late_without_waiting
 
 
 def test_a_long_device_path_gets_device_ids_of_at_most_63_characters(
-    gateway: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
+    board: HostTree, kubelet: Kubelet, start_daemon: StartDaemon
 ) -> None:
     path = "serial/by-id/usb-FTDI_FT232R_USB_UART_A10KZ9Q1-if00-port0-extra"
     resource = "smarter-devices/" + path.replace("/", "_")
-    gateway.node(path, minor=7)
-    gateway.write_rules(RULES + "- devicematch: ^serial/by-id/\n  nummaxdevices: 20\n")
+    board.node(path, minor=7)
+    board.write_rules(RULES + "- devicematch: ^serial/by-id/\n  nummaxdevices: 20\n")
     start_daemon()
     kubelet.wait_registered({resource}, timeout=WAIT_S)
     ids = sorted(_health(kubelet.wait_devices(resource, _all("Healthy"), timeout=WAIT_S)))
