@@ -17,7 +17,7 @@ from types import FrameType
 
 from cni import client, config, plugin
 from cni.errors import INVALID_CONFIG, CniError
-from cni.node import Node, WarmState
+from cni.node import NodeNetwork, WarmState
 from smarter_common.hostroot import HostRoot
 from smarter_common.logs import get_logger
 
@@ -26,17 +26,17 @@ _node_log = get_logger("smarter-cni")
 
 
 class _Nodes:
-    """Nodes for each request, sharing what was ensured per distinct network configuration."""
+    """Each request's NodeNetwork, sharing what was ensured per distinct network configuration."""
 
     def __init__(self, host_root: HostRoot) -> None:
         self._root = host_root
         self._warm: dict[str, WarmState] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, conf: config.NetConf) -> Node:
+    def __call__(self, conf: config.NetConf) -> NodeNetwork:
         with self._lock:
             warm = self._warm.setdefault(conf.key, WarmState())
-        return Node(conf, self._root, warm, log=_node_log)
+        return NodeNetwork(conf, self._root, warm, log=_node_log)
 
 
 def answer(message: bytes, nodes: _Nodes) -> bytes:

@@ -24,7 +24,7 @@ from cni.names import dns_safe_label
 from cni.request import Request
 from smarter_common.errors import LockBusyError
 from smarter_common.hostroot import HostRoot
-from smarter_common.locks import FileLock
+from smarter_common.locks import lock_current
 
 
 class QuietLog:
@@ -62,7 +62,7 @@ class WarmState:
     masquerade_done: bool = False
 
 
-class Node:
+class NodeNetwork:
     """One network on this node. Cheap to build; `warm` state only saves repeated checks."""
 
     def __init__(
@@ -96,7 +96,7 @@ class Node:
         path = self._attachment_locks / host_name
         try:
             self._attachment_locks.mkdir(parents=True, exist_ok=True)
-            lock = _take_current(path)
+            lock = lock_current(path)
         except OSError as error:
             # Only a guard against a rare overlap: no reason to fail a DEL (or ADD) on its own.
             self.log.warning("attachment lock unavailable", path=str(path), error=str(error))
@@ -394,7 +394,7 @@ class Node:
                 continue
             path = self._attachment_locks / name
             try:
-                lock = _take_current(path, timeout=0)
+                lock = lock_current(path, timeout=0)
             except LockBusyError:
                 continue  # an ADD or DEL of it is running now: not stale
             try:
@@ -430,26 +430,6 @@ def _first_failure(failures: list[tuple[str, Exception]], *, lease_kept: bool) -
         f"DEL could not remove the {what}",
         f"{type(error).__name__}: {error}{rest}",
     )
-
-
-def _take_current(path: Path, timeout: float | None = None) -> FileLock:
-    """The lock on the file now at `path`; LockBusyError if not had within `timeout`.
-
-    Locking an open file that was unlinked meanwhile locks nothing anyone else can see, so
-    check that the path still names the file locked, and start again if not.
-    """
-    while True:
-        lock = FileLock(path)
-        lock.acquire(timeout=timeout)
-        try:
-            here = os.stat(path)
-        except FileNotFoundError:
-            lock.release()
-            continue
-        held = os.fstat(lock.fileno)
-        if (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino):
-            return lock
-        lock.release()
 
 
 def _address_in(result: dict[str, Any]) -> ipaddress.IPv4Interface | None:

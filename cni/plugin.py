@@ -20,10 +20,10 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
     from cni.config import NetConf
-    from cni.node import Node
+    from cni.node import NodeNetwork
     from cni.request import Request
 
-    NodeFor = Callable[[NetConf], Node]
+    NodeFor = Callable[[NetConf], NodeNetwork]
 
 INTERNAL_ERROR = 110  # cni.errors.INTERNAL_FAILURE, without importing it on the fast path
 
@@ -38,15 +38,15 @@ def version_result(req: Request) -> dict[str, Any]:
     }
 
 
-def add(node: Node, req: Request) -> dict[str, Any]:
+def add(node: NodeNetwork, req: Request) -> dict[str, Any]:
     return node.add(req)
 
 
-def delete(node: Node, req: Request) -> None:
+def delete(node: NodeNetwork, req: Request) -> None:
     node.delete(req)
 
 
-def check(node: Node, req: Request) -> None:
+def check(node: NodeNetwork, req: Request) -> None:
     from cni.errors import INVALID_CONFIG, CniError
 
     if node.conf.prev_result is None:
@@ -54,11 +54,11 @@ def check(node: Node, req: Request) -> None:
     node.check(req)
 
 
-def status(node: Node, req: Request) -> None:
+def status(node: NodeNetwork, req: Request) -> None:
     node.status()
 
 
-def gc(node: Node, req: Request) -> None:
+def gc(node: NodeNetwork, req: Request) -> None:
     from cni.errors import INVALID_CONFIG, CniError
 
     valid = node.conf.valid_attachments
@@ -69,7 +69,7 @@ def gc(node: Node, req: Request) -> None:
     node.gc(valid)
 
 
-COMMANDS: dict[str, Callable[[Node, Request], dict[str, Any] | None]] = {
+COMMANDS: dict[str, Callable[[NodeNetwork, Request], dict[str, Any] | None]] = {
     "ADD": add,
     "DEL": delete,
     "CHECK": check,
@@ -114,13 +114,13 @@ def execute(env: Mapping[str, str], stdin: bytes, node_for: NodeFor) -> tuple[in
 def nodes_under(host_root: str = "/") -> NodeFor:
     """Nodes for the in-process path, with host paths under the plugin's own host root."""
 
-    def node_for(conf: NetConf) -> Node:
+    def node_for(conf: NetConf) -> NodeNetwork:
         from pathlib import Path
 
-        from cni.node import Node
+        from cni.node import NodeNetwork
         from smarter_common.hostroot import HostRoot
 
-        return Node(conf, HostRoot(Path(host_root)))
+        return NodeNetwork(conf, HostRoot(Path(host_root)))
 
     return node_for
 

@@ -83,6 +83,27 @@ class FileLock:
         self.release()
 
 
+def lock_current(path: Path, *, timeout: float | None = None) -> FileLock:
+    """The lock on the file now at `path`; LockBusyError if not had within `timeout`.
+
+    For lock files that their last user removes: locking an open file that was unlinked
+    meanwhile locks nothing anyone else can see, so the path must still name the file locked
+    once the lock is had, else the lock is taken again on whatever is there now.
+    """
+    while True:
+        lock = FileLock(path)
+        lock.acquire(timeout=timeout)
+        try:
+            here = os.stat(path)
+        except FileNotFoundError:
+            lock.release()
+            continue
+        held = os.fstat(lock.fileno)
+        if (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino):
+            return lock
+        lock.release()
+
+
 def is_locked(path: Path) -> bool:
     """Whether some process holds the lock on `path` right now."""
     try:
