@@ -51,6 +51,13 @@ RECOVERY_RECOVER = "recover"
 ENV_RPROC = "SMARTER_RPROC"
 ENV_RPROC_NAME = "SMARTER_RPROC_NAME"
 
+# RPMsg channels: `rpmsg_tty` makes `/dev/ttyRPMSG<k>` (class `tty`), `rpmsg_char` makes
+# `/dev/rpmsg<k>` (class `rpmsg`), k counting announcements across every core.
+CHANNEL_TTY = "tty"
+CHANNEL_CHAR = "char"
+TTY_CHANNEL_PREFIX = "ttyRPMSG"
+CHAR_CHANNEL_PREFIX = "rpmsg"
+
 _CORE_DIR = re.compile(r"^remoteproc(\d+)$")
 # Cortex-M/R cores as they appear in names and devicetree `compatible` strings:
 # "cortex-m4", "arm,cortex-m33", "fsl,imx8mq-cm4", "st,stm32mp1-m4", "ti,am64-r5f".
@@ -250,16 +257,21 @@ def core_by_id(host: HostRoot, device_id: str) -> RemoteCore | None:
 
 
 def console_device(host: HostRoot, core: RemoteCore) -> Path | None:
-    """The core's RPMsg console: the tty sysfs places under the core, else `/dev/ttyRPMSG<N>`.
+    """The core's RPMsg console: the first tty channel sysfs places under the core, else
+    `/dev/ttyRPMSG<N>` when sysfs says nothing of that tty.
 
     The kernel numbers `ttyRPMSG*` in the order firmware announces its rpmsg channels, not by
-    core, so sysfs is asked first; the index name is the guess for hosts without that sysfs.
+    core, so sysfs is asked first; the index name is the guess for hosts without that sysfs,
+    and never taken when sysfs places that tty under another core (it is then that core's
+    console or data channel, not this core's).
     """
     found = announced_console(host, core)
     if found is not None:
         return found
-    candidate = host.dev / f"ttyRPMSG{core.index}"
-    return candidate if candidate.exists() else None
+    candidate = host.dev / f"{TTY_CHANNEL_PREFIX}{core.index}"
+    if not candidate.exists() or _sysfs_places_elsewhere(host, candidate.name, core):
+        return None
+    return candidate
 
 
 def announced_console(host: HostRoot, core: RemoteCore) -> Path | None:
@@ -268,23 +280,104 @@ def announced_console(host: HostRoot, core: RemoteCore) -> Path | None:
     On a board, `/sys/class/tty/ttyRPMSGk/device` resolves into
     `.../remoteprocN/.../virtioM.rpmsg-tty.-1.1024` once the firmware has announced its channel.
     """
-    try:
-        entries = sorted(tty_class(host).glob("ttyRPMSG*"))
-    except OSError:
-        return None
-    core_path = os.path.realpath(core.sysfs)
-    for entry in entries:
-        device = os.path.realpath(entry / "device")
-        if device.startswith(core_path + os.sep):
-            node = host.dev / entry.name
-            if node.exists():
-                return node
-    return None
+    console = core_channels(host, core).console
+    return console.node if console is not None else None
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One RPMsg channel a core's firmware announced, as Linux exposes it.
+
+    `kind` is CHANNEL_TTY (`rpmsg_tty`: `/dev/ttyRPMSG<number>`) or CHANNEL_CHAR (`rpmsg_char`:
+    `/dev/rpmsg<number>`); `endpoint` is the rpmsg device's sysfs name
+    (`virtio0.rpmsg-tty.-1.1025`), which says the channel's name and addresses.
+    """
+
+    kind: str
+    number: int
+    node: Path
+    endpoint: str
+
+    @property
+    def device_name(self) -> str:
+        """The node's name under /dev: `ttyRPMSG3`, `rpmsg0`."""
+        return self.node.name
+
+
+@dataclass(frozen=True)
+class CoreChannels:
+    """A core's channels: the first tty channel is its console (the firmware container's log,
+    the runtime's); every further tty channel and every rpmsg_char endpoint is a data channel."""
+
+    console: Channel | None
+    data: tuple[Channel, ...]
+
+
+def core_channels(host: HostRoot, core: RemoteCore) -> CoreChannels:
+    """The channels sysfs places under `core` whose device node exists, in announcement order
+    (the kernel numbers each kind in the order channels are announced)."""
+    ttys = _channels_under(host, core, tty_class(host), TTY_CHANNEL_PREFIX, CHANNEL_TTY)
+    chars = _channels_under(host, core, rpmsg_class(host), CHAR_CHANNEL_PREFIX, CHANNEL_CHAR)
+    console = ttys[0] if ttys else None
+    return CoreChannels(console=console, data=(*ttys[1:], *chars))
 
 
 def tty_class(host: HostRoot) -> Path:
     """`/sys/class/tty` under the host root (a real sysfs, or the simulator's)."""
     return host.sys / "class" / "tty"
+
+
+def rpmsg_class(host: HostRoot) -> Path:
+    """`/sys/class/rpmsg` under the host root: rpmsg_char's endpoint devices (and its
+    `rpmsg_ctrl<k>` control devices, which are no channel)."""
+    return host.sys / "class" / "rpmsg"
+
+
+def _channels_under(
+    host: HostRoot, core: RemoteCore, class_dir: Path, prefix: str, kind: str
+) -> list[Channel]:
+    try:
+        entries = list(class_dir.iterdir())
+    except OSError:
+        return []
+    core_path = os.path.realpath(core.sysfs)
+    found = []
+    for entry in entries:
+        number = _channel_number(entry.name, prefix)
+        if number is None:
+            continue
+        device = _device_under(entry, core_path)
+        node = host.dev / entry.name
+        if device is not None and node.exists():
+            found.append(Channel(kind=kind, number=number, node=node, endpoint=device))
+    return sorted(found, key=lambda channel: channel.number)
+
+
+def _channel_number(name: str, prefix: str) -> int | None:
+    """k of `<prefix><k>`; None for other names (`rpmsg_ctrl0`, `ttyRPMSGx`)."""
+    digits = name[len(prefix) :]
+    if not name.startswith(prefix) or not digits.isdigit() or not digits.isascii():
+        return None
+    return int(digits)
+
+
+def _device_under(entry: Path, core_path: str) -> str | None:
+    """The name of the rpmsg device behind a class entry when it lies under the core's sysfs
+    directory (its `device` link on a board and in the simulator; the entry itself in sysfs's
+    /sys/devices tree), else None."""
+    for candidate in (entry / "device", entry):
+        resolved = os.path.realpath(candidate)
+        if resolved.startswith(core_path + os.sep):
+            return os.path.basename(os.path.realpath(entry / "device"))
+    return None
+
+
+def _sysfs_places_elsewhere(host: HostRoot, tty: str, core: RemoteCore) -> bool:
+    """Whether sysfs says where `tty` comes from, and it is not `core`."""
+    device = tty_class(host) / tty / "device"
+    if not os.path.lexists(device):
+        return False
+    return _device_under(tty_class(host) / tty, os.path.realpath(core.sysfs)) is None
 
 
 def _read_text(path: Path) -> str:
