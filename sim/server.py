@@ -30,6 +30,7 @@ from sim.remoteproc_fs import RPMSG_TTY_DIR, VIRTIO_DIR, RemoteprocFs
 from smarter_common.errors import SmarterError
 from smarter_common.hostroot import HostRoot
 from smarter_common.logs import get_logger
+from smarter_common.procfs import command_line, process_alive
 from smarter_common.remoteproc import encode_devicetree_strings, firmware_search_dirs
 
 RUN_DIR = "/run/smarter-sim"
@@ -136,7 +137,7 @@ def down(root: Path, timeout: float = 30.0) -> bool:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while process_alive(pid):
         if time.monotonic() > deadline:
             raise SimulatorError(
                 f"the simulator (pid {pid}) did not stop within {timeout:.0f}s",
@@ -177,21 +178,11 @@ def _running_pid(host: HostRoot) -> int | None:
     """The PID in the root's pid file if that process is a live simulator."""
     try:
         pid = int((run_dir(host) / "pid").read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    if b"up" not in cmdline or not _alive(pid):
+    if b"up" not in (command_line(pid) or []) or not process_alive(pid):
         return None
     return pid
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` exists and is not a zombie."""
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return status.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _on_signal(stop: threading.Event) -> Callable[[int, FrameType | None], None]:

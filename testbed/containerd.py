@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime_handler.containerd_config import HANDLER
+from sim.mounts import unmount
 from smarter_common.errors import SmarterError
 from smarter_common.logs import get_logger
+from smarter_common.procfs import pids_with
 from testbed.processes import Processes, Started
 
 log = get_logger("testbed.containerd")
@@ -84,7 +86,7 @@ def overlay_works(directory: Path) -> bool:
         capture_output=True,
     )
     if mounted.returncode == 0:
-        subprocess.run(["umount", str(parts["merged"])], capture_output=True)
+        unmount(parts["merged"])
     subprocess.run(["rm", "-rf", str(probe)], capture_output=True)
     return mounted.returncode == 0
 
@@ -131,18 +133,7 @@ class Containerd:
 
     def shim_pids(self) -> list[int]:
         """PIDs of the runc shims this containerd started (they outlive it if left running)."""
-        needle = f"-address\0{self.layout.socket}\0".encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"containerd-shim" in cmdline.split(b"\0", 1)[0] and needle in cmdline:
-                found.append(int(entry.name))
-        return found
+        return pids_with(b"containerd-shim", f"-address\0{self.layout.socket}\0".encode())
 
     def stop(self) -> None:
         if self._started is not None:
@@ -154,23 +145,3 @@ class Containerd:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue
-
-
-def mounts_under(directory: Path) -> list[Path]:
-    """Mount points at or below `directory`, deepest first (the order to unmount them)."""
-    prefix = str(directory.resolve())
-    points: list[Path] = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        point = fields[4].encode().decode("unicode_escape")
-        if point == prefix or point.startswith(prefix + "/"):
-            points.append(Path(point))
-    return sorted(points, key=lambda p: len(p.parts), reverse=True)
-
-
-def unmount_all(directory: Path) -> list[Path]:
-    """Lazily unmount everything below `directory`; the mount points that were there."""
-    points = mounts_under(directory)
-    for point in points:
-        subprocess.run(["umount", "-l", str(point)], capture_output=True)
-    return points

@@ -17,10 +17,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sim.mounts import detach_all
 from smarter_common.hostroot import HostRoot
 from testbed import bringup, devices, inspection, teardown
 from testbed import images as image_build
-from testbed.containerd import Containerd, ContainerdLayout, unmount_all
+from testbed.containerd import Containerd, ContainerdLayout
 from testbed.cri.client import CriClient
 from testbed.devices import Allocation
 from testbed.kubelet import Kubelet
@@ -336,7 +337,7 @@ class Gateway:
                 ),
                 ("stop kubelet stand-in", self._stop_kubelet),
                 ("stop processes", self.processes.stop_all),
-                ("unmount", lambda: _ignore(unmount_all(self.work))),
+                ("unmount", lambda: _ignore(detach_all(self.work))),
                 ("delete netns", self._delete_netns),
             ]
         )

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sim.mounts import mounts_under
+from smarter_common.procfs import pids_with
 from smarter_common.remoteproc import IDLE_STATES, firmware_dir, snapshot_cores
 from testbed.bringup import ip
-from testbed.containerd import mounts_under
 from testbed.layout import GatewayPaths
 from testbed.processes import read_lines
 
@@ -95,21 +96,6 @@ def leftovers(paths: GatewayPaths) -> list[str]:
     found.extend(f"QEMU process {pid}" for pid in qemu_pids(paths))
     found.extend(f"mount {p}" for p in mounts_under(paths.containerd.state))
     return found
-
-
-def pids_with(program: bytes, argument: bytes) -> list[int]:
-    """PIDs whose argv[0] contains `program` and whose command line contains `argument`."""
-    pids: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if program in cmdline.split(b"\0", 1)[0] and argument in cmdline:
-            pids.append(int(entry.name))
-    return pids
 
 
 def visible_files(directory: Path) -> list[Path]:

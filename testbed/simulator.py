@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sim.mounts import mounts_under
 from smarter_common.hostroot import HostRoot
+from smarter_common.procfs import process_alive
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL_HINT = "run scripts/setup.sh as root (Debian packages fuse3, qemu-system-arm)"
@@ -72,15 +73,6 @@ def require_simulator_prerequisites() -> None:
             missing.append(program)
     if missing:
         raise SimulatorUnavailableError(f"the simulator needs {', '.join(missing)}: {INSTALL_HINT}")
-
-
-def process_alive(pid: int) -> bool:
-    """Whether `pid` exists and is not a zombie."""
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return status.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 @contextlib.contextmanager

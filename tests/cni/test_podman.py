@@ -26,7 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from sim.mounts import detach_all
 from sim.node_images import BUSYBOX_IMAGE, build_node_images
+from smarter_common.procfs import pids_with
 from testbed.netns import netns_path, network_namespace
 from tests.cni.harness import (
     GATEWAY,
@@ -116,17 +118,16 @@ def isolated_podman(netns: str, plugin_conflist: dict[str, object]) -> Iterator[
         podman("rm", "--all", "--force", "--time", "0", check=False)
         podman("system", "reset", "--force", check=False)
         _stop_processes_using(home)
-        _unmount_under(home)
+        detach_all(home)
         _remove_cgroups_named(home.name)
         shutil.rmtree(home, ignore_errors=True)
 
 
 def _stop_processes_using(home: Path) -> None:
     """Kill, by PID, any conmon or container process podman left that names our directory."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with suppress(OSError):
-            if str(home).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                os.kill(int(pid), signal.SIGKILL)
+    for pid in pids_with(b"", str(home).encode()):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _remove_cgroups_named(name: str) -> None:
@@ -136,13 +137,6 @@ def _remove_cgroups_named(name: str) -> None:
         for directory in sorted(top.glob("**/"), key=lambda p: len(p.parts), reverse=True):
             with suppress(OSError):
                 directory.rmdir()
-
-
-def _unmount_under(home: Path) -> None:
-    with open("/proc/self/mountinfo", encoding="utf-8") as stream:
-        points = [line.split()[4] for line in stream]
-    for point in sorted((p for p in points if p.startswith(f"{home}/")), reverse=True):
-        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
 def _start(podman: Podman, *name: str) -> str:

@@ -28,9 +28,10 @@ import pytest
 
 from runtime_handler import containerd_config
 from runtime_handler.containerd_config import ContainerdConfigError
+from sim.mounts import detach_all
 from smarter_common import containerd
 from smarter_common.hostroot import HostRoot
-from testbed.containerd import Containerd, ContainerdLayout, overlay_works, unmount_all
+from testbed.containerd import Containerd, ContainerdLayout, overlay_works
 from testbed.cri.client import ContainerSpec, CriClient, PodSpec
 from testbed.images import BUSYBOX_IMAGE, PAUSE_IMAGE, Images, build_images
 from testbed.node_config import operator_paths
@@ -205,7 +206,7 @@ class Node:
             self.cri.close()
         self.containerd.stop()
         self.processes.stop_all()
-        unmount_all(self.layout.base)
+        detach_all(self.layout.base)
 
 
 @pytest.fixture

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from sim.mounts import mounts_under
+from smarter_common.procfs import command_line, pids_with
+
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,15 +32,9 @@ def _assert_nothing_left(output: str) -> None:
     assert netns, output
     assert not Path("/run/netns", netns.group(1)).exists(), f"{netns.group(1)} is still there"
     assert not work.exists(), f"{work} is still there"
-    assert str(work) not in Path("/proc/self/mountinfo").read_text(), f"a mount under {work}"
-    needle = str(work).encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            assert needle not in cmdline, f"process {entry.name} still runs: {cmdline!r}"
+    assert mounts_under(work) == [], f"a mount under {work}"
+    left = {pid: command_line(pid) for pid in pids_with(b"", str(work).encode())}
+    assert left == {}, f"processes still run: {left}"
 
 
 def test_demo_shows_pods_names_devices_and_console_then_cleans_up() -> None:

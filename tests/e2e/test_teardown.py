@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from sim.mounts import mounts_under
+from smarter_common.procfs import command_line, pids_with, process_alive
 from testbed.gateway import Gateway, GatewayConfig
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -15,16 +17,9 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 def _processes_mentioning(text: str) -> list[str]:
     found = []
-    needle = text.encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if needle in cmdline:
-                words = cmdline.replace(b"\0", b" ")[:120]
-                found.append(f"{entry.name}: {words!r}")
+    for pid in pids_with(b"", text.encode()):
+        words = b" ".join(command_line(pid) or [])[:120]
+        found.append(f"{pid}: {words!r}")
     return found
 
 
@@ -47,7 +42,7 @@ def test_teardown_after_containerd_is_killed_leaves_nothing() -> None:
         gateway.close()
     work = str(gateway.work)
     assert not gateway.work.exists()
-    assert work not in Path("/proc/self/mountinfo").read_text()
+    assert mounts_under(gateway.work) == []
     assert not Path("/run/netns", gateway.netns).exists()
     assert _processes_mentioning(work) == []
     assert _processes_in_cgroups_of(containers) == []
@@ -62,10 +57,9 @@ def _processes_in_cgroups_of(container_ids: list[str]) -> list[str]:
         if entry.name.isdigit():
             try:
                 cgroup = (entry / "cgroup").read_text()
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
+            except OSError:
                 continue
-            if state == "Z":
+            if not process_alive(int(entry.name)):
                 continue  # killed, not yet reaped by init
             found.extend(f"{entry.name} in {c}" for c in container_ids if c in cgroup)
     return found

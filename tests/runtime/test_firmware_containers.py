@@ -24,9 +24,10 @@ import pytest
 
 from sim.firmware_build import build_firmware
 from smarter_common.locks import is_locked
+from smarter_common.procfs import process_alive
 from smarter_common.remoteproc import RemoteCore, console_device, core_by_id
 from smarter_common.remoteproc_control import stop_core
-from testbed.simulator import Simulator, process_alive, running_simulator
+from testbed.simulator import Simulator, running_simulator
 
 from .conftest import RUNC, RUNTIME, MakeBundle, log_messages, runtime
 

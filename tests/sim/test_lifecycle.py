@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from sim.mounts import mounts_under
+from smarter_common.procfs import process_alive
 from smarter_common.remoteproc import core_by_id
-from testbed.simulator import REPO, process_alive, running_simulator
+from testbed.simulator import REPO, running_simulator
 from tests.sim.conftest import firmware, write_attr
 
 

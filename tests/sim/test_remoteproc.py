@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
+from smarter_common.procfs import process_alive
 from smarter_common.remoteproc import (
     ATTR_FIRMWARE,
     ATTR_RECOVERY,
@@ -30,7 +31,7 @@ from smarter_common.remoteproc_control import (
     RemoteCoreError,
     write_attribute,
 )
-from testbed.simulator import Simulator, process_alive
+from testbed.simulator import Simulator
 from tests.sim.conftest import (
     CORES,
     ConsoleReader,

@@ -26,10 +26,12 @@ from pathlib import Path
 import pytest
 
 from runtime_handler import engine_config
-from testbed.containerd import Containerd, ContainerdLayout, unmount_all
+from sim.mounts import detach_all
+from smarter_common.procfs import pids_with, process_alive
+from testbed.containerd import Containerd, ContainerdLayout
 from testbed.netns import network_namespace
 from testbed.processes import Processes
-from testbed.simulator import Simulator, process_alive, running_simulator
+from testbed.simulator import Simulator, running_simulator
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "deploy" / "examples" / "tools"
@@ -197,7 +199,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
             capture_output=True,
             check=False,
         )
-        unmount_all(storage)
+        detach_all(storage)
         shutil.rmtree(storage, ignore_errors=True)
 
 
@@ -342,7 +344,7 @@ def daemons(bed: Bed) -> Iterator[Daemons]:
         finally:
             processes.stop_all()
             containerd.stop()
-            unmount_all(base)
+            detach_all(base)
 
 
 def _ctr(daemons: Daemons, *args: str | Path) -> list[str]:
@@ -434,7 +436,7 @@ def docker(bed: Bed, daemons: Daemons) -> Iterator[Callable[..., list[str]]]:
         subprocess.run(command("rm", "--force", "fw"), capture_output=True, check=False)
     finally:
         daemons.processes.stop(started, grace=20)
-        unmount_all(base)
+        detach_all(base)
         for path, existed in left_before.items():
             if existed:
                 continue
@@ -471,11 +473,4 @@ def _assert_nothing_left(bed: Bed) -> None:
 
 def _supervisors(bed: Bed) -> list[int]:
     """Processes still running the runtime's zipapp (a supervisor left behind)."""
-    found = []
-    needle = str(bed.runtime).encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if needle in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-    return found
+    return pids_with(b"", str(bed.runtime).encode())
