@@ -18,9 +18,13 @@ from sim.boards import core_type
 from smarter_common.errors import ConfigError, SmarterError
 
 SDK_DIR = Path(__file__).parent / "firmware"
-KINDS = ("hello", "crash", "lockup", "hang")
+KINDS = ("hello", "crash", "lockup", "hang", "echo", "sensor")
 # `hang` is `crash` with a fault handler that loops silently, as many vendor startup files'.
 _SOURCE_OF = {"hang": "crash"}
+# The kinds that talk on the data channel (UART1) too.
+_CHANNEL_KINDS = frozenset({"echo", "sensor"})
+# The kinds whose name carries `crash_after`, the only ones it changes.
+_CRASHING_KINDS = frozenset({"crash", "lockup", "hang"})
 _DEFINES_OF = {"hang": ("-DSIM_SILENT_FAULTS",)}
 GCC = "arm-none-eabi-gcc"
 _COMMON_SOURCES = ("startup.c", "console.c")
@@ -29,17 +33,18 @@ _COMMON_SOURCES = ("startup.c", "console.c")
 @dataclass(frozen=True)
 class _Machine:
     uart0_base: int
+    uart1_base: int
     sysclk_hz: int
 
 
-# UART0 of each QEMU machine: CMSDK APB UART at 0x40004000 on the MPS2 images; on AN505 it sits
-# in the expansion area at 0x40200000, whose secure alias 0x50200000 is what a core that boots
-# secure (as QEMU starts it) uses.
+# UART0 and UART1 of each QEMU machine: CMSDK APB UARTs at 0x40004000 and 0x40005000 on the
+# MPS2 images; on AN505 they sit in the expansion area at 0x40200000 and 0x40201000, whose
+# secure aliases (0x5...) are what a core that boots secure (as QEMU starts it) uses.
 _MACHINES = {
-    "mps2-an385": _Machine(0x40004000, 25_000_000),
-    "mps2-an386": _Machine(0x40004000, 25_000_000),
-    "mps2-an500": _Machine(0x40004000, 25_000_000),
-    "mps2-an505": _Machine(0x50200000, 20_000_000),
+    "mps2-an385": _Machine(0x40004000, 0x40005000, 25_000_000),
+    "mps2-an386": _Machine(0x40004000, 0x40005000, 25_000_000),
+    "mps2-an500": _Machine(0x40004000, 0x40005000, 25_000_000),
+    "mps2-an505": _Machine(0x50200000, 0x50201000, 20_000_000),
 }
 
 
@@ -48,7 +53,7 @@ class FirmwareBuildError(SmarterError):
 
 
 def build_firmware(kind: str, cpu: str, out_dir: Path, *, crash_after: int = 3) -> Path:
-    """Build the `kind` firmware (`hello`, `crash`, `lockup`, `hang`) for `cpu` into `out_dir`.
+    """Build the `kind` firmware (one of KINDS) for `cpu` into `out_dir`.
 
     Returns the ELF's path. `crash_after` is how many lines the faulting kinds print first.
     """
@@ -65,7 +70,8 @@ def build_firmware(kind: str, cpu: str, out_dir: Path, *, crash_after: int = 3) 
             hint="install gcc-arm-none-eabi and libnewlib-arm-none-eabi with scripts/setup.sh",
         )
     main_source = f"{_SOURCE_OF.get(kind, kind)}.c"
-    sources = [SDK_DIR / "src" / name for name in (*_COMMON_SOURCES, main_source)]
+    channel = ("channel.c",) if kind in _CHANNEL_KINDS else ()
+    sources = [SDK_DIR / "src" / name for name in (*_COMMON_SOURCES, *channel, main_source)]
     script = SDK_DIR / "link" / f"{machine_name}.ld"
     arguments = [
         f"-mcpu={cpu}",
@@ -80,6 +86,7 @@ def build_firmware(kind: str, cpu: str, out_dir: Path, *, crash_after: int = 3) 
         "-Werror",
         f'-DCPU_NAME="{cpu}"',
         f"-DUART0_BASE={machine.uart0_base:#x}u",
+        f"-DUART1_BASE={machine.uart1_base:#x}u",
         f"-DSYSCLK_HZ={machine.sysclk_hz}u",
         f"-DCRASH_AFTER={crash_after}",
         *_DEFINES_OF.get(kind, ()),
@@ -88,7 +95,7 @@ def build_firmware(kind: str, cpu: str, out_dir: Path, *, crash_after: int = 3) 
         f"-T{script}",
     ]
     digest = _digest(gcc, arguments, [*sources, SDK_DIR / "src" / "sim.h", *_scripts()])
-    suffix = f"-{crash_after}" if kind != "hello" else ""
+    suffix = f"-{crash_after}" if kind in _CRASHING_KINDS else ""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{kind}{suffix}-{cpu}-{digest[:12]}.elf"
     if target.is_file():

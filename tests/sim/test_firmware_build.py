@@ -23,7 +23,7 @@ ARCHS = {
 
 
 @pytest.mark.parametrize("cpu", list(ARCHS))
-@pytest.mark.parametrize("kind", ["hello", "crash", "lockup", "hang"])
+@pytest.mark.parametrize("kind", ["hello", "crash", "lockup", "hang", "echo", "sensor"])
 def test_built_firmware_records_the_core_architecture(tmp_path: Path, kind: str, cpu: str) -> None:
     elf = build_firmware(kind, cpu, tmp_path)
 

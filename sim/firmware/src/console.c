@@ -62,3 +62,5 @@ void sleep_ms(uint32_t ms)
         __asm__ volatile("wfi");
     }
 }
+
+uint32_t uptime_ms(void) { return ticks * (1000u / TICK_HZ); }
