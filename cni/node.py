@@ -25,33 +25,7 @@ from cni.request import Request
 from smarter_common.errors import LockBusyError
 from smarter_common.hostroot import HostRoot
 from smarter_common.locks import lock_current
-
-
-class QuietLog:
-    """The exec'd plugin's logger: importing structlog would cost every exec ~55 ms.
-
-    Warnings and errors always go through smarter_common.logs (to stderr: stdout carries the
-    result); info only when SMARTER_LOG_LEVEL asks for it.
-    """
-
-    def __init__(self, **context: Any) -> None:
-        self._context = context
-
-    def bind(self, **context: Any) -> QuietLog:
-        return QuietLog(**self._context, **context)
-
-    def info(self, event: str, **fields: Any) -> None:
-        if os.environ.get("SMARTER_LOG_LEVEL", "").lower() in ("debug", "info"):
-            self._real().info(event, **fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self._real().warning(event, **fields)
-
-    def _real(self) -> Any:
-        from smarter_common import logs
-
-        logs.configure()
-        return logs.get_logger("smarter-cni", **self._context)
+from smarter_common.logs import LazyLogger
 
 
 @dataclass
@@ -73,7 +47,9 @@ class NodeNetwork:
         log: Any = None,
     ) -> None:
         self.conf = conf
-        self.log = log if log is not None else QuietLog()
+        # In-process (the exec'd plugin): warnings only unless SMARTER_LOG_LEVEL asks for more,
+        # and structlog (~55 ms) imported only if there is something to say.
+        self.log = log if log is not None else LazyLogger("smarter-cni", default_level="warning")
         self.root = host_root or HostRoot()
         state = self.root.path(conf.state_dir)
         self.leases = LeaseStore(

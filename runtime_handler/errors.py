@@ -1,15 +1,15 @@
 """Errors as runc reports them: a line in the `--log` file, the message on stderr, exit 1.
 
 The runc shim shows the user the last `error` entry of `<bundle>/log.json`, written in runc's
-JSON log format (`{"level":"error","msg":...,"time":...}`) or logrus' text format.
-Stdlib only: refusals happen on the hot path.
+JSON log format (`{"level":"error","msg":...,"time":...}`) or logrus' text format: the `runc`
+profile of smarter_common.logs, whose `runc_entry` is stdlib-only, imported only to refuse
+(refusals happen on the exec'd path). Every failure is exit 1, as for runc.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 
 from smarter_common.errors import SmarterError
 
@@ -41,13 +41,9 @@ def as_call_error(error: BaseException) -> RuntimeCallError:
 
 def log_line(message: str, *, level: str = "error", log_format: str = "text") -> str:
     """One entry of runc's log in `log_format` (`json` or logrus `text`), newline included."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if log_format == "json":
-        import json
+    from smarter_common.logs import runc_entry
 
-        return json.dumps({"level": level, "msg": message, "time": stamp}) + "\n"
-    quoted = message.replace("\\", "\\\\").replace('"', '\\"')
-    return f'time="{stamp}" level={level} msg="{quoted}"\n'
+    return runc_entry(message, level=level, log_format=log_format)
 
 
 def append_log(path: str | None, message: str, *, level: str, log_format: str) -> None:

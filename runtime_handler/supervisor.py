@@ -24,6 +24,7 @@ from typing import Any
 from runtime_handler import settings, state
 from runtime_handler.bundle import resolve_in_rootfs
 from runtime_handler.errors import RuntimeCallError
+from smarter_common.deadline import Deadline
 from smarter_common.hostroot import HostRoot
 from smarter_common.remoteproc import (
     LIVE_STATES,
@@ -220,7 +221,7 @@ class Supervisor:
 
     def _next_command(self, *, timeout: float | None) -> tuple[str, int] | None:
         """The next `start` or `kill <signal>` from the FIFO (or a signal we received)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else Deadline(timeout)
         while True:
             if self._signalled is not None:
                 return ("kill", self._signalled)
@@ -233,7 +234,7 @@ class Supervisor:
                 if len(words) == 2 and words[0] == "kill" and words[1].isdigit():
                     return ("kill", int(words[1]))
                 continue
-            wait = _POLL_SECONDS if deadline is None else deadline - time.monotonic()
+            wait = _POLL_SECONDS if deadline is None else deadline.remaining()
             if wait <= 0:
                 return None
             try:
@@ -256,14 +257,14 @@ def console_timeout() -> float:
 def wait_for_console(host: HostRoot, core: RemoteCore, timeout: float) -> Path | None:
     """The core's console tty, waiting up to `timeout` for sysfs to list it under the core;
     then the `/dev/ttyRPMSG<N>` guess, or None."""
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout)
     while tty_class(host).is_dir():
         found = announced_console(host, core)
         if found is not None:
             return found
-        if time.monotonic() >= deadline:
+        if deadline.expired():
             break
-        time.sleep(_POLL_SECONDS / 2)
+        deadline.sleep(_POLL_SECONDS / 2)
     return console_device(host, core)
 
 
@@ -314,8 +315,8 @@ class _ConsoleCopy:
         """Let the last lines through (until the console is quiet), then flush a partial line."""
         if self._thread is None:
             return
-        limit = time.monotonic() + _CONSOLE_DRAIN_LIMIT
-        while time.monotonic() < limit:
+        limit = Deadline(_CONSOLE_DRAIN_LIMIT)
+        while not limit.expired():
             with self._lock:
                 quiet = time.monotonic() - self._last_data
             if quiet >= _CONSOLE_QUIET_SECONDS:
@@ -376,15 +377,14 @@ class _QuietStream:
 
 
 def _logger(record: state.ContainerRecord) -> Any:
-    """structlog writing runc-style entries (`level`, `msg`, `time`) to the runtime log.
+    """A logger writing runc's entries (`level`, `msg`, `time`) to the runtime log: the `runc`
+    profile of smarter_common.logs.
 
     Without `--log` (podman, a hand-run runtime) stderr is the container's own output, as
     for runc, which writes nothing of its own there: only warnings go there then. The reason
     a container ended is said once on stderr by the supervisor itself (`_say`).
     """
     import logging
-
-    import structlog
 
     from smarter_common import logs
 
@@ -396,22 +396,5 @@ def _logger(record: state.ContainerRecord) -> Any:
     else:
         stream = sys.stderr
         level = max(level, logging.WARNING)
-    quiet: Any = _QuietStream(stream)
-    renderer: Any
-    if record.log_format == "json":
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.processors.LogfmtRenderer(key_order=["time", "level", "msg"])
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
-            structlog.processors.EventRenamer("msg"),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=quiet),
-        cache_logger_on_first_use=False,
-    )
+    logs.configure(level=level, fmt=record.log_format, stream=_QuietStream(stream), profile="runc")
     return logs.get_logger("smarter-hybrid-runtime", container_id=record.id, core=record.core)

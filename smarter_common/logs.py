@@ -1,23 +1,42 @@
-"""Structured logs: JSON in production (not a terminal), readable key=value on a terminal.
+"""Structured logs, set up once per process, in one of two profiles.
 
-Logs go to stderr by default: the CNI plugin's stdout carries its result and a firmware
-container's stdout is the container's log.
+- `daemon` (the daemons, the operator's subcommands, the CNI plugin's in-process work): JSON
+  when the stream is not a terminal, readable key=value on one; `timestamp`, `level`, `event`.
+- `runc` (smarter-hybrid-runtime's `--log` file): entries as runc writes them with logrus,
+  `{"level":...,"msg":...,"time":...}` for `--log-format json`, `time="..." level=... msg="..."`
+  for `text`; the runc shim shows the user the last `error` entry.
+
+Events are short snake_case names (`core_started`, `pod_added`), the data goes in fields
+(tests/common/test_event_names.py holds every call to it). Logs go to stderr by default: the
+CNI plugin's stdout carries its result and a firmware container's stdout is the container's log.
+
+structlog (~55 ms to import) is imported only when something is logged through it:
+`runc_entry` needs the standard library alone, so the exec'd runtime can refuse a call in
+runc's words, and `LazyLogger` lets the exec'd CNI plugin log without paying for it when
+there is nothing to say.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-from typing import Any, Literal, TextIO
+import time
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-import structlog
+if TYPE_CHECKING:
+    from collections.abc import Mapping, MutableMapping
 
 LOG_LEVEL_ENV = "SMARTER_LOG_LEVEL"
 LOG_FORMAT_ENV = "SMARTER_LOG_FORMAT"
 
 LogFormat = Literal["auto", "json", "console"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "console")
+Profile = Literal["daemon", "runc"]
+# runc's --log-format values.
+RUNC_FORMATS = ("text", "json")
+
+# Characters logrus' text formatter leaves unquoted in a value.
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._/@^+")
 
 
 def resolve_format(requested: str | None, stream: TextIO) -> Literal["json", "console"]:
@@ -30,9 +49,12 @@ def resolve_format(requested: str | None, stream: TextIO) -> Literal["json", "co
     return "json" if value == "json" else "console"
 
 
-def resolve_level(requested: str | None) -> int:
-    """A logging level number from a name such as `info` (flag, else environment, else info)."""
-    name = (requested or os.environ.get(LOG_LEVEL_ENV) or "info").upper()
+def resolve_level(requested: str | None, *, default: str = "info") -> int:
+    """A logging level number from a name such as `info` (flag, else environment, else
+    `default`)."""
+    import logging
+
+    name = (requested or os.environ.get(LOG_LEVEL_ENV) or default).upper()
     level = logging.getLevelNamesMapping().get(name)
     if level is None:
         raise ValueError(f"log level {name.lower()!r} is not one of debug, info, warning, error")
@@ -40,29 +62,132 @@ def resolve_level(requested: str | None) -> int:
 
 
 def configure(
-    *, level: str | None = None, fmt: str | None = None, stream: TextIO | None = None
-) -> None:
-    """Set up structlog for the whole process."""
+    *,
+    level: str | int | None = None,
+    fmt: str | None = None,
+    stream: Any = None,
+    profile: Profile = "daemon",
+) -> str:
+    """Set up structlog for the whole process; the format it writes (`json`, `console`, `text`).
+
+    `level` is a name or a number (None: SMARTER_LOG_LEVEL, else info). For the `runc` profile
+    `fmt` is runc's `--log-format` (`text` unless `json`); for `daemon` as `resolve_format`.
+    """
+    import structlog
+
     out = stream if stream is not None else sys.stderr
-    renderer: Any
-    if resolve_format(fmt, out) == "json":
-        renderer = structlog.processors.JSONRenderer()
+    number = level if isinstance(level, int) else resolve_level(level)
+    written: str
+    processors: list[Any] = [structlog.contextvars.merge_contextvars]
+    if profile == "runc":
+        written = "json" if fmt == "json" else "text"
+        processors += [structlog.processors.add_log_level, _RuncRenderer(written)]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
+        written = resolve_format(fmt, out)
+        renderer: Any = (
+            structlog.processors.JSONRenderer()
+            if written == "json"
+            else structlog.dev.ConsoleRenderer(colors=False)
+        )
+        processors += [
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(resolve_level(level)),
+        ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(number),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    return written
 
 
 def get_logger(name: str, **context: Any) -> Any:
     """A logger bound to the program or component `name` and any fixed context."""
+    import structlog
+
     return structlog.get_logger().bind(logger=name, **context)
+
+
+def runc_entry(
+    message: str,
+    *,
+    level: str = "error",
+    log_format: str = "text",
+    fields: Mapping[str, Any] | None = None,
+) -> str:
+    """One entry of runc's log in `log_format` (`json`, else logrus `text`), newline included."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    extra = dict(fields or {})
+    if log_format == "json":
+        import json
+
+        return json.dumps({"level": level, "msg": message, "time": stamp, **extra}) + "\n"
+    pairs = [("time", stamp), ("level", level), ("msg", message), *extra.items()]
+    return " ".join(f"{key}={_logfmt_value(value)}" for key, value in pairs) + "\n"
+
+
+def _logfmt_value(value: Any) -> str:
+    text = str(value)
+    if text and all(char in _PLAIN for char in text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+class _RuncRenderer:
+    """structlog's last processor for the `runc` profile: the event is runc's `msg`."""
+
+    def __init__(self, log_format: str) -> None:
+        self._format = log_format
+
+    def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
+        message = str(event.pop("event", ""))
+        level = str(event.pop("level", "info"))
+        return runc_entry(message, level=level, log_format=self._format, fields=event).rstrip("\n")
+
+
+class LazyLogger:
+    """A logger for an exec'd program: the level is read once, at construction (a bad
+    SMARTER_LOG_LEVEL is refused before any work), and structlog is imported and set up only
+    when an entry passes it. `default_level` applies when SMARTER_LOG_LEVEL is unset."""
+
+    def __init__(self, name: str, *, default_level: str = "warning", **context: Any) -> None:
+        self._name = name
+        self._default = default_level
+        self._level = resolve_level(None, default=default_level)
+        self._context = context
+
+    def bind(self, **context: Any) -> LazyLogger:
+        bound = LazyLogger.__new__(LazyLogger)
+        bound._name, bound._default, bound._level = self._name, self._default, self._level
+        bound._context = {**self._context, **context}
+        return bound
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit(10, "debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit(20, "info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit(30, "warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit(40, "error", event, fields)
+
+    def _emit(self, number: int, method: str, event: str, fields: dict[str, Any]) -> None:
+        if number < self._level:
+            return
+        global _lazily_configured
+        if not _lazily_configured:
+            import structlog
+
+            if not structlog.is_configured():
+                configure(level=self._level)
+            _lazily_configured = True
+        getattr(get_logger(self._name, **self._context), method)(event, **fields)
+
+
+_lazily_configured = False
