@@ -10,20 +10,21 @@ from pathlib import Path
 
 from device_plugin.rules import Rule, load_rules
 from device_plugin.sources import PATH_VIEWS, Offer, PathView
-from smarter_common.cli import add_common_arguments, configure_logging_from, host_root_from
-from smarter_common.errors import SmarterError
+from smarter_common import entry
+from smarter_common.cli import add_common_arguments, host_root_from
+from smarter_common.errors import ConfigError
 from smarter_common.hostroot import HostRoot
 
 DEFAULT_RULES = Path("/etc/smarter-device-manager/conf.yaml")
 # The node's own kubelet directory: like the rules file it is a path of this process's
 # filesystem, not of the host root (a simulated gateway's root has no kubelet of its own).
 DEFAULT_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
-EXIT_CONFIG = 2
+PROGRAM = "smarter-device-manager"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="smarter-device-manager",
+        prog=PROGRAM,
         description="kubelet device plugin: /dev devices and remote cores as extended resources.",
     )
     add_common_arguments(parser)
@@ -59,27 +60,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     _without_tls()
-    try:
-        configure_logging_from(args)
-    except ValueError as exc:
-        print(f"smarter-device-manager: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    return entry.run(PROGRAM, _parser(), _command, argv)
+
+
+def _command(args: argparse.Namespace) -> int:
     host = host_root_from(args)
     plugin_dir: Path = args.plugin_dir
-    try:
-        rules = load_rules(args.rules)
-    except SmarterError as exc:
-        print(f"smarter-device-manager: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    rules = load_rules(args.rules)
     if not host.dev.is_dir():
-        print(
-            f"smarter-device-manager: {host.dev} is not a directory "
-            "(--host-root must hold the host's /dev)",
-            file=sys.stderr,
+        raise ConfigError(
+            f"{host.dev} is not a directory", hint="--host-root must hold the host's /dev"
         )
-        return EXIT_CONFIG
     if args.list:
         print(format_offers(_offers(host, rules, args.device_paths)), end="")
         return 0

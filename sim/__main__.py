@@ -9,14 +9,16 @@ from pathlib import Path
 
 from sim import boards
 from sim.firmware_build import KINDS
-from smarter_common.cli import add_common_arguments, configure_logging_from
-from smarter_common.errors import SmarterError
+from smarter_common import entry
+from smarter_common.cli import add_common_arguments
 from smarter_common.logs import get_logger
+
+PROGRAM = "smarter-sim"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="smarter-sim",
+        prog=PROGRAM,
         description="a simulated gateway: remoteproc over FUSE, cores running firmware in QEMU.",
     )
     add_common_arguments(parser)
@@ -91,36 +93,30 @@ def _pack_firmware(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    configure_logging_from(args)
-    log = get_logger("smarter-sim")
-    try:
-        if args.command == "up":
-            from sim.server import serve
+    return entry.run(PROGRAM, _parser(), _command, argv)
 
-            serve(args.root, args.cores, args.board, sys.stdout)
-        elif args.command == "down":
-            from sim.server import down
 
-            if not down(args.root, args.timeout):
-                log.info("not running", root=str(args.root))
-        elif args.command == "pack-firmware":
-            print(_pack_firmware(args))
-        elif args.command == "build-node-images":
-            from sim.node_images import build_node_images
+def _command(args: argparse.Namespace) -> None:
+    if args.command == "up":
+        from sim.server import serve
 
-            for image in build_node_images(args.out, busybox=args.busybox):
-                print(image.tarball)
-        else:
-            from sim.firmware_build import build_firmware
+        serve(args.root, args.cores, args.board, sys.stdout)
+    elif args.command == "down":
+        from sim.server import down
 
-            path = build_firmware(args.kind, args.cpu, args.out, crash_after=args.crash_after)
-            print(path)
-    except SmarterError as error:
-        log.error("failed", error=error.message, hint=error.hint)
-        print(f"smarter-sim: {error}", file=sys.stderr)
-        return 1
-    return 0
+        if not down(args.root, args.timeout):
+            get_logger(PROGRAM).info("simulator_not_running", root=str(args.root))
+    elif args.command == "pack-firmware":
+        print(_pack_firmware(args))
+    elif args.command == "build-node-images":
+        from sim.node_images import build_node_images
+
+        for image in build_node_images(args.out, busybox=args.busybox):
+            print(image.tarball)
+    else:
+        from sim.firmware_build import build_firmware
+
+        print(build_firmware(args.kind, args.cpu, args.out, crash_after=args.crash_after))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,25 @@
-"""The error types every program raises for conditions an operator can act on."""
+"""The error types every program raises for conditions an operator can act on.
+
+Each carries a message and, when known, a hint: what to do. smarter_common.entry turns one
+that reaches a program's command line into one stderr line and an exit code
+(docs/contributing.md, "Exit codes"); the runtime says it in runc's log and exits 1; the CNI
+plugin answers with the spec's error JSON on stdout.
+
+SmarterError                                 exit 1: refused, or failed while running
+├── ConfigError                              exit 2: a setting, flag or file is wrong
+│   ├── runtime_handler.containerd_config.ContainerdConfigError
+│   └── runtime_handler.engine_config.EngineConfigError
+├── HostPathError                            a host path is missing or would escape the root
+├── LockBusyError                            another process holds a lock
+├── FirmwareError (smarter_common.firmware_elf)
+├── RemoteCoreError (smarter_common.remoteproc_control)
+├── cni.errors.CniError                      with the CNI spec's code
+├── runtime_handler.errors.RuntimeCallError  what the runc shim shows the user
+│   ├── ContainerNotFoundError
+│   ├── FirmwareRefusedError
+│   └── runtime_handler.settings.SettingsError
+└── sim: SimulatorError, QemuMissingError, FirmwareBuildError, ImageError, NodeImageError
+"""
 
 from __future__ import annotations
 
