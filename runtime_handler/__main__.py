@@ -12,6 +12,11 @@ import sys
 
 from runtime_handler import passthrough, route, runc_cli, settings
 
+# No `typing` at run time: the create of every container pays for imports.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from runtime_handler.bundle import Bundle
+
 PROGRAM = "smarter-hybrid-runtime"
 USAGE = f"""usage: {PROGRAM} [runc global options] COMMAND [options] [ID ...]
 
@@ -34,6 +39,8 @@ settings (environment variables; else NAME=value lines in <this executable>.conf
   SMARTER_START_TIMEOUT  seconds a core may take to reach state running (default 10, max 600)
   SMARTER_CONSOLE_TIMEOUT seconds to wait for a started core's console tty (default 2, max 60)
   SMARTER_LOG_LEVEL      level of the supervisor's entries in the runtime log (default info)
+  SMARTER_CHANNEL_TIMEOUT seconds a sidecar's create waits for its pod's firmware to announce a
+                         data channel (default 10, 0 to 600)
 SMARTER_HOST_ROOT, which containerd passes to every program it runs, is not read.
 In a firmware container's own environment (config.json), set by the device manager:
   SMARTER_RPROC          the core granted to the container, remoteprocN (default: a free one)
@@ -88,6 +95,7 @@ def _create(invocation: runc_cli.Invocation, words: list[str]) -> int:
     from runtime_handler import bundle, elf_check
     from runtime_handler.errors import FirmwareRefusedError, RuntimeCallError, report
 
+    loaded = None
     try:
         loaded = bundle.load(invocation.option("bundle") or ".")
         facts = elf_check.classify(loaded)
@@ -96,7 +104,11 @@ def _create(invocation: runc_cli.Invocation, words: list[str]) -> int:
     except RuntimeCallError:
         # An unreadable bundle is runc's to report, in its own words.
         facts = None
-    if facts is None:
+    if facts is None or loaded is None:
+        if loaded is not None and route.pod_holds_firmware(invocation.root, loaded.pod_sandbox_id):
+            refused = _give_data_channels(invocation, loaded)
+            if refused:
+                return refused
         passthrough.exec_runc([PROGRAM, *words])
         return 127
     from runtime_handler import firmware_commands
@@ -111,6 +123,19 @@ def _create(invocation: runc_cli.Invocation, words: list[str]) -> int:
         return firmware_commands.create(invocation, loaded, facts)
     except (SmarterError, OSError) as error:
         return report(as_call_error(error), log=invocation.log, log_format=invocation.log_format)
+
+
+def _give_data_channels(invocation: runc_cli.Invocation, loaded: Bundle) -> int:
+    """Add the pod's firmware data channels to a sidecar's config; 0, or the refusal's code."""
+    from runtime_handler import data_channels
+    from runtime_handler.errors import as_call_error, report
+    from smarter_common.errors import SmarterError
+
+    try:
+        data_channels.give_to_sidecar(invocation.root, loaded)
+    except (SmarterError, OSError, ValueError) as error:
+        return report(as_call_error(error), log=invocation.log, log_format=invocation.log_format)
+    return 0
 
 
 def _refuse_id(invocation: runc_cli.Invocation) -> int:

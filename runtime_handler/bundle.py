@@ -91,6 +91,14 @@ class Bundle:
         return self.annotations.get(ANNOTATION_CONTAINER_TYPE) == "sandbox"
 
     @property
+    def pod_sandbox_id(self) -> str | None:
+        """The sandbox id of the pod this container belongs to; None for a sandbox itself and
+        for a container no CRI created (podman's, runc's own)."""
+        if self.annotations.get(ANNOTATION_CONTAINER_TYPE) != "container":
+            return None
+        return self.annotations.get(ANNOTATION_SANDBOX_ID) or None
+
+    @property
     def declares_firmware(self) -> bool:
         """Whether the container says it is firmware even before its entrypoint is checked.
 

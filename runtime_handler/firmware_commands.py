@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime_handler import settings, signals, state
+from runtime_handler import data_channels, settings, signals, state
 from runtime_handler.bundle import Bundle
 from runtime_handler.core_select import BoardView, CoreView, check_board, choose_core
 from runtime_handler.errors import (
@@ -188,10 +188,13 @@ def _create_reserved(
             pid_file = invocation.option("pid-file")
             if pid_file:
                 write_atomic(Path(os.path.abspath(pid_file)), str(pid))
+            # Last: the pod's sidecars may be given this firmware's data channels from now on.
+            data_channels.mark_pod(invocation.root, record)
         except BaseException:
             os.kill(pid, signal.SIGKILL)
             raise
     except BaseException:
+        data_channels.unmark_pod(invocation.root, record)
         shutil.rmtree(directory, ignore_errors=True)
         raise
     return 0
@@ -347,6 +350,7 @@ def delete(invocation: Invocation) -> int:
     _release_core(record)
     if record.firmware_placed:
         record.firmware_path.unlink(missing_ok=True)
+    data_channels.unmark_pod(invocation.root, record)
     shutil.rmtree(directory, ignore_errors=True)
     return 0
 

@@ -33,6 +33,10 @@ STATE_DIRECTORY = "smarter-hybrid"
 RUNC = "runc"
 RUNTIME = "runtime"
 REFUSED = "refused"  # a malformed id: refused in runc's words before any path is built from it
+# The pods holding firmware: `<root>/smarter-hybrid/@pods/<sandbox-id>/<firmware container id>`
+# (runtime_handler.data_channels writes it). '@' is in no container id, so no container's
+# directory has that name.
+PODS_DIRECTORY = "@pods"
 
 GLOBAL_VALUE_OPTIONS = frozenset({"log", "log-format", "root", "criu", "rootless"})
 # The commands about one existing container: a firmware container's are the runtime's, any
@@ -66,7 +70,7 @@ RUNC_ENV = "SMARTER_RUNC"
 SETTINGS_NAMES = frozenset(
     {
         "SMARTER_RUNTIME_HOST_ROOT", "SMARTER_RUNC", "SMARTER_START_TIMEOUT",
-        "SMARTER_CONSOLE_TIMEOUT", "SMARTER_LOG_LEVEL",
+        "SMARTER_CONSOLE_TIMEOUT", "SMARTER_LOG_LEVEL", "SMARTER_CHANNEL_TIMEOUT",
     }
 )
 SETTINGS_SUFFIX = ".conf"
@@ -98,6 +102,18 @@ def owner(command: str | None, root: str, container_id: str | None) -> str:
     except OSError:
         return RUNC
     return RUNTIME if mode & _S_IFMT == _S_IFDIR else RUNC
+
+
+def pod_holds_firmware(root: str, sandbox_id: str | None) -> bool:
+    """Whether the pod of sandbox `sandbox_id` holds a firmware container (one stat): only
+    then does the create of its Linux containers look for data channels."""
+    if not sandbox_id or id_problem(sandbox_id):
+        return False
+    try:
+        mode = posix.stat(f"{root}/{STATE_DIRECTORY}/{PODS_DIRECTORY}/{sandbox_id}").st_mode
+    except OSError:
+        return False
+    return mode & _S_IFMT == _S_IFDIR
 
 
 def parse_options(

@@ -29,7 +29,11 @@ RUNC_ENV = "SMARTER_RUNC"
 START_TIMEOUT_ENV = "SMARTER_START_TIMEOUT"
 CONSOLE_TIMEOUT_ENV = "SMARTER_CONSOLE_TIMEOUT"
 LOG_LEVEL_ENV = "SMARTER_LOG_LEVEL"
-NAMES = (HOST_ROOT_ENV, RUNC_ENV, START_TIMEOUT_ENV, CONSOLE_TIMEOUT_ENV, LOG_LEVEL_ENV)
+CHANNEL_TIMEOUT_ENV = "SMARTER_CHANNEL_TIMEOUT"
+NAMES = (
+    HOST_ROOT_ENV, RUNC_ENV, START_TIMEOUT_ENV, CONSOLE_TIMEOUT_ENV, LOG_LEVEL_ENV,
+    CHANNEL_TIMEOUT_ENV,
+)
 FILE_SUFFIX = ".conf"
 
 DEFAULT_HOST_ROOT = "/"
@@ -37,6 +41,8 @@ DEFAULT_START_TIMEOUT = 10.0
 MAX_START_TIMEOUT = 600.0
 DEFAULT_CONSOLE_TIMEOUT = 2.0
 MAX_CONSOLE_TIMEOUT = 60.0
+DEFAULT_CHANNEL_TIMEOUT = 10.0
+MAX_CHANNEL_TIMEOUT = 600.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_LOG_LEVEL = "info"
 # A settings file is a few lines; anything bigger is not one.
@@ -91,6 +97,13 @@ class Settings:
         )
 
     @property
+    def channel_timeout(self) -> float:
+        # 0 is allowed: a sidecar takes the data channels there are at once, or is refused.
+        return self._seconds(
+            CHANNEL_TIMEOUT_ENV, DEFAULT_CHANNEL_TIMEOUT, MAX_CHANNEL_TIMEOUT, zero_ok=True
+        )
+
+    @property
     def log_level(self) -> str:
         value = (self.text(LOG_LEVEL_ENV) or DEFAULT_LOG_LEVEL).lower()
         if value not in LOG_LEVELS:
@@ -130,6 +143,7 @@ _PROPERTIES = {
     START_TIMEOUT_ENV: "start_timeout",
     CONSOLE_TIMEOUT_ENV: "console_timeout",
     LOG_LEVEL_ENV: "log_level",
+    CHANNEL_TIMEOUT_ENV: "channel_timeout",
 }
 _HINT = "fix the smarter-hybrid-runtime settings file or containerd's environment"
 
