@@ -314,8 +314,8 @@ class CoreChannels:
 
 
 def core_channels(host: HostRoot, core: RemoteCore) -> CoreChannels:
-    """The channels sysfs places under `core` whose device node exists, in announcement order
-    (the kernel numbers each kind in the order channels are announced)."""
+    """The channels sysfs places under `core` whose device node exists, in the firmware's
+    order: by endpoint address, then by the number the kernel gave the node."""
     ttys = _channels_under(host, core, tty_class(host), TTY_CHANNEL_PREFIX, CHANNEL_TTY)
     chars = _channels_under(host, core, rpmsg_class(host), CHAR_CHANNEL_PREFIX, CHANNEL_CHAR)
     console = ttys[0] if ttys else None
@@ -350,7 +350,16 @@ def _channels_under(
         node = host.dev / entry.name
         if device is not None and node.exists():
             found.append(Channel(kind=kind, number=number, node=node, endpoint=device))
-    return sorted(found, key=lambda channel: channel.number)
+    return sorted(found, key=lambda channel: (_endpoint_address(channel.endpoint), channel.number))
+
+
+def _endpoint_address(endpoint: str) -> int:
+    """The firmware's endpoint address, last in an rpmsg device's name
+    (`virtio0.rpmsg-tty.-1.1025`): a firmware creates its console's endpoint first, so the
+    lowest address is the console even when the kernel reused a lower tty number for a later
+    channel. Names that carry none sort after those that do."""
+    last = endpoint.rpartition(".")[2]
+    return int(last) if last.isdigit() and last.isascii() else 1 << 32
 
 
 def _channel_number(name: str, prefix: str) -> int | None:

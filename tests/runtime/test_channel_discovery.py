@@ -114,3 +114,13 @@ def test_the_console_guess_stands_where_sysfs_says_nothing(tmp_path: Path) -> No
     (host.dev / "ttyRPMSG1").touch()
     assert console_device(host, _core(host, 1)) == host.dev / "ttyRPMSG1"
     assert core_channels(host, _core(host, 1)).data == ()
+
+
+def test_the_console_is_the_first_endpoint_even_on_a_higher_tty_number(tmp_path: Path) -> None:
+    # After a restart the kernel may give the data channel a lower number than the console.
+    host = _board(tmp_path, 1)
+    _announce(host, 0, "virtio0.rpmsg-tty.-1.1025", "ttyRPMSG0")
+    _announce(host, 0, "virtio0.rpmsg-tty.-1.1024", "ttyRPMSG1")
+    channels = core_channels(host, _core(host, 0))
+    assert channels.console is not None and channels.console.device_name == "ttyRPMSG1"
+    assert [c.device_name for c in channels.data] == ["ttyRPMSG0"]
