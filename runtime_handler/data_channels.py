@@ -3,8 +3,12 @@
 A firmware container's `create` marks its pod: `<root>/smarter-hybrid/@pods/<sandbox-id>/<id>`
 (route.pod_holds_firmware reads it with one stat); its `delete` removes the mark. The `create`
 of a Linux container (a sidecar) whose pod is marked comes here before runc: for each live
-firmware container of the pod, wait (SMARTER_CHANNEL_TIMEOUT) until its core runs and has
-announced at least one data channel, then add each data channel to the sidecar's config.json.
+firmware container of the pod, add each data channel it has announced to the sidecar's
+config.json. A sidecar that needs them says how many in its own environment,
+`SMARTER_DATA_CHANNELS=<n>`: its create then waits (SMARTER_CHANNEL_TIMEOUT) until each firmware
+of the pod runs and has announced n, and is refused naming the core and the channel missing when
+that time passes or the firmware has stopped. Without it nothing waits and nothing is refused:
+a sidecar of a console-only firmware starts at once.
 
 A channel is bind-mounted from the host's node, not created with mknod from a `linux.devices`
 entry: the kernel opens a pty slave only through its devpts inode (a node made elsewhere opens
@@ -44,6 +48,9 @@ from smarter_common.remoteproc import (
 )
 
 ANNOTATION_CONTAINER_NAME = "io.kubernetes.cri.container-name"
+# In a sidecar's environment: how many data channels of each firmware it waits for.
+ENV_DATA_CHANNELS = "SMARTER_DATA_CHANNELS"
+MAX_DATA_CHANNELS = 64
 CONTAINER_DIRECTORY = "/dev/smarter"
 # Read and write; no mknod: the node is there already.
 DEVICE_ACCESS = "rw"
@@ -178,16 +185,17 @@ def with_grants(config: dict[str, object], grants: list[Grant]) -> dict[str, obj
 
 def give_to_sidecar(runtime_root: str, bundle: Bundle) -> list[Grant]:
     """Add the data channels of the pod's firmware to the sidecar's config.json; the grants."""
+    wanted = wanted_channels(bundle.env.get(ENV_DATA_CHANNELS, ""))
     sandbox_id = bundle.annotations.get(ANNOTATION_SANDBOX_ID, "")
-    firmware = pod_firmware(runtime_root, sandbox_id)
+    firmware = pod_firmware(runtime_root, sandbox_id, refuse_stopped=wanted > 0)
     if not firmware:
         return []
     configured = settings.current()
     host = HostRoot(Path(configured.host_root))
-    timeout = configured.channel_timeout
+    timeout = configured.channel_timeout if wanted else 0.0
     grants: list[Grant] = []
     for container in firmware:
-        grants.extend(_grants_of(host, container, timeout))
+        grants.extend(_grants_of(host, container, wanted, timeout))
     config_path = Path(bundle.path) / "config.json"
     config = json.loads(config_path.read_text())
     write_atomic(
@@ -196,9 +204,25 @@ def give_to_sidecar(runtime_root: str, bundle: Bundle) -> list[Grant]:
     return grants
 
 
-def pod_firmware(runtime_root: str, sandbox_id: str) -> list[PodFirmware]:
+def wanted_channels(text: str) -> int:
+    """The sidecar's SMARTER_DATA_CHANNELS: 0 when unset."""
+    if not text.strip():
+        return 0
+    value = text.strip()
+    if not value.isdigit() or not value.isascii() or int(value) > MAX_DATA_CHANNELS:
+        raise RuntimeCallError(
+            f"{ENV_DATA_CHANNELS}={text!r} in the container's environment must be a whole"
+            f" number of data channels from 0 to {MAX_DATA_CHANNELS}"
+        )
+    return int(value)
+
+
+def pod_firmware(
+    runtime_root: str, sandbox_id: str, *, refuse_stopped: bool = True
+) -> list[PodFirmware]:
     """The firmware containers of the pod whose supervisor lives (a restarted one's stopped
-    predecessor is left out), by name; a pod whose firmware has all stopped is refused."""
+    predecessor is left out), by name; a pod whose firmware has all stopped is refused when
+    `refuse_stopped`."""
     directory = pod_directory(runtime_root, sandbox_id)
     try:
         ids = sorted(entry.name for entry in directory.iterdir())
@@ -220,7 +244,7 @@ def pod_firmware(runtime_root: str, sandbox_id: str) -> list[PodFirmware]:
             )
         )
     live = [item for item in found if item.status != state.STATUS_STOPPED]
-    if found and not live:
+    if found and not live and refuse_stopped:
         stopped = found[-1]
         raise RuntimeCallError(
             f"the pod's firmware container {stopped.name} on {stopped.core} has stopped"
@@ -230,7 +254,9 @@ def pod_firmware(runtime_root: str, sandbox_id: str) -> list[PodFirmware]:
     return sorted(live, key=lambda item: item.name)
 
 
-def _grants_of(host: HostRoot, firmware: PodFirmware, timeout: float) -> list[Grant]:
+def _grants_of(
+    host: HostRoot, firmware: PodFirmware, wanted: int, timeout: float
+) -> list[Grant]:
     core = core_by_id(host, firmware.core)
     if core is None:
         raise RuntimeCallError(
@@ -238,14 +264,15 @@ def _grants_of(host: HostRoot, firmware: PodFirmware, timeout: float) -> list[Gr
             " which is gone from /sys/class/remoteproc",
             hint=_HINT,
         )
-    channels = _wait_for_data_channels(host, core, timeout)
+    channels = _wait_for_data_channels(host, core, wanted, timeout)
     if channels is None:
         current = core_channels(host, core)
         console = current.console.device_name if current.console else "none"
         raise RuntimeCallError(
-            f"the pod's firmware container {firmware.name} on {firmware.core} announced no data"
-            f" channel within {timeout:g} s (core state {read_state(core) or 'unreadable'},"
-            f" console {console}): the sidecar cannot be given one",
+            f"the pod's firmware container {firmware.name} on {firmware.core} announced"
+            f" {len(current.data)} of the {wanted} data channels the sidecar waits for"
+            f" ({ENV_DATA_CHANNELS}) within {timeout:g} s: tty{len(current.data) + 1} is missing"
+            f" (core state {read_state(core) or 'unreadable'}, console {console})",
             hint="check that the firmware announces an rpmsg channel after its console"
             f" (and the kernel has rpmsg_tty or rpmsg_char); raise {settings.CHANNEL_TIMEOUT_ENV}"
             " if it announces late",
@@ -257,14 +284,17 @@ def _grants_of(host: HostRoot, firmware: PodFirmware, timeout: float) -> list[Gr
 
 
 def _wait_for_data_channels(
-    host: HostRoot, core: RemoteCore, timeout: float
+    host: HostRoot, core: RemoteCore, wanted: int, timeout: float
 ) -> CoreChannels | None:
-    """The core's channels once it runs and has a data channel; None when `timeout` passes."""
+    """The core's channels once it runs and has `wanted` data channels (at once when 0);
+    None when `timeout` passes first."""
+    if not wanted:
+        return core_channels(host, core)
     deadline = time.monotonic() + timeout
     while True:
         if read_state(core) == STATE_RUNNING:
             channels = core_channels(host, core)
-            if channels.data:
+            if len(channels.data) >= wanted:
                 return channels
         if time.monotonic() >= deadline:
             return None

@@ -109,6 +109,13 @@ def test_a_pod_whose_firmware_has_stopped_refuses_its_sidecar_naming_the_core(
     data_channels.mark_pod(str(tmp_path), record)
     with pytest.raises(RuntimeCallError, match=r"echo on remoteproc0 has stopped \(exit code 3\)"):
         data_channels.pod_firmware(str(tmp_path), SANDBOX)
+    assert data_channels.pod_firmware(str(tmp_path), SANDBOX, refuse_stopped=False) == []
+
+
+@pytest.mark.parametrize("text", ["-1", "x", "65", "1.5", "\u0661"])
+def test_a_malformed_channel_count_is_refused_naming_the_variable(text: str) -> None:
+    with pytest.raises(RuntimeCallError, match="SMARTER_DATA_CHANNELS="):
+        data_channels.wanted_channels(text)
 
 
 def test_a_sidecar_is_refused_naming_the_core_when_no_data_channel_comes(
@@ -125,7 +132,8 @@ def test_a_sidecar_is_refused_naming_the_core_when_no_data_channel_comes(
     bundle_dir = tmp_path / "bundle"
     bundle_dir.mkdir()
     config = {"annotations": {"io.kubernetes.cri.sandbox-id": SANDBOX,
-                              "io.kubernetes.cri.container-type": "container"}}  # fmt: skip
+                              "io.kubernetes.cri.container-type": "container"},
+              "process": {"env": ["SMARTER_DATA_CHANNELS=1"]}}  # fmt: skip
     (bundle_dir / "config.json").write_text(json.dumps(config))
     settings.use(
         settings.Settings(
@@ -137,8 +145,20 @@ def test_a_sidecar_is_refused_naming_the_core_when_no_data_channel_comes(
             data_channels.give_to_sidecar(str(runtime_root), Bundle(str(bundle_dir), config))
     finally:
         settings.use(None)
-    assert "echo on remoteproc0 announced no data channel within 0.2 s" in str(refused.value)
+    assert (
+        "echo on remoteproc0 announced 0 of the 1 data channels the sidecar waits for"
+        " (SMARTER_DATA_CHANNELS) within 0.2 s: tty1 is missing"
+    ) in str(refused.value)
     assert json.loads((bundle_dir / "config.json").read_text()) == config
+    # A sidecar that does not wait starts at once with what there is: nothing.
+    config["process"] = {"env": []}
+    (bundle_dir / "config.json").write_text(json.dumps(config))
+    settings.use(settings.Settings({settings.HOST_ROOT_ENV: (str(host), "")}))
+    try:
+        sidecar = Bundle(str(bundle_dir), config)
+        assert data_channels.give_to_sidecar(str(runtime_root), sidecar) == []
+    finally:
+        settings.use(None)
 
 
 def test_a_sidecar_receives_the_pty_behind_a_simulated_channel(tmp_path: Path) -> None:
