@@ -37,6 +37,13 @@ LAUNCHER_SHEBANG = (
     "#!/usr/bin/env -S python3 -I -S -c"
     " 'import sys;exec(open(sys.argv[1],\"rb\").read({size}))'\n"
 )
+# The same two heads naming an interpreter by absolute path (the bundle's, scripts/build_bundle.py):
+# Linux passes everything after the path as one argument, so the options and the code are one
+# word, `-IScCODE` (a space after `c` would be an indent to the compiler).
+DIRECT_SHEBANG = "#!{interpreter} -IS\n"
+DIRECT_LAUNCHER_SHEBANG = (
+    '#!{interpreter} -IScimport sys;exec(open(sys.argv[1],"rb").read({{size}}))\n'
+)
 # Linux reads at most this much of a `#!` line (BINPRM_BUF_SIZE, since 5.1; 128 before).
 _SHEBANG_LIMIT = 127
 # 1980-01-01, the earliest time a zip entry can hold: no build time leaks into the archive.
@@ -79,14 +86,16 @@ class BuildError(Exception):
     """The zipapps cannot be built from this tree or environment."""
 
 
-def build_all(out_dir: Path) -> list[Path]:
+def build_all(out_dir: Path, interpreter: str | None = None) -> list[Path]:
     """Build every program into `out_dir`; the paths of the written files."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [build(program, out_dir / program.name) for program in PROGRAMS]
+    return [build(program, out_dir / program.name, interpreter) for program in PROGRAMS]
 
 
-def build(program: Program, target: Path) -> Path:
-    """Write `program` as an executable zipapp at `target` (replaced atomically)."""
+def build(program: Program, target: Path, interpreter: str | None = None) -> Path:
+    """Write `program` as an executable zipapp at `target` (replaced atomically).
+
+    Its `#!` line finds python3 through PATH, or names `interpreter` (an absolute path)."""
     entries: dict[str, bytes] = {}
     for package in program.packages:
         entries.update(_package_files(package))
@@ -99,7 +108,11 @@ def build(program: Program, target: Path) -> Path:
             f"from {program.entry_module} import main\n\n"
             "sys.exit(main())\n"
         ).encode()
-        head = SHEBANG
+        head = (
+            SHEBANG
+            if interpreter is None
+            else DIRECT_SHEBANG.format(interpreter=interpreter).encode()
+        )
     else:
         # `python3 <zipapp>` still works, through runpy: the same launcher, then the program.
         entries["__main__.py"] = (
@@ -107,7 +120,12 @@ def build(program: Program, target: Path) -> Path:
             f"from {program.launcher} import main\n\n"
             "main()\n"
         ).encode()
-        head = _launcher_head(program.launcher)
+        shebang = (
+            LAUNCHER_SHEBANG
+            if interpreter is None
+            else DIRECT_LAUNCHER_SHEBANG.format(interpreter=interpreter)
+        )
+        head = _launcher_head(program.launcher, shebang)
     leaked = {name.split("/", 1)[0] for name in entries} & FORBIDDEN_TOP_LEVEL
     if leaked:
         raise BuildError(
@@ -121,7 +139,7 @@ def build(program: Program, target: Path) -> Path:
     return target
 
 
-def _launcher_head(module: str) -> bytes:
+def _launcher_head(module: str, shebang: str = LAUNCHER_SHEBANG) -> bytes:
     """The shebang that execs the file's first bytes, then the launcher's source.
 
     The source goes in without docstrings, comments, annotations, `from __future__` and
@@ -131,7 +149,7 @@ def _launcher_head(module: str) -> bytes:
     source = _compact_source((REPO / (module.replace(".", "/") + ".py")).read_text())
     size = 0
     while True:
-        line = LAUNCHER_SHEBANG.format(size=size).encode()
+        line = shebang.format(size=size).encode()
         if len(line) + len(source) == size:
             break
         size = len(line) + len(source)

@@ -1,0 +1,155 @@
+"""The host-side bundle runs on a host with no python3 at all (scripts/build_bundle.py).
+
+Every command runs in a private mount namespace of its own where each python3 of this machine is
+hidden (an empty file over each interpreter, an empty tmpfs over each installation and venv) and
+the bundle is at /opt/smarter-edge, the path a node has: what is built is exactly what a node
+runs, with the default prefix.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smarter_common import __version__
+from tests.cni import harness
+
+REPO = Path(__file__).resolve().parents[2]
+PREFIX = "/opt/smarter-edge"
+PROGRAMS = ("smarter-cni", "smarter-hybrid-runtime")
+
+
+def _pythons() -> tuple[list[str], list[str]]:
+    """(interpreter files, installation directories) of every python3 on this machine."""
+    files = sorted(
+        {
+            path
+            for pattern in ("/usr/bin/python3*", "/usr/local/bin/python3*", "/bin/python3*")
+            for path in glob.glob(pattern)
+            if os.path.isfile(path) and not os.path.islink(path)
+        }
+    )
+    directories = [
+        *glob.glob("/usr/lib/python3*"),
+        *glob.glob("/usr/local/lib/python3*"),
+        sys.base_prefix,
+        sys.prefix,
+        str(REPO / ".venv"),
+        os.path.expanduser("~/.pyenv"),
+    ]
+    found = sorted({os.path.realpath(d) for d in directories if os.path.isdir(d)} - {"/usr"})
+    # An empty tmpfs over a directory hides what is inside it too.
+    outermost = [d for d in found if not any(Path(d).is_relative_to(o) for o in found if o != d)]
+    return files, outermost
+
+
+def without_python(bundle: Path, *command: str) -> list[str]:
+    """`command` in a private mount namespace: no python3 anywhere, the bundle at PREFIX."""
+    files, directories = _pythons()
+    steps = ["mount -t tmpfs -o mode=0755 none /opt", f"mkdir {PREFIX}"]
+    steps.append(f"mount --bind -o ro {shlex.quote(str(bundle))} {PREFIX}")
+    steps += [f"mount --bind /dev/null {shlex.quote(f)}" for f in files]
+    steps += [f"mount -t tmpfs -o ro none {shlex.quote(d)}" for d in directories]
+    script = " && ".join([*steps, 'exec "$@"'])
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-ec", script, "sh", *command]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "smarter-edge"
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts/build_bundle.py"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return out
+
+
+def _run(bundle: Path, *command: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    return subprocess.run(
+        without_python(bundle, *command),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=60,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def test_no_python3_is_left_in_the_namespace(bundle: Path) -> None:
+    probe = "for p in python3 python3.11 /usr/bin/python3; do $p -c 1 && exit 1; done; exit 0"
+    result = _run(bundle, "sh", "-c", probe)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_program_answers_version_with_no_python_on_the_host(bundle: Path, program: str) -> None:
+    result = _run(bundle, f"{PREFIX}/{program}", "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{program} {__version__}"
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_program_names_the_bundled_interpreter_by_absolute_path(bundle: Path, program: str) -> None:
+    first_line = (bundle / program).read_bytes().split(b"\n", 1)[0]
+    assert first_line.startswith(f"#!{PREFIX}/bin/python3 -IS".encode())
+    assert len(first_line) <= 127  # what Linux passes to the interpreter whole
+
+
+def test_interpreter_starts_through_the_bundled_loader(bundle: Path) -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from build_bundle import elf_links
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    links = elf_links(bundle / "bin/python3")
+    assert links.interpreter == f"{PREFIX}/lib/ld-linux-x86-64.so.2"
+    assert links.search == (f"{PREFIX}/lib",)
+    for soname in links.needed:
+        assert (bundle / "lib" / soname).is_file(), soname
+    # Every library the process maps comes from the bundle.
+    maps = _run(bundle, f"{PREFIX}/bin/python3", "-IS", "-c", "import _ctypes, _socket, select;"
+                "print(open('/proc/self/maps').read())")  # fmt: skip
+    assert maps.returncode == 0, maps.stderr
+    mapped = {line.split()[-1] for line in maps.stdout.splitlines() if ".so" in line}
+    assert mapped and all(path.startswith(f"{PREFIX}/") for path in mapped), sorted(mapped)
+
+
+def test_cni_version_with_no_python_on_the_host(bundle: Path) -> None:
+    config = json.dumps({"cniVersion": "1.0.0", "name": "smarter", "type": "smarter-cni"})
+    result = _run(bundle, "env", "CNI_COMMAND=VERSION", f"{PREFIX}/smarter-cni", input=config)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["supportedVersions"] == ["0.4.0", "1.0.0", "1.1.0"]
+
+
+def test_cni_add_and_del_of_a_pod_with_no_python_on_the_host(bundle: Path) -> None:
+    plugin = without_python(bundle, f"{PREFIX}/smarter-cni")
+    with harness.node() as node, harness.pods(1) as (pod,):
+        added = node.add_pod(pod, "c1", "sensor-7xk2p", plugin=plugin)
+        assert added.returncode == 0, added.stderr
+        result = json.loads(added.stdout)
+        assert result["ips"][0]["address"].startswith("10.210.")
+        assert node.leases() and node.records()
+        deleted = node.del_pod("c1", pod, plugin=plugin)
+        assert deleted.returncode == 0, deleted.stderr
+        assert node.leases() == [] and node.records() == []
+
+
+def test_runtime_passes_runc_calls_through_with_no_python_on_the_host(
+    bundle: Path, tmp_path: Path
+) -> None:
+    argv = ["--root", str(tmp_path), "--log", str(tmp_path / "log.json"), "state", "sb1"]
+    result = _run(bundle, "env", "SMARTER_RUNC=/bin/echo", f"{PREFIX}/smarter-hybrid-runtime",
+                  *argv)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == " ".join(argv) + "\n"
