@@ -62,27 +62,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _operator(arguments: list[str]) -> int:
-    from pathlib import Path
-
-    from smarter_common.cli import configure_logging_from, host_root_from
-    from smarter_common.errors import SmarterError
+    from smarter_common import entry
 
     parser = _parser()
-    args = parser.parse_args(arguments)
+    return entry.run("smarter-cni", parser, lambda args: _operate(parser, args), arguments)
+
+
+def _operate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`agent` or `dns`; errors are the entry's to say (smarter_common.entry)."""
+    from pathlib import Path
+
+    from smarter_common.cli import host_root_from
+
     if args.command is None:
         parser.print_help()
         return 2
-    configure_logging_from(args)
     root = host_root_from(args)
-    try:
-        if args.command == "agent":
-            from cni.agent import serve
+    if args.command == "agent":
+        from cni.agent import serve
 
-            return serve(Path(args.conf), Path(args.socket) if args.socket else None, root)
-        return _dns(Path(args.conf), args.print, args.dnsmasq, root)
-    except SmarterError as error:  # CniError included
-        print(f"smarter-cni: {error}", file=sys.stderr)
-        return 1
+        return serve(Path(args.conf), Path(args.socket) if args.socket else None, root)
+    return _dns(Path(args.conf), args.print, args.dnsmasq, root)
 
 
 def _dns(conf_path: Path, print_only: bool, binary: str | None, root: HostRoot) -> int:
