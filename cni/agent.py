@@ -105,7 +105,7 @@ class _Handler(socketserver.BaseRequestHandler):
             self.request.sendall(reply)
         except OSError as error:
             # The plugin stopped waiting (and told the runtime to try again later).
-            log.warning("answer undelivered", error=str(error))
+            log.warning("answer_undelivered", error=str(error))
 
 
 def serve(conf_path: Path, socket_path: Path | None, host_root: HostRoot) -> int:

@@ -75,7 +75,7 @@ class NodeNetwork:
             lock = lock_current(path)
         except OSError as error:
             # Only a guard against a rare overlap: no reason to fail a DEL (or ADD) on its own.
-            self.log.warning("attachment lock unavailable", path=str(path), error=str(error))
+            self.log.warning("attachment_lock_unavailable", path=str(path), error=str(error))
             yield
             return
         try:
@@ -125,7 +125,7 @@ class NodeNetwork:
                 raise
         # The bridge this process remembered is gone (deleted, or replaced by another process
         # under the same name). Whoever removed it may have flushed the rules too.
-        log.warning("bridge gone, re-creating", bridge=self.conf.bridge, stale_index=bridge.index)
+        log.warning("bridge_gone_recreating", bridge=self.conf.bridge, stale_index=bridge.index)
         self.forget_warm_state()
         bridge = self.ensure_bridge()
         if self.conf.ip_masq:
@@ -166,7 +166,7 @@ class NodeNetwork:
                 reason=_no_name(pod, namespace or "default"),
             )
         elif record.pod != pod:
-            log.info("name registered as", pod=pod, names=list(record.names))
+            log.info("name_registered", pod=pod, names=list(record.names))
 
     def _undo(self, request: Request, host_name: str) -> None:
         self.forget_warm_state()
@@ -178,7 +178,7 @@ class NodeNetwork:
             try:
                 step()
             except Exception as error:
-                self.log.warning("undo step failed", error=str(error))
+                self.log.warning("undo_step_failed", error=str(error))
 
     def _result(
         self,
@@ -238,17 +238,17 @@ class NodeNetwork:
         with self._attachment(host_name, removing=True):
             for what, step in steps:
                 if what == "address lease" and any(f == "veth" for f, _ in failures):
-                    log.warning("lease kept", reason="the veth may still hold the address")
+                    log.warning("lease_kept", reason="the veth may still hold the address")
                     lease_kept = True
                     continue
                 try:
                     done[what] = step()
                 except Exception as error:
-                    log.warning("delete step failed", step=what, error=str(error))
+                    log.warning("delete_step_failed", step=what, error=str(error))
                     failures.append((what, error))
         released = done.get("address lease")
         log.info(
-            "deleted" if not failures else "deleted partly",
+            "deleted" if not failures else "deleted_partly",
             veth=host_name if done.get("veth") else None,
             record=done.get("DNS record"),
             released=[str(a) for a in released] if isinstance(released, list) else None,

@@ -82,7 +82,7 @@ class Supervisor:
             if command is None:
                 continue
             if command[0] == "kill":
-                self._log.info("killed before start", signal=command[1])
+                self._log.info("killed_before_start", signal=command[1])
                 return self._finish(128 + command[1])
             if command[0] == "start":
                 break
@@ -115,7 +115,7 @@ class Supervisor:
         record.status = state.STATUS_RUNNING
         record.started = state.now_rfc3339()
         state.save(self.directory, record)
-        self._log.info("core started", core=core.device_id, firmware=record.firmware_name)
+        self._log.info("core_started", core=core.device_id, firmware=record.firmware_name)
         return core
 
     def _open_console(self, core: RemoteCore) -> None:
@@ -167,7 +167,7 @@ class Supervisor:
             if current in LIVE_STATES:
                 continue
             if current == STATE_OFFLINE:
-                self._log.info("core stopped from outside", core=core.device_id)
+                self._log.info("core_stopped_from_outside", core=core.device_id)
                 return self._finish(0)
             if current == STATE_CRASHED:
                 return self._fail(
@@ -193,7 +193,7 @@ class Supervisor:
         _say(f"smarter-hybrid-runtime: {message}")
 
     def _stop(self, core: RemoteCore, signum: int) -> int:
-        self._log.info("stopping core", core=core.device_id, signal=signum)
+        self._log.info("core_stopping", core=core.device_id, signal=signum)
         try:
             stop_core(core)
         except RemoteCoreError as error:
@@ -208,7 +208,7 @@ class Supervisor:
         # `delete --force` may have removed the directory already.
         with contextlib.suppress(OSError):
             state.save(self.directory, self.record)
-        self._log.info("container exited", exit_code=code)
+        self._log.info("container_exited", exit_code=code)
         return code
 
     def _drain_console(self) -> None:

@@ -73,7 +73,7 @@ class Layout:
         """Remove what this layout made, newest first; never anything under a mount."""
         for path in reversed(self._made):
             if mounts_under(path):
-                self._log.error("not removing a mounted path", path=str(path))
+                self._log.error("mounted_path_kept", path=str(path))
                 continue
             try:
                 if path.is_dir() and not path.is_symlink():
@@ -81,5 +81,5 @@ class Layout:
                 else:
                     path.unlink(missing_ok=True)
             except OSError as error:
-                self._log.error("cannot remove", path=str(path), error=str(error))
+                self._log.error("removal_failed", path=str(path), error=str(error))
         self._made.clear()

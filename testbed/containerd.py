@@ -140,7 +140,7 @@ class Containerd:
             self._processes.stop(self._started, grace=20)
             self._started = None
         for pid in self.shim_pids():
-            log.warning("killing leftover shim", pid=pid)
+            log.warning("leftover_shim_killed", pid=pid)
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
