@@ -24,7 +24,11 @@ _log = get_logger("smarter-device-manager", source="remoteproc")
 
 
 class RemoteprocSource:
-    """One exclusive resource per remote core, with the core's console when it has one."""
+    """One exclusive resource per remote core, with the core's console when it has one.
+
+    Never a data channel (a further rpmsg tty, an rpmsg_char endpoint): each has one owner, the
+    hybrid runtime, which gives it to the Linux containers of the firmware's pod only.
+    """
 
     name = "remoteproc"
 
