@@ -1,6 +1,6 @@
 """A pod's data channels: the RPMsg channels of its firmware, given to its Linux containers.
 
-A firmware container's `create` marks its pod: `<root>/smarter-hybrid/@pods/<sandbox-id>/<id>`
+A firmware container's `create` marks its pod: `<root>/smarter-hybrid/.@pods/<sandbox-id>/<id>`
 (route.pod_holds_firmware reads it with one stat); its `delete` removes the mark. The `create`
 of a Linux container (a sidecar) whose pod is marked comes here before runc: for each live
 firmware container of the pod, add each data channel it has announced to the sidecar's

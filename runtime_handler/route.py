@@ -33,10 +33,10 @@ STATE_DIRECTORY = "smarter-hybrid"
 RUNC = "runc"
 RUNTIME = "runtime"
 REFUSED = "refused"  # a malformed id: refused in runc's words before any path is built from it
-# The pods holding firmware: `<root>/smarter-hybrid/@pods/<sandbox-id>/<firmware container id>`
+# The pods holding firmware: `<root>/smarter-hybrid/.@pods/<sandbox-id>/<firmware container id>`
 # (runtime_handler.data_channels writes it). '@' is in no container id, so no container's
-# directory has that name.
-PODS_DIRECTORY = "@pods"
+# directory has that name; the dot keeps it out of listings of the containers' directories.
+PODS_DIRECTORY = ".@pods"
 
 GLOBAL_VALUE_OPTIONS = frozenset({"log", "log-format", "root", "criu", "rootless"})
 # The commands about one existing container: a firmware container's are the runtime's, any
