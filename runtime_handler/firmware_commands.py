@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from runtime_handler.errors import (
 from runtime_handler.runc_cli import Invocation
 from runtime_handler.supervisor import Supervisor, recovery_saved_path, start_timeout
 from smarter_common.atomic import write_atomic
+from smarter_common.deadline import Deadline, wait_until
 from smarter_common.errors import HostPathError, LockBusyError
 from smarter_common.firmware_elf import ElfFacts
 from smarter_common.hostroot import HostRoot
@@ -263,12 +263,12 @@ def _supervisor_failed(
 
 
 def _wait_start_time(pid: int) -> str:
-    deadline = time.monotonic() + 2.0
-    while True:
+    deadline = Deadline(2.0)
+    started = state.process_start_time(pid)
+    while not started and not deadline.expired():
+        deadline.sleep(_WAIT_POLL)
         started = state.process_start_time(pid)
-        if started or time.monotonic() >= deadline:
-            return started
-        time.sleep(_WAIT_POLL)
+    return started
 
 
 def _load(invocation: Invocation) -> tuple[Path, state.ContainerRecord]:
@@ -297,8 +297,8 @@ def start(invocation: Invocation) -> int:
     if status == state.STATUS_STOPPED:
         raise RuntimeCallError("cannot start a container that has stopped")
     _send(directory, "start\n")
-    deadline = time.monotonic() + start_timeout() + 5.0
-    while time.monotonic() < deadline:
+    deadline = Deadline(start_timeout() + 5.0)
+    while not deadline.expired():
         record = state.load(directory)
         # Started counts even if the firmware has already ended: its exit is the container's.
         if record.status == state.STATUS_RUNNING or record.started:
@@ -307,7 +307,7 @@ def start(invocation: Invocation) -> int:
             raise RuntimeCallError(record.error or f"container exited with {record.exit_code}")
         if not state.supervisor_alive(record):
             raise RuntimeCallError("container process exited before the core started")
-        time.sleep(_WAIT_POLL)
+        deadline.sleep(_WAIT_POLL)
     raise RuntimeCallError(f"{record.core} did not start in time")
 
 
@@ -365,12 +365,7 @@ def _end_supervisor(directory: Path, record: state.ContainerRecord) -> None:
 
 
 def _wait_gone(record: state.ContainerRecord, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while state.supervisor_alive(record):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(_WAIT_POLL)
-    return True
+    return wait_until(lambda: not state.supervisor_alive(record), timeout, _WAIT_POLL)
 
 
 def _release_core(record: state.ContainerRecord) -> None:

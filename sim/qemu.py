@@ -26,6 +26,7 @@ from typing import Any
 
 from sim.boards import CoreType
 from sim.console import Console
+from smarter_common.deadline import Deadline
 from smarter_common.errors import SmarterError
 from smarter_common.logs import get_logger
 
@@ -185,7 +186,7 @@ class QemuRun:
             shutil.rmtree(self._qmp_dir, ignore_errors=True)
 
     def _qmp(self) -> _QmpConnection:
-        deadline = time.monotonic() + 5.0
+        deadline = Deadline(5.0)
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -193,9 +194,9 @@ class QemuRun:
                 return _QmpConnection(sock)
             except OSError:
                 sock.close()
-                if self.process.poll() is not None or time.monotonic() > deadline:
+                if self.process.poll() is not None or deadline.expired():
                     raise
-                time.sleep(0.05)
+                deadline.sleep(0.05)
 
     def stop(self) -> None:
         """End QEMU and wait until the relay has seen it go (on_end has run by then).

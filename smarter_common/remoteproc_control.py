@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from smarter_common.atomic import write_atomic
+from smarter_common.deadline import Deadline, wait_until
 from smarter_common.errors import SmarterError
 from smarter_common.remoteproc import (
     ATTR_FIRMWARE,
@@ -124,12 +124,12 @@ def start_core(core: RemoteCore, firmware_name: str) -> None:
 
 def wait_for_state(core: RemoteCore, wanted: Sequence[str], timeout: float) -> str:
     """The core's state once it is one of `wanted`, or whatever it is when `timeout` ends."""
-    deadline = time.monotonic() + timeout
-    while True:
+    deadline = Deadline(timeout)
+    current = read_state(core)
+    while current not in wanted and not deadline.expired():
+        deadline.sleep(_POLL_SECONDS)
         current = read_state(core)
-        if current in wanted or time.monotonic() >= deadline:
-            return current
-        time.sleep(_POLL_SECONDS)
+    return current
 
 
 def stop_core(core: RemoteCore, *, timeout: float = STOP_TIMEOUT) -> None:
@@ -139,7 +139,7 @@ def stop_core(core: RemoteCore, *, timeout: float = STOP_TIMEOUT) -> None:
     EINVAL. Such a core is recovered first (`recover` to its `recovery` attribute boots the
     same firmware again), then stopped.
     """
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout)
     while True:
         current = read_state(core)
         if current == STATE_OFFLINE:
@@ -153,19 +153,19 @@ def stop_core(core: RemoteCore, *, timeout: float = STOP_TIMEOUT) -> None:
             current = read_state(core)
             if current in LIVE_STATES:
                 raise
-            if current == STATE_CRASHED and time.monotonic() < deadline:
+            if current == STATE_CRASHED and not deadline.expired():
                 continue  # crashed again between recovery and stop
             if current not in IDLE_STATES:
                 return  # detached, deleted...: nothing a stop can change
-        while read_state(core) in LIVE_STATES:
-            if time.monotonic() >= deadline:
-                raise RemoteCoreError(f"{core.device_id} did not stop within {timeout:g}s")
-            time.sleep(_POLL_SECONDS)
+        if not wait_until(
+            lambda: read_state(core) not in LIVE_STATES, deadline.remaining(), _POLL_SECONDS
+        ):
+            raise RemoteCoreError(f"{core.device_id} did not stop within {timeout:g}s")
         if read_state(core) != STATE_CRASHED:
             return
 
 
-def _recover(core: RemoteCore, deadline: float) -> None:
+def _recover(core: RemoteCore, deadline: Deadline) -> None:
     """Get a crashed core out of `crashed` the way the kernel allows: trigger its recovery."""
     if not core.has_recovery():
         raise RemoteCoreError(
@@ -174,10 +174,10 @@ def _recover(core: RemoteCore, deadline: float) -> None:
             hint="reload the remoteproc driver or reboot to use the core again",
         )
     write_attribute(core, ATTR_RECOVERY, RECOVERY_RECOVER)
-    while read_state(core) == STATE_CRASHED:
-        if time.monotonic() >= deadline:
-            raise RemoteCoreError(f"{core.device_id} stayed crashed after recovery was triggered")
-        time.sleep(_POLL_SECONDS)
+    if not wait_until(
+        lambda: read_state(core) != STATE_CRASHED, deadline.remaining(), _POLL_SECONDS
+    ):
+        raise RemoteCoreError(f"{core.device_id} stayed crashed after recovery was triggered")
 
 
 def disable_recovery(core: RemoteCore, saved: Path, log: Log) -> None:

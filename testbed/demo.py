@@ -11,13 +11,13 @@ import argparse
 import dataclasses
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from smarter_common.deadline import Deadline
 from smarter_common.errors import SmarterError
 from testbed.cri.client import CriError
 
@@ -210,13 +210,13 @@ def _runtime_reason(details: str) -> str:
 
 def _follow_console(gateway: Gateway, pod: Pod, seconds: float) -> None:
     shown = 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    deadline = Deadline(seconds)
+    while not deadline.expired():
         lines = gateway.container_log(pod, "firmware")
         for line in lines[shown:]:
             print(f"  | {line}", flush=True)
         shown = len(lines)
-        time.sleep(0.2)
+        deadline.sleep(0.2)
     if shown == 0:
         print("  (no console output yet)")
 

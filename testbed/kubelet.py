@@ -19,7 +19,6 @@ import queue
 import re
 import stat
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from pathlib import Path
@@ -30,6 +29,7 @@ import grpc
 
 from device_plugin.api import v1beta1_pb2 as api
 from device_plugin.api import v1beta1_pb2_grpc as api_grpc
+from smarter_common.deadline import Deadline
 
 SUPPORTED_VERSIONS = ("v1beta1",)
 KUBELET_SOCKET = "kubelet.sock"
@@ -317,10 +317,10 @@ class Kubelet:
         return self.connection(resource).preferred(available, must_include, size)
 
     def _wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         with self._changed:
             while not condition():
-                left = deadline - time.monotonic()
+                left = deadline.remaining()
                 if left <= 0:
                     raise TimeoutError(
                         f"kubelet stand-in: no {what} within {timeout} s; "

@@ -6,11 +6,11 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from smarter_common.deadline import Deadline
 from smarter_common.errors import SmarterError
 from smarter_common.logs import get_logger
 
@@ -95,15 +95,15 @@ class Processes:
         self, started: Started, ready: Callable[[], bool], *, timeout: float, what: str
     ) -> None:
         """Poll `ready` until it holds; fail with the process's log if it dies or times out."""
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         while not ready():
             started.check_alive()
-            if time.monotonic() > deadline:
+            if deadline.expired():
                 raise ProcessError(
                     f"{started.name} did not {what} within {timeout:.0f}s",
                     hint=f"its log ({started.log_path}) ends with:\n{started.log_tail()}",
                 )
-            time.sleep(0.05)
+            deadline.sleep(0.05)
 
     def stop(self, started: Started, *, grace: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds; always reaped."""

@@ -16,12 +16,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sim.mounts import mounts_under
+from smarter_common.deadline import Deadline
 from smarter_common.hostroot import HostRoot
 from smarter_common.procfs import process_alive
 
@@ -119,10 +119,10 @@ def running_simulator(
 
 def _wait_ready(simulator: Simulator) -> None:
     assert simulator.process.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT
+    deadline = Deadline(READY_TIMEOUT)
     output = b""
     while b"ready\n" not in output:
-        remaining = deadline - time.monotonic()
+        remaining = deadline.remaining()
         if remaining <= 0 or simulator.process.poll() is not None:
             raise SimulatorUnavailableError(
                 f"the simulator did not become ready (exit {simulator.process.poll()}):"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smarter_common.deadline import Deadline
 from smarter_common.errors import SmarterError
 from testbed.cri import load
 
@@ -91,9 +92,9 @@ class CriClient:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the runtime reports RuntimeReady and NetworkReady (its CNI config loaded)."""
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         last = "no answer"
-        while time.monotonic() < deadline:
+        while not deadline.expired():
             try:
                 conditions = {c.type: c for c in self.status().status.conditions}
             except CriError as error:
@@ -112,7 +113,7 @@ class CriClient:
                     else f"{name}: missing"
                     for name in missing
                 )
-            time.sleep(0.2)
+            deadline.sleep(0.2)
         raise SmarterError(f"the CRI runtime did not become ready in {timeout:.0f}s: {last}")
 
     def sandbox_config(self, pod: PodSpec) -> Message:
@@ -229,12 +230,12 @@ class CriClient:
         )
 
     def wait_container_exited(self, container_id: str, timeout: float = 30.0) -> Message:
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         while True:
             status = self.container_status(container_id)
             if status.state == self.api.CONTAINER_EXITED:
                 return status
-            if time.monotonic() > deadline:
+            if deadline.expired():
                 raise SmarterError(
                     f"container {container_id[:12]} still "
                     f"{self.api.ContainerState.Name(status.state)} after {timeout:.0f}s"
