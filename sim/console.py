@@ -1,8 +1,10 @@
-"""A core's console device: a pty pair that lives from `up` to `down`, across core restarts.
+"""The pty behind a `dev/ttyRPMSG<k>`: a core's console, from `up` to `down` across core restarts,
+or a data channel (sim.channels), while its firmware run has it announced.
 
-The simulator holds both ends. `dev/ttyRPMSG<N>` is a symlink to the slave, which readers open
-like a real RPMsg tty; the simulator writes the firmware's UART output into the master. Holding
-the slave open keeps the pty alive (no hang-up) when readers come and go.
+The simulator holds both ends. `dev/ttyRPMSG<k>` is a symlink to the slave, which readers open
+like a real RPMsg tty; the simulator writes the firmware's UART output into the master (and
+reads a data channel's input from it). Holding the slave open keeps the pty alive (no hang-up)
+when readers come and go; closing it hangs up whoever still has the slave open.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 
 class Console:
-    """The pty behind one core's `dev/ttyRPMSG<N>`."""
+    """The pty behind one `dev/ttyRPMSG<k>`."""
 
     def __init__(self, link: Path) -> None:
         self.link = link
@@ -25,6 +27,11 @@ class Console:
         self.slave_path = Path(os.ttyname(self._slave))
         self.dropped = 0
         link.symlink_to(self.slave_path)
+
+    @property
+    def master(self) -> int:
+        """The simulator's end (non-blocking): what readers of the tty wrote comes out here."""
+        return self._master
 
     def write(self, data: bytes) -> None:
         """Pass UART output to readers; when nobody reads and the tty buffer is full, drop it."""

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sim.boards import CoreType
+from sim.channels import CONSOLE_ADDRESS, DataChannel, RpmsgDevice
 from sim.console import Console
 from sim.qemu import QemuRun
 from smarter_common.errors import SmarterError
@@ -69,6 +70,8 @@ class QemuStartError(OSError):
 # A runner starts QEMU on a thread whose signal mask is the simulator's normal one; see
 # sim.server (FUSE request threads block every signal, and children would inherit that).
 Runner = Callable[[Callable[[], QemuRun]], QemuRun]
+# Makes the data channel of one firmware run of the core with the given index.
+ChannelMaker = Callable[[int], DataChannel]
 
 
 class SimCore:
@@ -82,6 +85,7 @@ class SimCore:
         work_dir: Path,
         firmware_dirs: Callable[[], list[Path]],
         runner: Runner,
+        channels: ChannelMaker | None = None,
     ) -> None:
         self.index = index
         self.core_type = core_type
@@ -89,6 +93,10 @@ class SimCore:
         self._work_dir = work_dir
         self._firmware_dirs = firmware_dirs
         self._runner = runner
+        self._channels = channels
+        # The data channel of the latest run: shown in sysfs until it is withdrawn, which
+        # happens after the run is no longer the core's (stop clears that first).
+        self._channel: DataChannel | None = None
         self._lock = threading.Lock()
         self._state = STATE_OFFLINE
         self._firmware = f"rproc-{self.device_id}-fw"
@@ -111,6 +119,14 @@ class SimCore:
     @property
     def recovery(self) -> str:
         return RECOVERY_ENABLED if self._recovery_enabled else RECOVERY_DISABLED
+
+    def rpmsg_devices(self) -> list[RpmsgDevice]:
+        """The core's rpmsg tty channels now: its console, and its data channel once announced."""
+        devices = [RpmsgDevice(self.index, CONSOLE_ADDRESS)]
+        channel = self._channel
+        if channel is not None and channel.announced:
+            devices.append(channel.device)
+        return devices
 
     @property
     def qemu_pid(self) -> int | None:
@@ -192,7 +208,21 @@ class SimCore:
         self._state = STATE_RUNNING
 
     def _spawn(self, image: Path) -> QemuRun:
-        return QemuRun(self.core_type, image, self.console, self._ended, core_id=self.device_id)
+        channel = self._channels(self.index) if self._channels is not None else None
+        self._channel = channel
+        try:
+            return QemuRun(
+                self.core_type,
+                image,
+                self.console,
+                self._ended,
+                core_id=self.device_id,
+                channel=channel,
+            )
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            raise
 
     def _ended(self, run: QemuRun, reason: str) -> None:
         # start() holds the lock until self._run is set, so a QEMU that dies at once is seen.

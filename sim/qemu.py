@@ -1,12 +1,13 @@
 """One run of a firmware on a QEMU Cortex-M machine, its UART relayed to the core's console.
 
-QEMU runs with no display, no default devices, no network and no human monitor; its only
-serial port (UART0) is stdio. The relay reads that output, hands it to the console and watches
-for the SDK's fault marker. A fault handler that loops without saying anything (as many vendor
-startup files' do) is caught from the CPU itself: a watcher asks QEMU, over a private QMP
-socket, which exception the core is in, and two samples in a row in a fault handler end the run
-as a fault. QEMU exiting for any reason (killed, or aborting on a CPU lockup, which QEMU treats
-as fatal) ends the run.
+QEMU runs with no display, no default devices, no network and no human monitor; its first
+serial port (UART0) is stdio, its second (UART1) the run's data channel (sim.channels). The
+relay reads UART0's output, hands it to the console and watches for the SDK's fault marker.
+A fault handler that loops without saying anything (as many vendor startup files' do) is
+caught from the CPU itself: a watcher asks QEMU, over a private QMP socket, which exception
+the core is in, and two samples in a row in a fault handler end the run as a fault. QEMU
+exiting for any reason (killed, or aborting on a CPU lockup, which QEMU treats as fatal) ends
+the run.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from sim.boards import CoreType
+from sim.channels import DataChannel
 from sim.console import Console
-from smarter_common.deadline import Deadline
 from smarter_common.errors import SmarterError
 from smarter_common.logs import get_logger
 
@@ -65,8 +66,16 @@ def exception_number(registers: str) -> int | None:
     return int(found.group(1), 16) & 0x1FF if found else None
 
 
-def command(core: CoreType, firmware: Path, qmp_socket: Path | None = None) -> list[str]:
-    """The QEMU command line that runs `firmware` on the machine for `core`."""
+def command(
+    core: CoreType,
+    firmware: Path,
+    qmp_socket: Path | None = None,
+    uart1: list[str] | None = None,
+) -> list[str]:
+    """The QEMU command line that runs `firmware` on the machine for `core`.
+
+    `uart1` is the chardev and serial arguments of the second serial port, if any.
+    """
     # If the simulator itself is killed outright, the kernel kills its QEMUs too.
     setpriv = shutil.which("setpriv")
     prefix = [setpriv, "--pdeathsig", "KILL"] if setpriv else []
@@ -80,6 +89,7 @@ def command(core: CoreType, firmware: Path, qmp_socket: Path | None = None) -> l
         "-nic", "none",
         "-chardev", "stdio,id=uart0,signal=off",
         "-serial", "chardev:uart0",
+        *(uart1 or []),
         *(["-qmp", f"unix:{qmp_socket},server=on,wait=off"] if qmp_socket else []),
         "-kernel", str(firmware),
     ]  # fmt: skip
@@ -96,8 +106,10 @@ class QemuRun:
         on_end: Callable[[QemuRun, str], None],
         *,
         core_id: str,
+        channel: DataChannel | None = None,
     ) -> None:
         self._console = console
+        self.channel = channel
         self._on_end = on_end
         self._stopping = False
         self._stuck_in: str | None = None
@@ -107,7 +119,9 @@ class QemuRun:
         # A new session: a Ctrl-C meant for the simulator does not reach QEMU first; the
         # simulator stops its cores itself.
         self.process = subprocess.Popen(
-            command(core, firmware, self._qmp_socket),
+            command(
+                core, firmware, self._qmp_socket, channel.qemu_arguments() if channel else None
+            ),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -118,6 +132,8 @@ class QemuRun:
         self._relay = threading.Thread(target=self._relay_output, name=f"uart-{core_id}")
         self._errors = threading.Thread(target=self._log_errors, name=f"qemu-err-{core_id}")
         self._watcher = threading.Thread(target=self._watch_faults, name=f"qmp-{core_id}")
+        if channel is not None:
+            channel.start()
         self._relay.start()
         self._errors.start()
         self._watcher.start()
@@ -141,6 +157,10 @@ class QemuRun:
             self.process.kill()
         code = self.process.wait()
         self.process.stdout.close()
+        if self.channel is not None:
+            # The firmware is gone, and with it its endpoints: the channel goes before the
+            # core's state changes, as the kernel removes rpmsg devices when it stops a core.
+            self.channel.close()
         if self._stuck_in is not None:
             reason = "fault"
         if reason == "exited" and not self._stopping:
@@ -186,7 +206,7 @@ class QemuRun:
             shutil.rmtree(self._qmp_dir, ignore_errors=True)
 
     def _qmp(self) -> _QmpConnection:
-        deadline = Deadline(5.0)
+        deadline = time.monotonic() + 5.0
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -194,9 +214,9 @@ class QemuRun:
                 return _QmpConnection(sock)
             except OSError:
                 sock.close()
-                if self.process.poll() is not None or deadline.expired():
+                if self.process.poll() is not None or time.monotonic() > deadline:
                     raise
-                deadline.sleep(0.05)
+                time.sleep(0.05)
 
     def stop(self) -> None:
         """End QEMU and wait until the relay has seen it go (on_end has run by then).

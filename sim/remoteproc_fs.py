@@ -12,6 +12,7 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 
+from sim.channels import RPMSG_ATTRIBUTES, RpmsgDevice
 from sim.core import SimCore
 from smarter_common.remoteproc import (
     ATTR_FIRMWARE,
@@ -25,10 +26,6 @@ from smarter_common.remoteproc import (
 _ATTR_SIZE = 4096
 _WRITABLE = frozenset({ATTR_FIRMWARE, ATTR_STATE, ATTR_RECOVERY})
 _CORE_FILES = (ATTR_NAME, ATTR_FIRMWARE, ATTR_STATE, ATTR_RECOVERY)
-# Where a board's kernel puts the rpmsg tty device of a core's firmware: the virtio device of
-# the firmware's resource table and its channel `rpmsg-tty` (src -1, dst 1024).
-VIRTIO_DIR = "virtio0"
-RPMSG_TTY_DIR = "virtio0.rpmsg-tty.-1.1024"
 
 
 def _error(code: int) -> OSError:
@@ -37,6 +34,14 @@ def _error(code: int) -> OSError:
 
 def _writable(rest: tuple[str, ...]) -> bool:
     return len(rest) == 1 and rest[0] in _WRITABLE
+
+
+def _rpmsg_device(core: SimCore, parts: tuple[str, ...]) -> RpmsgDevice | None:
+    """The core's rpmsg device at `parts` (under `remoteprocN`) if it exists now."""
+    for device in core.rpmsg_devices():
+        if device.parts == parts:
+            return device
+    return None
 
 
 class RemoteprocFs:
@@ -64,6 +69,11 @@ class RemoteprocFs:
         return core, parts[1:]
 
     def _content(self, core: SimCore, rest: tuple[str, ...]) -> bytes:
+        if len(rest) == 4:
+            device = _rpmsg_device(core, rest[:3])
+            text = device.attribute(rest[3]) if device is not None else None
+            if text is not None:
+                return text
         if rest == (ATTR_NAME,):
             return f"{core.core_type.cpu}\n".encode()
         if rest == (ATTR_FIRMWARE,):
@@ -82,14 +92,19 @@ class RemoteprocFs:
         """The entries of a directory, or None when the path is a file."""
         if core is None:
             return sorted(self._cores, key=lambda name: int(name.removeprefix("remoteproc")))
+        # The rpmsg devices under the core's virtio device, as a board's kernel places them.
+        devices = core.rpmsg_devices()
+        vdev, virtio = devices[0].parts[:2]
         if rest == ():
-            return [*_CORE_FILES, "device", VIRTIO_DIR]
+            return [*_CORE_FILES, "device", vdev]
         if rest == ("device",):
             return ["of_node"]
-        if rest == (VIRTIO_DIR,):
-            return [RPMSG_TTY_DIR]
-        if rest == (VIRTIO_DIR, RPMSG_TTY_DIR):
-            return []
+        if rest == (vdev,):
+            return [virtio]
+        if rest == (vdev, virtio):
+            return [device.name for device in devices]
+        if len(rest) == 3 and _rpmsg_device(core, rest) is not None:
+            return list(RPMSG_ATTRIBUTES)
         if rest == ("device", "of_node"):
             return ["compatible", "name"]
         return None

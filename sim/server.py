@@ -13,6 +13,7 @@ import resource
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +21,21 @@ from types import FrameType
 from typing import Generic, TextIO, TypeVar
 
 from sim import boards
+from sim.channels import (
+    CONSOLE_ADDRESS,
+    DATA_ADDRESS,
+    DataChannel,
+    RpmsgDevice,
+    TtyPublisher,
+    rpmsg_bus_dir,
+    tty_class_dir,
+)
 from sim.console import Console
 from sim.core import SimCore
 from sim.layout import DEVICE_NODES, Layout
 from sim.mounts import mounts_under, unmount
 from sim.qemu import INSTALL_HINT, qemu_binary
-from sim.remoteproc_fs import RPMSG_TTY_DIR, VIRTIO_DIR, RemoteprocFs
-from smarter_common.deadline import Deadline, wait_until
+from sim.remoteproc_fs import RemoteprocFs
 from smarter_common.errors import SmarterError
 from smarter_common.hostroot import HostRoot
 from smarter_common.logs import get_logger
@@ -80,6 +89,12 @@ def serve(root: Path, cpus: Sequence[str], board_name: str | None, out: TextIO) 
         layout.write(state_dir / "pid", f"{os.getpid()}\n".encode(), owned=True)
         _build_files(layout, host, board)
         spawner.start()
+        publisher = TtyPublisher(host, first_index=len(core_types))
+
+        def data_channel(index: int) -> DataChannel:
+            device = RpmsgDevice(index, DATA_ADDRESS)
+            return DataChannel(device, publisher, core_id=f"remoteproc{index}")
+
         for index, core_type in enumerate(core_types):
             console = Console(_console_link(host, index))
             consoles.append(console)
@@ -92,6 +107,7 @@ def serve(root: Path, cpus: Sequence[str], board_name: str | None, out: TextIO) 
                     state_dir / "cores" / str(index),
                     lambda: firmware_search_dirs(host),
                     spawner.run,
+                    data_channel,
                 )
             )
         mount_point = layout.mkdir(host.remoteproc_class)
@@ -136,11 +152,14 @@ def down(root: Path, timeout: float = 30.0) -> bool:
             (run_dir(host) / name).unlink(missing_ok=True)
         return False
     os.kill(pid, signal.SIGTERM)
-    if not wait_until(lambda: not process_alive(pid), timeout):
-        raise SimulatorError(
-            f"the simulator (pid {pid}) did not stop within {timeout:.0f}s",
-            hint=f"see its log; kill -9 {pid} and unmount {host.remoteproc_class}",
-        )
+    deadline = time.monotonic() + timeout
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            raise SimulatorError(
+                f"the simulator (pid {pid}) did not stop within {timeout:.0f}s",
+                hint=f"see its log; kill -9 {pid} and unmount {host.remoteproc_class}",
+            )
+        time.sleep(0.05)
     return True
 
 
@@ -197,6 +216,9 @@ def _build_files(layout: Layout, host: HostRoot, board: boards.Board) -> None:
     layout.mkdir(host.lib_firmware)
     for name, major, minor in DEVICE_NODES:
         layout.mknod(host.dev / name, major, minor)
+    # Where rpmsg channels are published while the simulator runs (sim.channels).
+    layout.mkdir(tty_class_dir(host))
+    layout.mkdir(rpmsg_bus_dir(host))
 
 
 def _console_link(host: HostRoot, index: int) -> Path:
@@ -213,9 +235,11 @@ def _console_link(host: HostRoot, index: int) -> Path:
 
 def _publish_tty(layout: Layout, host: HostRoot, index: int) -> None:
     """`sys/class/tty/ttyRPMSG<N>/device`, resolving under `remoteproc<N>` as on a board, where
-    that link is how a core's console is found (tty numbers follow channel announcements)."""
-    target = f"../../remoteproc/remoteproc{index}/{VIRTIO_DIR}/{RPMSG_TTY_DIR}"
-    layout.symlink(host.sys / "class" / "tty" / f"ttyRPMSG{index}" / "device", target)
+    that link is how a core's console is found (tty numbers follow channel announcements), and
+    the console's rpmsg device in `sys/bus/rpmsg/devices`."""
+    device = RpmsgDevice(index, CONSOLE_ADDRESS)
+    layout.symlink(tty_class_dir(host) / f"ttyRPMSG{index}" / "device", device.class_link())
+    layout.symlink(rpmsg_bus_dir(host) / device.name, device.bus_link())
 
 
 @dataclass
@@ -285,9 +309,9 @@ class _FuseThread:
             self._error = error
 
     def wait_mounted(self, stop: threading.Event) -> None:
-        deadline = Deadline(_MOUNT_TIMEOUT)
+        deadline = time.monotonic() + _MOUNT_TIMEOUT
         while not self._mounted.wait(0.05):
-            if not self._thread.is_alive() or deadline.expired():
+            if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise SimulatorError(
                     f"cannot mount the remoteproc filesystem at {self.mount_point}: "
                     f"{self._error or 'timed out'}",
@@ -303,14 +327,14 @@ class _FuseThread:
         (a reader of `state`) neither blocks the unmount nor keeps the loop waiting for it.
         """
         log = get_logger("smarter-sim")
-        deadline = Deadline(_MOUNT_TIMEOUT)
-        while self._thread.is_alive() and not deadline.expired() and self._loop.end():
+        deadline = time.monotonic() + _MOUNT_TIMEOUT
+        while self._thread.is_alive() and time.monotonic() < deadline and self._loop.end():
             self._thread.join(timeout=_WAKE_RETRY_S)
         if mounts_under(self.mount_point):
             try:
                 unmount(self.mount_point)
             except OSError as error:
                 log.error("cannot unmount", path=str(self.mount_point), error=str(error))
-        self._thread.join(timeout=deadline.remaining())
+        self._thread.join(timeout=max(deadline - time.monotonic(), 0.0))
         if self._thread.is_alive():
             log.error("fuse loop did not end", path=str(self.mount_point))
