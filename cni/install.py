@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from smarter_common import containerd
 from smarter_common.atomic import write_atomic
-from smarter_common.errors import ConfigError, SmarterError
+from smarter_common.errors import ConfigError
 from smarter_common.hostroot import HostRoot
 
 PLUGIN_NAME = "smarter-cni"
@@ -68,8 +68,9 @@ def install(
 
 
 def main(argv: list[str]) -> int:
-    from smarter_common.cli import add_common_arguments, configure_logging_from, host_root_from
-    from smarter_common.logs import get_logger
+    """The subcommand; exit codes as smarter_common.entry documents them."""
+    from smarter_common import entry
+    from smarter_common.cli import add_common_arguments
 
     parser = argparse.ArgumentParser(
         prog="smarter-cni install",
@@ -80,19 +81,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--conflist", required=True, type=Path, help="the conflist to copy")
     parser.add_argument("--bin-dir", help="host CNI plugin directory (default: containerd's)")
     parser.add_argument("--conf-dir", help="host CNI config directory (default: containerd's)")
-    args = parser.parse_args(argv)
-    configure_logging_from(args)
-    log = get_logger("cni.install")
-    try:
-        target = install(
-            host_root_from(args),
-            args.plugin,
-            args.conflist,
-            bin_dir=args.bin_dir,
-            conf_dir=args.conf_dir,
-        )
-    except (SmarterError, OSError) as error:
-        log.error("install_failed", error=str(error))
-        return 1
-    log.info("installed", plugin=str(target.plugin), conflist=str(target.conflist))
-    return 0
+    return entry.run(parser.prog, parser, _install_command, argv)
+
+
+def _install_command(args: argparse.Namespace) -> None:
+    from smarter_common.cli import host_root_from
+    from smarter_common.logs import get_logger
+
+    target = install(
+        host_root_from(args),
+        args.plugin,
+        args.conflist,
+        bin_dir=args.bin_dir,
+        conf_dir=args.conf_dir,
+    )
+    get_logger("cni.install").info(
+        "installed", plugin=str(target.plugin), conflist=str(target.conflist)
+    )

@@ -373,9 +373,10 @@ def restart_command(unit: str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """The subcommand: install, report each file as one JSON line, restart if asked and needed."""
-    from smarter_common.cli import add_common_arguments, configure_logging_from, host_root_from
-    from smarter_common.logs import get_logger
+    """The subcommand: install, log each file, restart if asked and needed; exit codes as
+    smarter_common.entry documents them (a refused config: one stderr line, exit 2)."""
+    from smarter_common import entry
+    from smarter_common.cli import add_common_arguments
 
     parser = argparse.ArgumentParser(
         prog="smarter-hybrid-runtime install-containerd-config",
@@ -388,15 +389,16 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="restart containerd (or k3s) when its configuration changed (needs host PID 1)",
     )
-    args = parser.parse_args(argv)
-    configure_logging_from(args)
+    return entry.run(parser.prog, parser, _install_command, argv)
+
+
+def _install_command(args: argparse.Namespace) -> int:
+    from smarter_common.cli import host_root_from
+    from smarter_common.logs import get_logger
+
     log = get_logger("runtime_handler.install")
     root = host_root_from(args)
-    try:
-        written = install(root, binary=args.binary)
-    except ConfigError as error:
-        log.error("containerd_config_refused", error=str(error))
-        return 1
+    written = install(root, binary=args.binary)
     for item in written:
         log.info("containerd_config", path=str(item.path), changed=item.changed)
     if args.restart and any(item.changed for item in written):

@@ -227,9 +227,10 @@ def reload_command(unit: str = _DOCKER_UNIT) -> list[str]:
 
 
 def main(argv: list[str], *, run: Callable[[list[str]], int] | None = None) -> int:
-    """The subcommand: install, log each engine's file, have dockerd reload if asked."""
-    from smarter_common.cli import add_common_arguments, configure_logging_from, host_root_from
-    from smarter_common.logs import get_logger
+    """The subcommand: install, log each engine's file, have dockerd reload if asked; exit
+    codes as smarter_common.entry documents them (a refused file: one stderr line, exit 2)."""
+    from smarter_common import entry
+    from smarter_common.cli import add_common_arguments
 
     parser = argparse.ArgumentParser(
         prog="smarter-hybrid-runtime install-engine-config",
@@ -243,15 +244,15 @@ def main(argv: list[str], *, run: Callable[[list[str]], int] | None = None) -> i
         action="store_true",
         help="have dockerd reload its runtimes when daemon.json changed (needs host PID 1)",
     )
-    args = parser.parse_args(argv)
-    configure_logging_from(args)
+    return entry.run(parser.prog, parser, lambda args: _install_command(args, run or _run), argv)
+
+
+def _install_command(args: argparse.Namespace, run: Callable[[list[str]], int]) -> int:
+    from smarter_common.cli import host_root_from
+    from smarter_common.logs import get_logger
+
     log = get_logger("runtime_handler.install")
-    root = host_root_from(args)
-    try:
-        written = install(root, binary=args.binary)
-    except ConfigError as error:
-        log.error("engine_config_refused", error=str(error))
-        return 1
+    written = install(host_root_from(args), binary=args.binary)
     if not written:
         log.info("engine_config_no_engine", looked_for=[engine.name for engine in ENGINES])
     for item in written:
@@ -259,7 +260,7 @@ def main(argv: list[str], *, run: Callable[[list[str]], int] | None = None) -> i
     if args.reload and any(item.changed and item.engine == "docker" for item in written):
         command = reload_command()
         log.info("docker_reload", command=command)
-        return (run or _run)(command)
+        return run(command)
     return 0
 
 

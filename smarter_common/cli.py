@@ -28,9 +28,3 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def host_root_from(args: argparse.Namespace) -> HostRoot:
     return HostRoot.from_env(getattr(args, "host_root", None))
-
-
-def configure_logging_from(args: argparse.Namespace) -> None:
-    from smarter_common import logs
-
-    logs.configure(level=args.log_level, fmt=args.log_format)

@@ -18,6 +18,7 @@ from cni import install as cni_install
 from runtime_handler import containerd_config
 from runtime_handler.containerd_config import ContainerdConfigError, with_runtime
 from smarter_common import containerd
+from smarter_common.errors import SmarterError
 from smarter_common.hostroot import HostRoot
 
 REPO = Path(__file__).resolve().parents[2]
@@ -245,7 +246,7 @@ def test_a_conflist_the_plugin_would_refuse_is_not_installed(tmp_path: Path) -> 
     conflist = json.loads(CONFLIST.read_text())
     conflist["plugins"][0]["subnet"] = "10.210.0.0/33"
     broken.write_text(json.dumps(conflist))
-    with pytest.raises(cni_install.SmarterError) as refused:
+    with pytest.raises(SmarterError) as refused:
         cni_install.install(root, plugin, broken)
     assert "subnet" in str(refused.value)
     assert not root.path("/usr/lib/cni").exists()

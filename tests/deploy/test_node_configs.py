@@ -338,13 +338,13 @@ def test_a_config_whose_cri_cannot_work_is_refused_byte_for_byte_unchanged(
     directory = HostRoot(root).path("/etc/containerd")
     before = _checksums(directory)
     installed = _install(root, bed.runtime)
-    assert installed.returncode == 1
-    refusal = json.loads(installed.stderr.strip().splitlines()[-1])
-    assert refusal["event"] == "containerd_config_refused"
-    assert refusal["error"].startswith(
-        "/etc/containerd/config.toml: containerd's CRI plugin does not load it as it is: "
+    assert installed.returncode == 2  # a configuration refused (smarter_common.entry)
+    (refusal,) = installed.stderr.strip().splitlines()
+    assert refusal.startswith(
+        "smarter-hybrid-runtime install-containerd-config: /etc/containerd/config.toml:"
+        " containerd's CRI plugin does not load it as it is: "
     )
-    assert reason in refusal["error"]
+    assert reason in refusal
     assert _checksums(directory) == before  # no backup, no probe file, not a byte changed
 
 

@@ -202,7 +202,7 @@ def test_an_unreadable_or_foreign_file_is_refused_and_nothing_is_written(
         assert b"hybrid" not in daemon_json.read_bytes()
 
 
-def test_main_refuses_with_status_1_and_names_the_file(
+def test_main_refuses_with_status_2_and_one_line_naming_the_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = _node(tmp_path, podman=True)
@@ -210,10 +210,10 @@ def test_main_refuses_with_status_1_and_names_the_file(
     conf.parent.mkdir(parents=True)
     conf.write_text('[engine.runtimes]\nhybrid = ["/opt/other"]\n')
     status = engine_config.main(["--host-root", str(root), "--log-format", "json"])
-    assert status == 1
-    [entry] = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    assert entry["event"] == "engine_config_refused"
-    assert CONF in entry["error"] and "/opt/other" in entry["error"]
+    assert status == 2  # a configuration refused (smarter_common.entry)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("smarter-hybrid-runtime install-engine-config: ")
+    assert CONF in line and "/opt/other" in line
     assert conf.read_text() == '[engine.runtimes]\nhybrid = ["/opt/other"]\n'
 
 
