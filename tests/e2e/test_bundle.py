@@ -73,7 +73,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _run(bundle: Path, *command: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def _run(bundle: Path, *command: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     return subprocess.run(
         without_python(bundle, *command),
@@ -82,7 +82,7 @@ def _run(bundle: Path, *command: str, **kwargs: object) -> subprocess.CompletedP
         env=env,
         cwd="/",
         timeout=60,
-        **kwargs,  # type: ignore[call-overload]
+        input=input,
     )
 
 
@@ -153,3 +153,37 @@ def test_runtime_passes_runc_calls_through_with_no_python_on_the_host(
                   *argv)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == " ".join(argv) + "\n"
+
+
+def test_bundled_interpreter_has_libpython_built_in(bundle: Path) -> None:
+    # Debian's static, PGO+LTO interpreter: a shared libpython costs ~10 ms per exec.
+    assert not list((bundle / "lib").glob("libpython*")), sorted((bundle / "lib").iterdir())
+
+
+def test_build_refuses_an_interpreter_it_cannot_run_and_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts/build_bundle.py"), "--out", str(out),
+         "--python", str(tmp_path / "python3.11")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"cannot run {tmp_path / 'python3.11'}" in result.stderr
+    assert "--python" in result.stderr
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_build_refuses_an_interpreter_of_another_version(tmp_path: Path) -> None:
+    others = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[02]*/bin/python3.1[02]")))
+    if not others:
+        pytest.skip("no Python 3.10 or 3.12 on this machine")
+    out = tmp_path / "bundle"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts/build_bundle.py"), "--out", str(out),
+         "--python", others[0]],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"{others[0]} is Python 3.1" in result.stderr, result.stderr
+    assert "with bytecode magic" in result.stderr
+    assert not out.exists()
