@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,23 +140,29 @@ def find_announce(window: bytes) -> int:
 class DataChannel:
     """UART1 of one firmware run: FIFOs for QEMU, a relay, and once announced, a published tty."""
 
-    def __init__(self, device: RpmsgDevice, publisher: TtyPublisher, *, core_id: str) -> None:
+    def __init__(
+        self, device: RpmsgDevice, publisher: TtyPublisher, *, core_id: str, directory: Path
+    ) -> None:
+        """The FIFOs go in `directory` (the core's state directory under the host root, so that
+        what a killed simulator leaves stays under that root)."""
         self.device = device
         self._publisher = publisher
         self._log = get_logger("smarter-sim", core=core_id)
-        self._dir = Path(tempfile.mkdtemp(prefix="smarter-sim-uart1-"))
-        self._fifo_base = self._dir / "uart1"
+        directory.mkdir(parents=True, exist_ok=True)
+        self._fifo_base = directory / "uart1"
+        self._fifos = [Path(f"{self._fifo_base}{suffix}") for suffix in (".in", ".out")]
         fds: list[int] = []
         try:
-            for suffix in (".in", ".out"):
-                os.mkfifo(f"{self._fifo_base}{suffix}", 0o600)
+            for fifo in self._fifos:
+                fifo.unlink(missing_ok=True)  # left by a killed simulator
+                os.mkfifo(fifo, 0o600)
                 # Read-write: opening never blocks, and neither end sees EOF while QEMU is away.
-                fds.append(os.open(f"{self._fifo_base}{suffix}", os.O_RDWR | os.O_NONBLOCK))
+                fds.append(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
             self._wake_read, self._wake_write = os.pipe()
         except OSError:
             for fd in fds:
                 os.close(fd)
-            shutil.rmtree(self._dir, ignore_errors=True)
+            self._remove_fifos()
             raise
         self._to_uart, self._from_uart = fds
         self._lock = threading.Lock()
@@ -168,7 +172,9 @@ class DataChannel:
 
     def qemu_arguments(self) -> list[str]:
         """QEMU's second serial port (UART1) on the FIFOs `<base>.in` and `<base>.out`."""
-        return ["-chardev", f"pipe,id=uart1,path={self._fifo_base}", "-serial", "chardev:uart1"]
+        # QEMU's option syntax: a comma in a value is written twice.
+        path = str(self._fifo_base).replace(",", ",,")
+        return ["-chardev", f"pipe,id=uart1,path={path}", "-serial", "chardev:uart1"]
 
     def start(self) -> None:
         self._thread.start()
@@ -198,9 +204,13 @@ class DataChannel:
             self._index = None
         for fd in (self._to_uart, self._from_uart, self._wake_read, self._wake_write):
             os.close(fd)
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._remove_fifos()
         if index is not None:
             self._log.info("data channel withdrawn", tty=f"{TTY_PREFIX}{index}")
+
+    def _remove_fifos(self) -> None:
+        for fifo in self._fifos:
+            fifo.unlink(missing_ok=True)
 
     def _announce(self) -> Console:
         with self._lock:

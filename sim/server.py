@@ -93,7 +93,8 @@ def serve(root: Path, cpus: Sequence[str], board_name: str | None, out: TextIO) 
 
         def data_channel(index: int) -> DataChannel:
             device = RpmsgDevice(index, DATA_ADDRESS)
-            return DataChannel(device, publisher, core_id=f"remoteproc{index}")
+            directory = state_dir / "cores" / str(index)
+            return DataChannel(device, publisher, core_id=f"remoteproc{index}", directory=directory)
 
         for index, core_type in enumerate(core_types):
             console = Console(_console_link(host, index))

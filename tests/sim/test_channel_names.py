@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from sim.channels import ANNOUNCE, CONSOLE_ADDRESS, DATA_ADDRESS, RpmsgDevice, find_announce
+from pathlib import Path
+
+from sim.channels import (
+    ANNOUNCE,
+    CONSOLE_ADDRESS,
+    DATA_ADDRESS,
+    DataChannel,
+    RpmsgDevice,
+    TtyPublisher,
+    find_announce,
+)
 from sim.firmware_build import SDK_DIR
+from smarter_common.hostroot import HostRoot
 
 
 def test_channels_are_named_as_the_kernel_names_announced_ones() -> None:
@@ -35,3 +46,22 @@ def test_the_marker_is_the_one_the_sdk_writes() -> None:
     header = (SDK_DIR / "src" / "sim.h").read_text()
     written = '"' + ANNOUNCE.decode().replace("\x1b", "\\x1b").replace("\n", "\\n") + '"'
     assert f"#define SIM_CHANNEL_ANNOUNCE {written}" in header
+
+
+def test_qemu_is_given_the_fifos_with_commas_escaped_and_close_removes_them(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "gw,1" / "cores" / "0"
+    publisher = TtyPublisher(HostRoot(tmp_path), first_index=1)
+    channel = DataChannel(RpmsgDevice(0, DATA_ADDRESS), publisher, core_id="t", directory=directory)
+    try:
+        assert sorted(path.name for path in directory.iterdir()) == ["uart1.in", "uart1.out"]
+        assert channel.qemu_arguments() == [
+            "-chardev",
+            f"pipe,id=uart1,path={tmp_path}/gw,,1/cores/0/uart1",
+            "-serial",
+            "chardev:uart1",
+        ]
+    finally:
+        channel.close()
+    assert list(directory.iterdir()) == []

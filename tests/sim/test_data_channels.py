@@ -269,6 +269,7 @@ def test_down_removes_an_announced_channel_and_everything_it_published(tmp_path:
 
     assert not os.path.lexists(node)
     assert not (tmp_path / "sys").exists()
+    assert list(tmp_path.rglob("uart1*")) == []
 
 
 def core_qemu_pid(simulator: Simulator, remote: RemoteCore) -> int:
