@@ -28,6 +28,7 @@ from typing import Any
 from sim.boards import CoreType
 from sim.channels import DataChannel
 from sim.console import Console
+from smarter_common.deadline import Deadline
 from smarter_common.errors import SmarterError
 from smarter_common.logs import get_logger
 
@@ -206,7 +207,7 @@ class QemuRun:
             shutil.rmtree(self._qmp_dir, ignore_errors=True)
 
     def _qmp(self) -> _QmpConnection:
-        deadline = time.monotonic() + 5.0
+        deadline = Deadline(5.0)
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -214,9 +215,9 @@ class QemuRun:
                 return _QmpConnection(sock)
             except OSError:
                 sock.close()
-                if self.process.poll() is not None or time.monotonic() > deadline:
+                if self.process.poll() is not None or deadline.expired():
                     raise
-                time.sleep(0.05)
+                deadline.sleep(0.05)
 
     def stop(self) -> None:
         """End QEMU and wait until the relay has seen it go (on_end has run by then).

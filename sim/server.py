@@ -13,7 +13,6 @@ import resource
 import shutil
 import signal
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from sim.layout import DEVICE_NODES, Layout
 from sim.mounts import mounts_under, unmount
 from sim.qemu import INSTALL_HINT, qemu_binary
 from sim.remoteproc_fs import RemoteprocFs
+from smarter_common.deadline import Deadline, wait_until
 from smarter_common.errors import SmarterError
 from smarter_common.hostroot import HostRoot
 from smarter_common.logs import get_logger
@@ -153,14 +153,11 @@ def down(root: Path, timeout: float = 30.0) -> bool:
             (run_dir(host) / name).unlink(missing_ok=True)
         return False
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while process_alive(pid):
-        if time.monotonic() > deadline:
-            raise SimulatorError(
-                f"the simulator (pid {pid}) did not stop within {timeout:.0f}s",
-                hint=f"see its log; kill -9 {pid} and unmount {host.remoteproc_class}",
-            )
-        time.sleep(0.05)
+    if not wait_until(lambda: not process_alive(pid), timeout):
+        raise SimulatorError(
+            f"the simulator (pid {pid}) did not stop within {timeout:.0f}s",
+            hint=f"see its log; kill -9 {pid} and unmount {host.remoteproc_class}",
+        )
     return True
 
 
@@ -310,9 +307,9 @@ class _FuseThread:
             self._error = error
 
     def wait_mounted(self, stop: threading.Event) -> None:
-        deadline = time.monotonic() + _MOUNT_TIMEOUT
+        deadline = Deadline(_MOUNT_TIMEOUT)
         while not self._mounted.wait(0.05):
-            if not self._thread.is_alive() or time.monotonic() > deadline:
+            if not self._thread.is_alive() or deadline.expired():
                 raise SimulatorError(
                     f"cannot mount the remoteproc filesystem at {self.mount_point}: "
                     f"{self._error or 'timed out'}",
@@ -328,14 +325,14 @@ class _FuseThread:
         (a reader of `state`) neither blocks the unmount nor keeps the loop waiting for it.
         """
         log = get_logger("smarter-sim")
-        deadline = time.monotonic() + _MOUNT_TIMEOUT
-        while self._thread.is_alive() and time.monotonic() < deadline and self._loop.end():
+        deadline = Deadline(_MOUNT_TIMEOUT)
+        while self._thread.is_alive() and not deadline.expired() and self._loop.end():
             self._thread.join(timeout=_WAKE_RETRY_S)
         if mounts_under(self.mount_point):
             try:
                 unmount(self.mount_point)
             except OSError as error:
                 log.error("cannot unmount", path=str(self.mount_point), error=str(error))
-        self._thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+        self._thread.join(timeout=deadline.remaining())
         if self._thread.is_alive():
             log.error("fuse loop did not end", path=str(self.mount_point))
