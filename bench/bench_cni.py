@@ -5,7 +5,9 @@ both dnsmasqs, and one fresh pod namespace per pod. A driver process inside the 
 execs each plugin exactly as a runtime would and times it, so `ip netns exec` is not counted.
 
 Measured: ADD and DEL latency (min/median/p95 over PODS pods) for smarter-cni with its agent
-up, with the agent down (the plugin does the work itself), and for the reference chain; the
+up, in both shipped forms (the zipapp run by the host's python3, and the bundle with its own
+interpreter, scripts/build_bundle.py, built for the run's directory as its prefix), with the
+agent down (the plugin does the work itself), and for the reference chain; the
 time from ADD's return until the pod's name resolves; and CONCURRENT simultaneous ADDs. The
 agent's log counts the ADDs it did itself, so "agent up" is known not to hide in-process runs.
 """
@@ -282,6 +284,7 @@ def run() -> list[Measurement]:
         ],
     }
     ours = _plugin_command(state)
+    bundled = _bundle_command(state)
     reference = [str(REFERENCE_PLUGINS / "bridge"), str(REFERENCE_PLUGINS / "dnsname")]
 
     def spec(tag: str, **extra: Any) -> dict[str, Any]:
@@ -316,6 +319,9 @@ def run() -> list[Measurement]:
                 ),
             ):
                 up = _series(node, spec("up", resolve=True))
+                bundle_up = (
+                    None if bundled is None else _series(node, spec("bundle", commands=[bundled]))
+                )
                 together = _series(node, spec("conc", pods=CONCURRENT, concurrent=True))
             by_agent = _added_by_agent(agent_log)
             down = _series(node, spec("down"))
@@ -337,6 +343,14 @@ def run() -> list[Measurement]:
     measurements = [
         *_timings("ADD, agent up,", up["add"], ref["add"], "<= reference"),
         *_timings("DEL, agent up,", up["del"], ref["del"], "<= reference"),
+        *(
+            []
+            if bundle_up is None
+            else [
+                *_timings("ADD, agent up, bundle,", bundle_up["add"], ref["add"], "<= reference"),
+                *_timings("DEL, agent up, bundle,", bundle_up["del"], ref["del"], "<= reference"),
+            ]
+        ),
         *_timings("ADD, agent down,", down["add"], ref["add"]),
         *_timings("DEL, agent down,", down["del"], ref["del"]),
         *_timings("ADD return -> name resolves,", up["resolve"], ref["resolve"]),
@@ -407,6 +421,23 @@ def _plugin_command(state: Path) -> list[str]:
         return [str(zipapp)]
     print(f"bench cni: zipapp unavailable ({build.stderr.strip()[-200:]})", file=sys.stderr)
     return [sys.executable, "-m", "cni"]
+
+
+def _bundle_command(state: Path) -> list[str] | None:
+    """The plugin from the bundle, built with `state`/bundle as its prefix (a node's is
+    /opt/smarter-edge: only the paths baked into it differ); None when it cannot be built here."""
+    bundle = state / "bundle"
+    build = subprocess.run(
+        [sys.executable, str(REPO / "scripts/build_bundle.py"), "--out", str(bundle),
+         "--prefix", str(bundle)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    if build.returncode != 0:
+        print(f"bench cni: bundle unavailable ({build.stderr.strip()[-200:]})", file=sys.stderr)
+        return None
+    return [str(bundle / "smarter-cni")]
 
 
 def _answers(node: str) -> bool:
