@@ -160,7 +160,7 @@ class NodeNetwork:
         )
         if record is None:
             log.warning(
-                "name not registered",
+                "name_not_registered",
                 pod=pod,
                 namespace=namespace,
                 reason=_no_name(pod, namespace or "default"),

@@ -123,7 +123,7 @@ class Supervisor:
         has announced its rpmsg channel, numbered in announcement order)."""
         path = wait_for_console(self.host, core, console_timeout())
         if path is None:
-            self._log.warning("no console", core=core.device_id, waited=console_timeout())
+            self._log.warning("console_missing", core=core.device_id, waited=console_timeout())
             return
         self._console = _ConsoleCopy(path, out_fd=1)
         self._console.open()

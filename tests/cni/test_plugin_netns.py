@@ -141,7 +141,7 @@ def test_pod_name_that_is_not_a_dns_label_gets_network_but_no_record(cni_node: N
         outcome = cni_node.add_pod(pod, "dotted", "my.pod")
         assert outcome.returncode == 0, outcome
         assert cni_node.records() == []
-        assert "name not registered" in outcome.stderr
+        assert "name_not_registered" in outcome.stderr
         assert cni_node.leases() == [_address(outcome.json)]
 
 

@@ -15,8 +15,6 @@ RUNC_MESSAGES = frozenset({("runtime_handler/supervisor.py", "error")})
 # Free-text names still pinned by tests of other areas; this list only shrinks.
 PENDING = frozenset(
     {
-        ("cni/node.py", "name not registered"),
-        ("runtime_handler/supervisor.py", "no console"),
         ("sim/channels.py", "data channel announced"),
         ("sim/channels.py", "data channel withdrawn"),
         ("sim/core.py", "firmware set"),

@@ -776,7 +776,7 @@ def test_a_console_that_never_appears_is_logged_and_the_firmware_still_runs(
         (hidden / "dev-tty").rename(dev / "ttyRPMSG0")
         (hidden / "sys-tty").rename(ttys / "ttyRPMSG0")
     entries = [json.loads(line) for line in (bundle / "log.json").read_text().splitlines()]
-    [warning] = [entry for entry in entries if entry["msg"] == "no console"]
+    [warning] = [entry for entry in entries if entry["msg"] == "console_missing"]
     assert (warning["level"], warning["core"], warning["waited"]) == (
         "warning",
         "remoteproc0",
