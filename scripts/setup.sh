@@ -12,7 +12,7 @@ DEBIAN_PACKAGES=(
   dnsmasq-base iproute2 iptables
   fuse3
   qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi
-  busybox-static patchelf
+  busybox-static patchelf binutils python3.11
   podman buildah docker.io
 )
 

@@ -168,6 +168,10 @@ def _node(tmp: Path, layout: str) -> HostRoot:
     return HostRoot(root)
 
 
+# Where the installer puts the bundle the host-side programs run on (scripts/build_bundle.py).
+BUNDLE_PREFIX = PurePosixPath("/opt/smarter-edge")
+
+
 def _writes(layout: str, tmp: Path) -> dict[tuple[str, str], set[PurePosixPath]]:
     """The host directories each container writes on a node of `layout`."""
     node = containerd.discover(_node(tmp, layout))
@@ -183,6 +187,7 @@ def _writes(layout: str, tmp: Path) -> dict[tuple[str, str], set[PurePosixPath]]
             PurePosixPath("/var/lib/kubelet/device-plugins")
         },
         ("smarter-hybrid-runtime", "install"): {
+            BUNDLE_PREFIX,
             PurePosixPath(containerd_config.BINARY).parent,
             node.config.parent,
         },
