@@ -41,10 +41,7 @@ from tests.cni.harness import (
     plugin_config,
 )
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed"),
-]
+pytestmark = [pytest.mark.netns, pytest.mark.podman, pytest.mark.dnsmasq]
 
 NETWORK = "smarter"
 

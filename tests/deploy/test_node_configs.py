@@ -37,6 +37,8 @@ from testbed.images import BUSYBOX_IMAGE, PAUSE_IMAGE, Images, build_images
 from testbed.node_config import operator_paths
 from testbed.processes import Processes
 
+pytestmark = [pytest.mark.containerd]
+
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "containerd"
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"

@@ -31,6 +31,8 @@ from tests.device_plugin.conftest import (
     daemon_command,
 )
 
+pytestmark = [pytest.mark.root]
+
 RULES = """\
 - devicematch: ^ttyUSB[0-9]*$
   nummaxdevices: 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from device_plugin.dev_source import PSEUDO_DIRS, DevSource, quiet_dirs, scan_dev
 from device_plugin.remoteproc_source import RemoteprocSource
 from device_plugin.rules import DevEntry, parse_rules
@@ -12,6 +14,7 @@ from smarter_common.hostroot import HostRoot
 from tests.device_plugin.conftest import REPO, SOUND_MAJOR, HostTree
 
 
+@pytest.mark.root
 def test_scan_lists_nodes_directories_and_resolves_links_inside_the_host_root(
     host: HostTree,
 ) -> None:
@@ -41,6 +44,7 @@ def test_scan_lists_nodes_directories_and_resolves_links_inside_the_host_root(
     assert entries["dangling"] == DevEntry("dangling", "link", None)
 
 
+@pytest.mark.root
 def test_dev_offers_give_host_paths_as_the_host_sees_them(host: HostTree) -> None:
     host.node("ttyUSB0")
     (host.dev / "serial/by-id").mkdir(parents=True)
@@ -56,6 +60,7 @@ def test_dev_offers_give_host_paths_as_the_host_sees_them(host: HostTree) -> Non
     assert by_id.nodes == (DeviceNode("/dev/serial/by-id/usb-FTDI-port0", "/dev/ttyUSB0", "rw"),)
 
 
+@pytest.mark.root
 def test_each_core_is_an_exclusive_resource_naming_itself_in_the_env(host: HostTree) -> None:
     host.core(0, "cortex-m4")
     host.core(1, "cortex-m33")
@@ -83,6 +88,7 @@ def test_no_remoteproc_class_means_no_cores(host: HostTree) -> None:
     assert RemoteprocSource(HostRoot(host.root)).scan() == []
 
 
+@pytest.mark.root
 def test_local_view_hands_over_paths_as_this_machine_sees_them(host: HostTree) -> None:
     host.node("ttyUSB0")
     rules = parse_rules("- devicematch: ^ttyUSB0$\n  nummaxdevices: 1\n")
@@ -106,6 +112,7 @@ def test_local_view_follows_a_console_linked_to_a_pty_of_this_machine(host: Host
         os.close(slave)
 
 
+@pytest.mark.root
 def test_pseudo_directories_are_walked_only_when_a_rule_names_them(host: HostTree) -> None:
     host.node("ttyUSB0")
     host.node("pts/0", 136, 0)

@@ -15,7 +15,14 @@ import pytest
 from sim.mounts import mounts_under
 from smarter_common.procfs import command_line, pids_with
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.containerd,
+    pytest.mark.fuse,
+    pytest.mark.qemu,
+    pytest.mark.dnsmasq,
+    pytest.mark.slow,
+]
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,14 @@ import pytest
 from sim.mounts import mounts_under
 from testbed.gateway import REPO, Gateway, GatewayConfig, GatewayError
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.containerd,
+    pytest.mark.fuse,
+    pytest.mark.qemu,
+    pytest.mark.dnsmasq,
+    pytest.mark.slow,
+]
 
 FIXTURES = REPO / "tests" / "fixtures" / "containerd"
 

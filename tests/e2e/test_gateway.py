@@ -20,7 +20,14 @@ from testbed.cri.client import CriError
 from testbed.gateway import PRODUCTION_CONFLIST, REPO, Allocation, Gateway, Pod
 from testbed.images import BUSYBOX_IMAGE
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.containerd,
+    pytest.mark.fuse,
+    pytest.mark.qemu,
+    pytest.mark.dnsmasq,
+    pytest.mark.slow,
+]
 
 RPROC0 = "smarter-devices/rproc0"
 EXAMPLES = REPO / "deploy" / "examples"

@@ -20,7 +20,14 @@ import pytest
 from smarter_common.errors import SmarterError
 from testbed.gateway import Gateway, GatewayConfig
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.containerd,
+    pytest.mark.fuse,
+    pytest.mark.qemu,
+    pytest.mark.dnsmasq,
+    pytest.mark.slow,
+]
 
 
 @pytest.fixture(scope="module")

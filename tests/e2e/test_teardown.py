@@ -12,7 +12,14 @@ from sim.mounts import mounts_under
 from smarter_common.procfs import command_line, pids_with, process_alive
 from testbed.gateway import Gateway, GatewayConfig
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.containerd,
+    pytest.mark.fuse,
+    pytest.mark.qemu,
+    pytest.mark.dnsmasq,
+    pytest.mark.slow,
+]
 
 
 def _processes_mentioning(text: str) -> list[str]:

@@ -18,6 +18,8 @@ import pytest
 
 from sim.oci_image import ImageError, pack_firmware_image, pack_image
 
+pytestmark = [pytest.mark.containerd]
+
 BUSYBOX = Path("/bin/busybox")
 
 

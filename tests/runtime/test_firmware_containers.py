@@ -31,6 +31,8 @@ from testbed.simulator import Simulator, running_simulator
 
 from .conftest import RUNC, RUNTIME, MakeBundle, log_messages, runtime
 
+pytestmark = [pytest.mark.fuse, pytest.mark.qemu]
+
 FIRMWARE_CACHE = Path(__file__).resolve().parents[2] / "sim" / "firmware" / "build" / "tests"
 # remoteproc0 is a Cortex-M4, remoteproc1 a Cortex-M3.
 CORES = ("cortex-m4", "cortex-m3")

@@ -19,6 +19,8 @@ from smarter_common.remoteproc import core_by_id
 from testbed.simulator import REPO, running_simulator
 from tests.sim.conftest import firmware, write_attr
 
+pytestmark = [pytest.mark.fuse, pytest.mark.qemu]
+
 
 def sim_command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

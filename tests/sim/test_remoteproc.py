@@ -43,7 +43,7 @@ from tests.sim.conftest import (
     write_errno,
 )
 
-pytestmark = pytest.mark.usefixtures("stop_cores")
+pytestmark = [pytest.mark.fuse, pytest.mark.qemu, pytest.mark.usefixtures("stop_cores")]
 
 Consoles = Callable[[int], ConsoleReader]
 

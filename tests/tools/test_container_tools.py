@@ -33,6 +33,13 @@ from testbed.netns import network_namespace
 from testbed.processes import Processes
 from testbed.simulator import Simulator, running_simulator
 
+pytestmark = [
+    pytest.mark.containerd,
+    pytest.mark.podman,
+    pytest.mark.fuse,
+    pytest.mark.qemu,
+]
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "deploy" / "examples" / "tools"
 IMAGE = "localhost/firmware/hello:1"
