@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import stat
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from runtime_handler import route, settings, state
 from runtime_handler.bundle import ANNOTATION_SANDBOX_ID, Bundle
 from runtime_handler.errors import ContainerNotFoundError, RuntimeCallError
 from smarter_common.atomic import write_atomic
+from smarter_common.deadline import DEFAULT_INTERVAL, Deadline
 from smarter_common.hostroot import HostRoot
 from smarter_common.remoteproc import (
     CHANNEL_TTY,
@@ -55,7 +55,6 @@ CONTAINER_DIRECTORY = "/dev/smarter"
 # Read and write; no mknod: the node is there already.
 DEVICE_ACCESS = "rw"
 _MOUNT_OPTIONS = ("bind", "nosuid", "noexec")
-_POLL_SECONDS = 0.05
 _NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _HINT = (
     "list the firmware container before its sidecars in the pod spec; a sidecar created while "
@@ -290,15 +289,15 @@ def _wait_for_data_channels(
     None when `timeout` passes first."""
     if not wanted:
         return core_channels(host, core)
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout)
     while True:
         if read_state(core) == STATE_RUNNING:
             channels = core_channels(host, core)
             if len(channels.data) >= wanted:
                 return channels
-        if time.monotonic() >= deadline:
+        if deadline.expired():
             return None
-        time.sleep(_POLL_SECONDS)
+        deadline.sleep(DEFAULT_INTERVAL)
 
 
 def _grant(container_path: str, channel: Channel) -> Grant:
