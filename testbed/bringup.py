@@ -61,12 +61,16 @@ def ip(netns: str, *args: str, check: bool = True) -> subprocess.CompletedProces
     return subprocess.run(["ip", "-n", netns, *args], check=check, capture_output=True, text=True)
 
 
-def start_simulator(paths: GatewayPaths, processes: Processes, core: str) -> Started:
-    """`smarter-sim up` on the host root, ready once it says so."""
+def start_simulator(
+    paths: GatewayPaths, processes: Processes, core: str, count: int = 1
+) -> Started:
+    """`smarter-sim up` on the host root with `count` cores of type `core`, ready once it
+    says so."""
     paths.sim_root.mkdir(parents=True, exist_ok=True)
+    cores = [argument for _ in range(count) for argument in ("--core", core)]
     started = processes.start(
         "simulator",
-        [sys.executable, "-m", "sim", "up", "--root", paths.sim_root, "--core", core],
+        [sys.executable, "-m", "sim", "up", "--root", paths.sim_root, *cores],
         cwd=REPO,
     )
 

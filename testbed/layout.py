@@ -59,6 +59,8 @@ class GatewayConfig:
     """What to bring up."""
 
     core: str = "cortex-m4"
+    # How many cores of that type the simulator runs: remoteproc0, remoteproc1, ...
+    cores: int = 1
     firmware: tuple[str, ...] = ("hello", "crash")
     device_manager: bool = True
     work_parent: Path = Path("/tmp")
