@@ -41,7 +41,12 @@ def test_write_atomic_fsyncs_file_and_directory_only_when_durable(
     inode_before = target.stat().st_ino
     synced: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
     write_atomic(target, "new\n", durable=durable)
     assert len(synced) == fsyncs
     # Atomic either way: a rename of a whole new file, nothing left behind.

@@ -18,7 +18,11 @@ def test_a_condition_that_never_holds_ends_at_the_timeout_not_an_interval_later(
     checks: list[float] = []
     started = time.monotonic()
 
-    assert not wait_until(lambda: bool(checks.append(time.monotonic())), 0.3, interval=10.0)
+    def never() -> bool:
+        checks.append(time.monotonic())
+        return False
+
+    assert not wait_until(never, 0.3, interval=10.0)
 
     elapsed = time.monotonic() - started
     assert 0.3 <= elapsed < 2.0

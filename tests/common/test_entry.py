@@ -64,9 +64,12 @@ def test_a_bad_log_flag_is_a_usage_error_before_the_command_runs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     ran: list[bool] = []
-    code = entry.run(
-        "smarter-test", _parser(), lambda _args: ran.append(True) or 0, ["--log-level", "chatty"]
-    )
+
+    def command(_args: object) -> int:
+        ran.append(True)
+        return 0
+
+    code = entry.run("smarter-test", _parser(), command, ["--log-level", "chatty"])
     assert code == entry.EXIT_USAGE
     assert capsys.readouterr().err == (
         "smarter-test: log level 'chatty' is not one of debug, info, warning, error\n"

@@ -10,7 +10,8 @@ import json
 import os
 import subprocess
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from cni import install as cni_install
 from runtime_handler import containerd_config
 from runtime_handler.containerd_config import ContainerdConfigError, with_runtime
 from smarter_common import containerd
-from smarter_common.errors import SmarterError
+from smarter_common.errors import ConfigError, SmarterError
 from smarter_common.hostroot import HostRoot
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +69,7 @@ def _dump(config: Path) -> dict[str, object]:
     return tomllib.loads(dumped.stdout)
 
 
-def _cri(dumped: dict[str, object]) -> dict[str, object]:
+def _cri(dumped: dict[str, object]) -> dict[str, Any]:
     cri = containerd.lookup(dumped, ("plugins", "io.containerd.grpc.v1.cri"))
     assert isinstance(cri, dict)
     return cri
@@ -160,7 +161,7 @@ def test_a_config_that_cannot_take_the_runtime_is_refused_untouched(
     tmp_path: Path, config: str, message: str
 ) -> None:
     root = _node(tmp_path, config)
-    with pytest.raises(containerd_config.ConfigError) as refused:
+    with pytest.raises(ConfigError) as refused:
         containerd_config.install(root)
     assert str(refused.value).startswith(message)
     assert root.path(containerd.CONTAINERD_CONFIG).read_text() == config
@@ -229,8 +230,8 @@ def test_the_plugin_lands_where_the_nodes_containerd_looks(
     plugin.write_bytes(b"#!/usr/bin/env python3\n")
     target = cni_install.install(root, plugin, CONFLIST)
     assert target == cni_install.Placement(
-        plugin=containerd.PurePosixPath(bin_dir) / "smarter-cni",
-        conflist=containerd.PurePosixPath(conf_dir) / "10-smarter.conflist",
+        plugin=PurePosixPath(bin_dir) / "smarter-cni",
+        conflist=PurePosixPath(conf_dir) / "10-smarter.conflist",
     )
     installed = root.path(target.plugin)
     assert installed.read_bytes() == plugin.read_bytes()

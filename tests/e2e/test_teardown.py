@@ -59,7 +59,7 @@ def test_teardown_after_containerd_is_killed_leaves_nothing() -> None:
 
 def _processes_in_cgroups_of(container_ids: list[str]) -> list[str]:
     """Processes whose cgroup is one of these containers' (runc names them after the ID)."""
-    found = []
+    found: list[str] = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:

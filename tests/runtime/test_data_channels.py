@@ -182,8 +182,12 @@ def test_a_sidecar_receives_the_pty_behind_a_simulated_channel(tmp_path: Path) -
     data_channels.mark_pod(str(runtime_root), _record(runtime_root, "fw1"))
     bundle_dir = tmp_path / "bundle"
     bundle_dir.mkdir()
-    config = {"annotations": {"io.kubernetes.cri.sandbox-id": SANDBOX,
-                              "io.kubernetes.cri.container-type": "container"}}  # fmt: skip
+    config: dict[str, object] = {
+        "annotations": {
+            "io.kubernetes.cri.sandbox-id": SANDBOX,
+            "io.kubernetes.cri.container-type": "container",
+        }
+    }
     (bundle_dir / "config.json").write_text(json.dumps(config))
     settings.use(settings.Settings({settings.HOST_ROOT_ENV: (str(host), "")}))
     try:

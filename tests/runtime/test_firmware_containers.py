@@ -216,8 +216,8 @@ def test_full_cycle_runs_firmware_and_copies_its_console(
         os.close(write_end)
         assert created.returncode == 0, log_messages(bundle / "log.json")
         pid = shim.supervisors["fw1"]
-        created = shim.state(bundle, "fw1")
-        assert created == {
+        reported = shim.state(bundle, "fw1")
+        assert reported == {
             # The bundle's version, as runc reports it (`runc spec` writes 1.0.2-dev).
             "ociVersion": json.loads((bundle / "config.json").read_text())["ociVersion"],
             "id": "fw1",
@@ -225,12 +225,12 @@ def test_full_cycle_runs_firmware_and_copies_its_console(
             "status": "created",
             "bundle": str(bundle),
             "rootfs": str(bundle / "rootfs"),
-            "created": created["created"],
+            "created": reported["created"],
             "annotations": {},
             "owner": "",
         }
-        assert created["ociVersion"] == "1.0.2-dev"
-        assert_recent_rfc3339(str(created["created"]))
+        assert reported["ociVersion"] == "1.0.2-dev"
+        assert_recent_rfc3339(str(reported["created"]))
         assert m4.state() == "offline"
         assert is_locked(core_lock(simulator, 0))
 
