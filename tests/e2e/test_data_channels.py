@@ -3,6 +3,7 @@ simulated gateway, driven over CRI as the kubelet drives it."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -11,22 +12,40 @@ import pytest
 
 from runtime_handler.route import PODS_DIRECTORY
 from smarter_common.errors import SmarterError
+from smarter_common.remoteproc import core_by_id, core_channels
+from testbed import bringup
 from testbed.containerd import HYBRID_HANDLER
 from testbed.gateway import Gateway, GatewayConfig
 from testbed.images import BUSYBOX_IMAGE, firmware_image
 from testbed.pods import Pod
 
 RPROC0 = "smarter-devices/rproc0"
+RPROC1 = "smarter-devices/rproc1"
 CHANNEL = "/dev/smarter/firmware/tty1"
-# Sends two lines, prints each answer, then prints what else comes until the channel closes.
-# (That the sidecar sees the channel close when the firmware stops is not asserted yet: with the
-# simulator's channel withdrawn, the sidecar's read was still blocked 20 s later.)
-TALK = (
-    f"exec 3<>{CHANNEL}; "
-    "for word in ping pong; do echo $word >&3; read -r answer <&3; echo \"$answer\"; done; "
-    "while read -r answer <&3; do echo \"$answer\"; done; "
-    "echo channel closed; exec sleep 600"
-)
+CLOSED = "channel closed"
+
+
+def _talk(*words: str) -> str:
+    """A sidecar's script: send each word, print each answer, then print what else comes until
+    the channel closes, and say so.
+
+    The shell opens the channel as a session leader (runc makes every container's first process
+    one), so the channel becomes its controlling terminal, and the kernel's hang-up when the
+    firmware stops sends it SIGHUP. Under the kubelet the shell is PID 1 of its own PID
+    namespace, where the kernel drops a signal left at its default action; in a pod that shares
+    one PID namespace (shareProcessNamespace, and this test bed's CRI client today) SIGHUP would
+    end the shell before it could say so. Ignoring it makes the close an end of file either way.
+    """
+    return (
+        f"trap '' HUP; exec 3<>{CHANNEL}; "
+        f"for word in {' '.join(words)}; do echo $word >&3; read -r answer <&3;"
+        ' echo "$answer"; done; '
+        'while read -r answer <&3; do echo "$answer"; done; '
+        f"echo {CLOSED}; exec sleep 600"
+    )
+
+
+TALK = _talk("ping", "pong")
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +53,20 @@ def gateway() -> Iterator[Gateway]:
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests need root (network namespaces, containerd, FUSE)")
     config = GatewayConfig(
-        firmware=("echo", "hello"), keep_work_dir=bool(os.environ.get("SMARTER_E2E_KEEP"))
+        firmware=("echo", "hello"),
+        cores=2,
+        keep_work_dir=bool(os.environ.get("SMARTER_E2E_KEEP")),
     )
     try:
-        started = Gateway(config).__enter__()
+        with pytest.MonkeyPatch.context() as patch:
+            # Gateway.start does not pass config.cores to the simulator yet; a count it passes
+            # itself overrides this one.
+            patch.setattr(
+                bringup,
+                "start_simulator",
+                functools.partial(bringup.start_simulator, count=config.cores),
+            )
+            started = Gateway(config).__enter__()
     except SmarterError as error:
         pytest.fail(f"the gateway did not come up: {error}")
     try:
@@ -62,13 +91,13 @@ def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def _partitioned_pod(gateway: Gateway, name: str) -> Pod:
-    pod = gateway.run_firmware_pod(name, "echo", gateway.allocate(RPROC0))
+def _partitioned_pod(gateway: Gateway, name: str, resource: str = RPROC0, talk: str = TALK) -> Pod:
+    pod = gateway.run_firmware_pod(name, "echo", gateway.allocate(resource))
     gateway.start_container(
         pod,
         "shell",
         BUSYBOX_IMAGE,
-        command=["sh", "-c", TALK],
+        command=["sh", "-c", talk],
         env={"SMARTER_DATA_CHANNELS": "1"},
     )
     return pod
@@ -89,6 +118,52 @@ def test_a_sidecar_writes_to_the_data_channel_and_reads_the_firmwares_answer(
         "the firmware's answers in the sidecar's log",
     )
     assert any("echo on cortex-m4: ping" in line for line in clean.container_log(pod, "firmware"))
+
+
+def test_the_sidecar_sees_the_channel_close_when_the_firmware_stops(clean: Gateway) -> None:
+    pod = _partitioned_pod(clean, "echo-stops")
+    _wait_for(lambda: len(clean.container_log(pod, "shell")) >= 2, 30, "the answers")
+    assert clean.cri is not None
+    clean.cri.stop_container(pod.containers["firmware"], timeout=5)
+    # The simulator hangs up the channel as it withdraws it; the sidecar's read ends at once.
+    _wait_for(
+        lambda: CLOSED in clean.container_log(pod, "shell"), 5, "the sidecar to see the close"
+    )
+    status = clean.cri.container_status(pod.containers["shell"])
+    assert status.state == clean.cri.api.CONTAINER_RUNNING
+
+
+def test_two_pods_with_firmware_on_two_cores_each_see_only_their_own_channel(
+    clean: Gateway,
+) -> None:
+    first = _partitioned_pod(clean, "echo-first", RPROC0, _talk("alpha", "beta"))
+    second = _partitioned_pod(clean, "echo-second", RPROC1, _talk("gamma", "delta"))
+    _wait_for(
+        lambda: (
+            clean.container_log(first, "shell")[:2] == ["echo: alpha", "echo: beta"]
+            and clean.container_log(second, "shell")[:2] == ["echo: gamma", "echo: delta"]
+        ),
+        30,
+        "each pod's firmware answering its sidecar",
+    )
+    first_console = "\n".join(clean.container_log(first, "firmware"))
+    second_console = "\n".join(clean.container_log(second, "firmware"))
+    assert "alpha" in first_console and "gamma" not in first_console
+    assert "gamma" in second_console and "alpha" not in second_console
+    # Each sidecar holds one channel, the data channel its own pod's core announced.
+    for pod, core_id in ((first, "remoteproc0"), (second, "remoteproc1")):
+        core = core_by_id(clean.host, core_id)
+        assert core is not None
+        (channel,) = core_channels(clean.host, core).data
+        host_node = os.stat(os.path.realpath(channel.node)).st_rdev
+        assert clean.cri is not None
+        code, out, err = clean.cri.exec_sync(
+            pod.containers["shell"], ["sh", "-c", "ls -R /dev/smarter; stat -c %t:%T " + CHANNEL]
+        )
+        assert code == 0, err
+        lines = out.split()
+        assert lines[:-1] == ["/dev/smarter:", "firmware", "/dev/smarter/firmware:", "tty1"]
+        assert lines[-1] == f"{os.major(host_node):x}:{os.minor(host_node):x}"
 
 
 def test_a_sidecar_of_a_pod_without_firmware_gets_nothing(clean: Gateway) -> None:
@@ -161,6 +236,6 @@ def test_firmware_restart_and_pod_deletion_leave_no_device_lock_or_process(
     clean.remove_pod(pod)
     assert _pod_marks(clean) == []
     assert clean.leftovers() == []
-    # The core's console stays; its data channel went with the firmware.
+    # The cores' consoles stay; the data channel went with the firmware.
     ttys = sorted(path.name for path in (clean.paths.sim_root / "dev").glob("ttyRPMSG*"))
-    assert ttys == ["ttyRPMSG0"]
+    assert ttys == ["ttyRPMSG0", "ttyRPMSG1"]
