@@ -35,6 +35,7 @@ from smarter_common.errors import HostPathError, LockBusyError
 from smarter_common.firmware_elf import ElfFacts
 from smarter_common.hostroot import HostRoot
 from smarter_common.locks import FileLock, is_locked
+from smarter_common.procfs import process_start_time
 from smarter_common.remoteproc import (
     IDLE_STATES,
     STATE_CRASHED,
@@ -232,7 +233,7 @@ def _supervise(
         os.setsid()
         os.chdir("/")
         record.pid = os.getpid()
-        record.pid_start = state.process_start_time(record.pid)
+        record.pid_start = process_start_time(record.pid)
         return Supervisor(record, directory, control_fd, host).run()
     except BaseException as error:  # the supervisor's last word: never raised on
         _supervisor_failed(record, directory, error)
@@ -264,10 +265,10 @@ def _supervisor_failed(
 
 def _wait_start_time(pid: int) -> str:
     deadline = Deadline(2.0)
-    started = state.process_start_time(pid)
+    started = process_start_time(pid)
     while not started and not deadline.expired():
         deadline.sleep(_WAIT_POLL)
-        started = state.process_start_time(pid)
+        started = process_start_time(pid)
     return started
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from runtime_handler.errors import ContainerNotFoundError
 from smarter_common.atomic import write_atomic
+from smarter_common.procfs import process_start_time
 
 STATE_SUBDIR = "smarter-hybrid"
 RECORD_FILE = "state.json"
@@ -87,20 +88,6 @@ def now_rfc3339() -> str:
     stamp = time.time()
     whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp))
     return f"{whole}.{int((stamp % 1) * 1e9):09d}Z"
-
-
-def process_start_time(pid: int) -> str:
-    """The kernel's start time of `pid` (field 22 of /proc/<pid>/stat); '' if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            stat = stream.read()
-    except OSError:
-        return ""
-    fields = stat.rpartition(")")[2].split()
-    # fields[0] is the state (field 3); a zombie has exited and only waits to be reaped.
-    if not fields or fields[0] in ("Z", "X"):
-        return ""
-    return fields[19]
 
 
 def supervisor_alive(record: ContainerRecord) -> bool:

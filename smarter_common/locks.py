@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import time
 from pathlib import Path
 from types import TracebackType
 
+from smarter_common.deadline import Deadline
 from smarter_common.errors import LockBusyError
 
 _POLL_SECONDS = 0.005
@@ -57,18 +57,18 @@ class FileLock:
         os.close(fd)
 
     def _acquire_within(self, fd: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if deadline.expired():
                     raise LockBusyError(
                         f"lock {self.path} is held by another process",
                         hint=f"gave up after {timeout:g}s",
                     ) from None
-                time.sleep(_POLL_SECONDS)
+                deadline.sleep(_POLL_SECONDS)
 
     def __enter__(self) -> FileLock:
         self.acquire()

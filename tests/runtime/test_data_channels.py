@@ -13,6 +13,7 @@ from runtime_handler import data_channels, route, settings, state
 from runtime_handler.bundle import Bundle
 from runtime_handler.data_channels import Grant, container_paths, firmware_label, with_grants
 from runtime_handler.errors import RuntimeCallError
+from smarter_common.procfs import process_start_time
 from smarter_common.remoteproc import CHANNEL_CHAR, CHANNEL_TTY, Channel, CoreChannels
 
 SANDBOX = "a" * 64
@@ -75,7 +76,7 @@ def _record(root: Path, container_id: str, sandbox: str = SANDBOX) -> state.Cont
         id=container_id, bundle="/b", rootfs="/b/rootfs", entrypoint="/firmware.elf",
         core="remoteproc0", firmware_name="f.elf", firmware_dir="/lib/firmware",
         lock_path="/run/x.lock", host_root="/", log=None, log_format="text",
-        pid=os.getpid(), pid_start=state.process_start_time(os.getpid()),
+        pid=os.getpid(), pid_start=process_start_time(os.getpid()),
         annotations={
             "io.kubernetes.cri.sandbox-id": sandbox,
             data_channels.ANNOTATION_CONTAINER_NAME: "echo",
