@@ -260,7 +260,8 @@ def test_example_pods_run_unchanged_on_the_simulated_gateway() -> None:
     from testbed.images import firmware_image
 
     simulated = boards.board(None)
-    built = {BUSYBOX_IMAGE, firmware_image("hello")}  # smarter-sim build-node-images, the demo's
+    # smarter-sim build-node-images's, and the demo's firmware
+    built = {BUSYBOX_IMAGE, firmware_image("hello"), firmware_image("echo")}
     for pod in _objects("Pod"):
         board = pod["metadata"].get("annotations", {}).get("smarter-edge.io/board")
         check_board(board, BoardView(simulated.model, simulated.compatible))

@@ -9,13 +9,14 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import yaml
 
 from runtime_handler.route import PODS_DIRECTORY
 from smarter_common.errors import SmarterError
 from smarter_common.remoteproc import core_by_id, core_channels
 from testbed import bringup
 from testbed.containerd import HYBRID_HANDLER
-from testbed.gateway import Gateway, GatewayConfig
+from testbed.gateway import REPO, Gateway, GatewayConfig
 from testbed.images import BUSYBOX_IMAGE, firmware_image
 from testbed.pods import Pod
 
@@ -164,6 +165,24 @@ def test_two_pods_with_firmware_on_two_cores_each_see_only_their_own_channel(
         lines = out.split()
         assert lines[:-1] == ["/dev/smarter:", "firmware", "/dev/smarter/firmware:", "tty1"]
         assert lines[-1] == f"{os.major(host_node):x}:{os.minor(host_node):x}"
+
+
+def test_the_example_partitioned_pod_runs_unchanged_and_its_sidecar_prints_the_answers(
+    clean: Gateway,
+) -> None:
+    manifest = yaml.safe_load((REPO / "deploy" / "examples" / "partitioned-pod.yaml").read_text())
+    pod = clean.run_manifest_pod(manifest)
+    assert pod.spec.runtime_handler == HYBRID_HANDLER
+    _wait_for(
+        lambda: clean.container_log(pod, "shell")[:2] == ["echo: reading 1", "echo: reading 2"],
+        30,
+        "the example sidecar printing the firmware's answers",
+    )
+    assert clean.cri is not None
+    clean.cri.stop_container(pod.containers["firmware"], timeout=5)
+    status = clean.cri.wait_container_exited(pod.containers["shell"], timeout=10)
+    assert status.exit_code == 0
+    assert clean.container_log(pod, "shell")[-1] == CLOSED
 
 
 def test_a_sidecar_of_a_pod_without_firmware_gets_nothing(clean: Gateway) -> None:
