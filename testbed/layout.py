@@ -61,7 +61,7 @@ class GatewayConfig:
     core: str = "cortex-m4"
     # How many cores of that type the simulator runs: remoteproc0, remoteproc1, ...
     cores: int = 1
-    firmware: tuple[str, ...] = ("hello", "crash")
+    firmware: tuple[str, ...] = ("hello", "crash", "echo")
     device_manager: bool = True
     work_parent: Path = Path("/tmp")
     keep_work_dir: bool = False
