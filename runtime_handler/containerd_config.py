@@ -16,6 +16,11 @@ built-in `runc` is declared beside `hybrid` as containerd's own default has it. 
 the result is checked against the CRI plugin's rules (`containerd.cri_problems`) and, where a
 `containerd` of the same major schema is on PATH, by `containerd config dump` of the result;
 a config that would not load is refused with the reason, the file left byte-for-byte as it was.
+
+With `--bundle DIR` (the runtime DaemonSet's), it first installs the host-side bundle the
+runtime runs on (smarter_common.bundle_install), then the bundle's runtime at `--binary`, both
+by rename, so the runtime's interpreter is there before the runtime and before containerd is
+told about it.
 """
 
 from __future__ import annotations
@@ -356,6 +361,25 @@ def _containerd_major() -> int | None:
     return int(found.group(1)) if found else None
 
 
+def install_runtime(root: HostRoot, bundle: Path, *, binary: str = BINARY) -> None:
+    """The bundle at its prefix, then its runtime at `binary` (host paths under `root`)."""
+    from smarter_common import bundle_install
+    from smarter_common.logs import get_logger
+
+    log = get_logger("runtime_handler.install")
+    installed = bundle_install.install_bundle(root, bundle)
+    log.info(
+        "bundle_installed",
+        prefix=str(installed.prefix),
+        written=installed.written,
+        unchanged=installed.unchanged,
+    )
+    changed = bundle_install.install_program(
+        root, bundle, "smarter-hybrid-runtime", PurePosixPath(binary)
+    )
+    log.info("runtime_installed", path=binary, changed=changed)
+
+
 def systemd_unit(root: HostRoot, node: containerd.NodeContainerd) -> str:
     """The unit that runs the node's containerd: containerd's own, or k3s' server or agent."""
     if node.flavour is containerd.Flavour.CONTAINERD:
@@ -385,6 +409,12 @@ def main(argv: list[str]) -> int:
     add_common_arguments(parser)
     parser.add_argument("--binary", default=BINARY, help=f"the runtime's path (default {BINARY})")
     parser.add_argument(
+        "--bundle",
+        type=Path,
+        help="the host-side bundle (scripts/build_bundle.py): install it at the prefix it was"
+        " built for, and its runtime at --binary, before the configuration",
+    )
+    parser.add_argument(
         "--restart",
         action="store_true",
         help="restart containerd (or k3s) when its configuration changed (needs host PID 1)",
@@ -398,6 +428,8 @@ def _install_command(args: argparse.Namespace) -> int:
 
     log = get_logger("runtime_handler.install")
     root = host_root_from(args)
+    if args.bundle is not None:
+        install_runtime(root, args.bundle, binary=args.binary)
     written = install(root, binary=args.binary)
     for item in written:
         log.info("containerd_config", path=str(item.path), changed=item.changed)
