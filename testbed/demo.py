@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -29,6 +29,9 @@ SENSOR_POD = "sensor-7xk2p"
 FIRMWARE_POD = "blinky-4hx9q"
 SECOND_FIRMWARE_POD = "blinky-9zz7m"
 CRASH_POD = "crasher-2kd8w"
+PARTITIONED_EXAMPLE = Path("deploy") / "examples" / "partitioned-pod.yaml"
+SIDECAR = "shell"
+ANSWERS_SHOWN = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
             "Bring up a simulated gateway (our own containerd with smarter-cni, the hybrid"
             " runtime and smarter-device-manager, remote cores simulated in QEMU), run two"
             " ordinary pods and a firmware pod, show their addresses, a name resolved between"
-            " them, the advertised devices and the firmware's console, then tear it all down."
+            " them, the advertised devices and the firmware's console, a sidecar talking to its"
+            " pod's firmware over the data channel, then tear it all down."
             " Needs root; touches nothing outside its own network namespace and work directory."
         ),
     )
@@ -193,6 +197,8 @@ def _show(gateway: Gateway, console_seconds: float) -> None:
     print(f"  cores: {_cores(gateway)}")
     gateway.remove_pod(firmware)
 
+    _data_channel(gateway)
+
     _heading("a firmware that crashes")
     crasher = gateway.run_firmware_pod(CRASH_POD, "crash", gateway.allocate(allocation.resource))
     status = cri.wait_container_exited(crasher.containers["firmware"], timeout=30)
@@ -200,6 +206,48 @@ def _show(gateway: Gateway, console_seconds: float) -> None:
         print(f"  | {line}")
     print(f"  {CRASH_POD}: exited with code {status.exit_code} ({status.reason or 'no reason'})")
     print(f"  cores: {_cores(gateway)}")
+
+
+def _data_channel(gateway: Gateway) -> None:
+    """The example partitioned pod: the sidecar's lines answered by the echo firmware, then the
+    close the sidecar sees when the firmware stops."""
+    import yaml
+
+    from testbed.gateway import REPO
+
+    cri = gateway.cri
+    assert cri is not None
+    _heading("data channel")
+    pod = gateway.run_manifest_pod(yaml.safe_load((REPO / PARTITIONED_EXAMPLE).read_text()))
+    print(
+        f"  {pod.name} ({PARTITIONED_EXAMPLE}): echo firmware and a busybox sidecar `{SIDECAR}`,"
+        " which writes to /dev/smarter/firmware/tty1 and prints what comes back"
+    )
+    shown = _follow_log(gateway, pod, SIDECAR, lambda lines: len(lines) >= ANSWERS_SHOWN, 20)
+    _step(f"stopping {pod.name}'s firmware (StopContainer)")
+    cri.stop_container(pod.containers["firmware"], timeout=5)
+    status = cri.wait_container_exited(pod.containers[SIDECAR], timeout=10)
+    for line in gateway.container_log(pod, SIDECAR)[shown:]:
+        print(f"  {SIDECAR} | {line}")
+    print(f"  {SIDECAR}: exited with code {status.exit_code} once its channel closed")
+    gateway.remove_pod(pod)
+
+
+def _follow_log(
+    gateway: Gateway, pod: Pod, container: str, enough: Callable[[list[str]], bool], seconds: float
+) -> int:
+    """Print the container's log lines as they come until `enough` holds or `seconds` pass;
+    how many were printed."""
+    shown = 0
+    deadline = Deadline(seconds)
+    while True:
+        lines = gateway.container_log(pod, container)
+        for line in lines[shown:]:
+            print(f"  {container} | {line}", flush=True)
+        shown = len(lines)
+        if enough(lines) or deadline.expired():
+            return shown
+        deadline.sleep(0.2)
 
 
 def _runtime_reason(details: str) -> str:

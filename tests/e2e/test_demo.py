@@ -44,7 +44,7 @@ def _assert_nothing_left(output: str) -> None:
     assert left == {}, f"processes still run: {left}"
 
 
-def test_demo_shows_pods_names_devices_and_console_then_cleans_up() -> None:
+def test_demo_shows_pods_names_devices_console_and_data_channel_then_cleans_up() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "testbed.demo", "--console-seconds", "3"],
         capture_output=True,
@@ -64,6 +64,10 @@ def test_demo_shows_pods_names_devices_and_console_then_cleans_up() -> None:
     assert re.search(r"^  \| hello from cortex-m4 \d+$", output, re.M), output
     assert "cores: remoteproc0 offline" in output
     assert "blinky-9zz7m: refused: remoteproc0 is reserved by another container" in output
+    assert "\n== data channel\n" in output
+    assert re.search(r"^  shell \| echo: reading 1$", output, re.M), output
+    assert "  shell | channel closed\n" in output
+    assert "  shell: exited with code 0 once its channel closed" in output
     assert "  | crashing now" in output
     assert re.search(r"crasher-2kd8w: exited with code [1-9]\d*", output), output
     assert "done: every pod, process, namespace and mount of the gateway is gone" in output
