@@ -180,7 +180,11 @@ def _writes(layout: str, tmp: Path) -> dict[tuple[str, str], set[PurePosixPath]]
     state = {PurePosixPath(plugin["stateDir"])}
     assert PurePosixPath(plugin["dns"]["hostsDir"]).is_relative_to(plugin["stateDir"])
     return {
-        ("smarter-cni", "install"): {placed.plugin.parent, placed.conflist.parent},
+        ("smarter-cni", "install"): {
+            BUNDLE_PREFIX,
+            placed.plugin.parent,
+            placed.conflist.parent,
+        },
         ("smarter-cni", "agent"): state,  # leases, DNS records, the agent's socket
         ("smarter-cni", "dns"): state,  # the records directory, made before dnsmasq starts
         ("smarter-device-manager", "device-manager"): {

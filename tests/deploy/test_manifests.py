@@ -136,26 +136,45 @@ def test_the_reference_tables_are_what_the_installer_appends() -> None:
     assert text.endswith("\n" + containerd_config.runtime_tables(2))
 
 
+def _installer_options(container: dict[str, Any]) -> dict[str, str]:
+    """An installer's `--name=value` options (a bare flag maps to "")."""
+    flags = [arg.removeprefix("--") for arg in container["args"] if arg.startswith("--")]
+    return {name: value for name, _, value in (flag.partition("=") for flag in flags)}
+
+
+def test_both_installers_install_the_bundle_the_image_carries_where_its_programs_name_it() -> None:
+    for name in ("smarter-cni", "smarter-hybrid-runtime"):
+        spec = _pod_spec(name)
+        (install,) = spec["initContainers"]
+        options = _installer_options(install)
+        # The image's bundle (deploy/Dockerfile: build_bundle.py --out /opt/smarter-edge/bundle),
+        # built for the default prefix, which must be the host's at the installer's host root.
+        assert options["bundle"] == "/opt/smarter-edge/bundle", name
+        prefix = PurePosixPath(options["host-root"]) / "opt/smarter-edge"
+        assert _host_path_of(spec, install, str(prefix)) == PurePosixPath("/opt/smarter-edge"), name
+        if name == "smarter-cni":
+            assert options["plugin"] == f"{options['bundle']}/{cni_install.PLUGIN_NAME}"
+
+
 def test_runtime_binary_is_installed_where_containerd_looks_for_it() -> None:
     spec = _pod_spec("smarter-hybrid-runtime")
     (install,) = spec["initContainers"]
-    script = install["args"][0]
-    moved = re.findall(r"^mv -f \S+ (\S+)$", script, flags=re.MULTILINE)
-    assert [_host_path_of(spec, install, path) for path in moved] == [
-        PurePosixPath(containerd_config.BINARY)
-    ]
+    binary = _installer_options(install).get("binary", containerd_config.BINARY)
+    assert binary == containerd_config.BINARY  # what the installer names in containerd's config
+    under_root = PurePosixPath(_installer_options(install)["host-root"]) / binary.lstrip("/")
+    assert _host_path_of(spec, install, str(under_root)) == PurePosixPath(binary)
 
 
 def test_runtime_installer_configures_the_hosts_containerd_and_may_restart_it() -> None:
     spec = _pod_spec("smarter-hybrid-runtime")
     (install,) = spec["initContainers"]
-    command = install["args"][0].splitlines()[-1].split()
-    assert command[:3] == ["exec", "smarter-hybrid-runtime", "install-containerd-config"]
-    (host_root,) = [word.split("=", 1)[1] for word in command if word.startswith("--host-root=")]
-    _assert_host_dirs_keep_their_paths_under(host_root, spec, install)
+    assert install["command"] == ["smarter-hybrid-runtime"]
+    assert install["args"][0] == "install-containerd-config"
+    options = _installer_options(install)
+    _assert_host_dirs_keep_their_paths_under(options["host-root"], spec, install)
     # The restart enters PID 1's namespaces: only a pod in the host PID namespace can, and only
     # with the capabilities setns(2) asks for (tests/deploy/test_least_privilege.py).
-    assert "--restart" in command
+    assert "restart" in options
     assert spec["hostPID"] is True
     assert {"SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE"} <= set(
         install["securityContext"]["capabilities"]["add"]
