@@ -20,7 +20,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,6 +112,9 @@ class QemuRun:
         self.channel = channel
         self._on_end = on_end
         self._stopping = False
+        # Set by stop(): the fault watcher's wait between samples ends at once, so a stop does
+        # not wait out FAULT_POLL_S (it made every `stop` write take up to half a second).
+        self._stop_requested = threading.Event()
         self._stuck_in: str | None = None
         self._log = get_logger("smarter-sim", core=core_id)
         self._qmp_dir = Path(tempfile.mkdtemp(prefix="smarter-sim-qmp-"))
@@ -200,7 +202,7 @@ class QemuRun:
                         )
                         self.process.kill()
                         return
-                    time.sleep(FAULT_POLL_S)
+                    self._stop_requested.wait(FAULT_POLL_S)
         except (OSError, ValueError, KeyError):
             pass  # QEMU gone (or never up): the relay reports how the run ended
         finally:
@@ -225,6 +227,7 @@ class QemuRun:
         Not to be called from `on_end`, nor while holding a lock that `on_end` takes.
         """
         self._stopping = True
+        self._stop_requested.set()
         # Popen.kill does nothing once the process has been reaped, so a recycled PID is safe.
         self.process.kill()
         self._relay.join()
