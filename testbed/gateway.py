@@ -156,7 +156,9 @@ class Gateway:
         self._netns_made = True
         self.ip("link", "set", "lo", "up")
         self.progress("starting the simulator (remote cores over FUSE, QEMU on start)")
-        self._simulator = bringup.start_simulator(self.paths, self.processes, self.config.core)
+        self._simulator = bringup.start_simulator(
+            self.paths, self.processes, self.config.core, count=self.config.cores
+        )
         self.progress(
             f"installing the node: {self.config.containerd_config.name}, then the installers"
             " (smarter-cni install, smarter-hybrid-runtime install-containerd-config)"

@@ -187,6 +187,15 @@ class CriClient:
             ],
             log_path=container.log_path,
             labels={"io.kubernetes.container.name": container.name},
+            # As the kubelet sets it for a pod without shareProcessNamespace: each container
+            # has its own PID namespace, its first process is PID 1.
+            linux=api.LinuxContainerConfig(
+                security_context=api.LinuxContainerSecurityContext(
+                    namespace_options=api.NamespaceOption(
+                        network=api.POD, pid=api.CONTAINER, ipc=api.POD
+                    )
+                )
+            ),
         )
         request = api.CreateContainerRequest(
             pod_sandbox_id=pod_id, config=config, sandbox_config=self.sandbox_config(pod)

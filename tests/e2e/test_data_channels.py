@@ -3,7 +3,6 @@ simulated gateway, driven over CRI as the kubelet drives it."""
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -14,11 +13,19 @@ import yaml
 from runtime_handler.route import PODS_DIRECTORY
 from smarter_common.errors import SmarterError
 from smarter_common.remoteproc import core_by_id, core_channels
-from testbed import bringup
 from testbed.containerd import HYBRID_HANDLER
 from testbed.gateway import REPO, Gateway, GatewayConfig
 from testbed.images import BUSYBOX_IMAGE, firmware_image
 from testbed.pods import Pod
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.containerd,
+    pytest.mark.fuse,
+    pytest.mark.qemu,
+    pytest.mark.dnsmasq,
+    pytest.mark.slow,
+]
 
 RPROC0 = "smarter-devices/rproc0"
 RPROC1 = "smarter-devices/rproc1"
@@ -50,7 +57,7 @@ TALK = _talk("ping", "pong")
 
 
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[Gateway]:
+def two_core_gateway() -> Iterator[Gateway]:
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests need root (network namespaces, containerd, FUSE)")
     config = GatewayConfig(
@@ -59,15 +66,7 @@ def gateway() -> Iterator[Gateway]:
         keep_work_dir=bool(os.environ.get("SMARTER_E2E_KEEP")),
     )
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            # Gateway.start does not pass config.cores to the simulator yet; a count it passes
-            # itself overrides this one.
-            patch.setattr(
-                bringup,
-                "start_simulator",
-                functools.partial(bringup.start_simulator, count=config.cores),
-            )
-            started = Gateway(config).__enter__()
+        started = Gateway(config).__enter__()
     except SmarterError as error:
         pytest.fail(f"the gateway did not come up: {error}")
     try:
@@ -77,11 +76,11 @@ def gateway() -> Iterator[Gateway]:
 
 
 @pytest.fixture
-def clean(gateway: Gateway) -> Iterator[Gateway]:
+def clean(two_core_gateway: Gateway) -> Iterator[Gateway]:
     try:
-        yield gateway
+        yield two_core_gateway
     finally:
-        gateway.remove_every_pod()
+        two_core_gateway.remove_every_pod()
 
 
 def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -92,9 +91,11 @@ def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def _partitioned_pod(gateway: Gateway, name: str, resource: str = RPROC0, talk: str = TALK) -> Pod:
-    pod = gateway.run_firmware_pod(name, "echo", gateway.allocate(resource))
-    gateway.start_container(
+def _partitioned_pod(
+    two_core_gateway: Gateway, name: str, resource: str = RPROC0, talk: str = TALK
+) -> Pod:
+    pod = two_core_gateway.run_firmware_pod(name, "echo", two_core_gateway.allocate(resource))
+    two_core_gateway.start_container(
         pod,
         "shell",
         BUSYBOX_IMAGE,
@@ -104,8 +105,8 @@ def _partitioned_pod(gateway: Gateway, name: str, resource: str = RPROC0, talk: 
     return pod
 
 
-def _pod_marks(gateway: Gateway) -> list[str]:
-    marks = gateway.paths.firmware_records / PODS_DIRECTORY
+def _pod_marks(two_core_gateway: Gateway) -> list[str]:
+    marks = two_core_gateway.paths.firmware_records / PODS_DIRECTORY
     return sorted(os.listdir(marks)) if marks.is_dir() else []
 
 

@@ -144,6 +144,20 @@ def test_firmware_pod_runs_on_the_core_and_its_console_reaches_the_cri_log(
     assert gateway.qemu_pids() == []
 
 
+def test_each_container_has_its_own_pid_namespace_as_the_kubelet_gives_it(
+    clean_gateway: Gateway,
+) -> None:
+    # Without shareProcessNamespace the kubelet asks for a PID namespace per container: its
+    # first process is PID 1 (which, e.g., drops a data channel's hang-up SIGHUP).
+    gateway = clean_gateway
+    pod = gateway.run_pod("pid-ns")
+    gateway.start_container(
+        pod, "main", BUSYBOX_IMAGE, command=["sh", "-c", "echo pid $$; exec sleep 600"]
+    )
+    _wait_for(lambda: "pid 1" in gateway.container_log(pod, "main"), 20, "the container's PID")
+    gateway.remove_pod(pod)
+
+
 def test_firmware_pod_naming_this_board_runs_its_sandbox_and_sidecar_under_runc(
     clean_gateway: Gateway,
 ) -> None:

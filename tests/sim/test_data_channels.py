@@ -24,7 +24,7 @@ from tests.sim.conftest import (
     write_attr,
 )
 
-pytestmark = pytest.mark.usefixtures("stop_cores")
+pytestmark = [pytest.mark.fuse, pytest.mark.qemu, pytest.mark.usefixtures("stop_cores")]
 
 DATA_DEVICE = "virtio{index}.rpmsg-tty.-1.1025"
 
