@@ -4,13 +4,14 @@ Pass-through: create/start/state/kill/delete of a busybox container, each comman
 the shipped zipapp (built by scripts/build_zipapps.py) executed through its own shebang with a
 Debian host's PATH, so `env` finds the distribution's python3 as containerd's shim would (this
 machine's interactive PATH would find a pyenv shim, a shell script that alone costs ~100 ms), and
-through runc directly; the difference is our routing overhead (target < 10 ms median), most of
-which is the interpreter's own start (the floor row): the zipapp's launcher execs runc before
-it imports anything or opens the archive. The same commands through the bundle's executable
+through runc directly; the difference is our routing overhead (goal: the interpreter's own
+start, the floor row, plus 3 ms): the zipapp's launcher execs runc before it imports anything
+or opens the archive. The same commands through the bundle's executable
 (scripts/build_bundle.py: its own interpreter, built with the run's directory as its prefix,
 a node's being /opt/smarter-edge) are the rows marked "bundle", beside its own floor.
 Firmware: create -> running (create + start) and kill -> supervisor exited, on the simulated
-gateway's Cortex-M4.
+gateway's Cortex-M4, with the simulator's own `stop` (what a board's kernel does in its place)
+timed apart.
 """
 
 from __future__ import annotations
@@ -31,13 +32,21 @@ from pathlib import Path
 
 from bench.report import Measurement, Summary
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from testbed.simulator import Simulator
+
 SUITE = "runtime"
 RUNC = "/usr/sbin/runc"
 HOST_PYTHON = "/usr/bin/python3"
 HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 REPO = Path(__file__).resolve().parent.parent
 PASS_ROUNDS = 15
-TARGET_OVERHEAD_MS = 10.0
+# Issue 16: a pass-through call may cost the interpreter's start (the floor) and 3 ms more.
+TARGET_BEYOND_FLOOR_MS = 3.0
+# Issue 16: kill -> stopped on the simulated gateway, and create -> running as it was then.
+TARGET_KILL_TO_STOPPED_MS = 100.0
+BEFORE_CREATE_TO_RUNNING_MS = 231.0
 FIRMWARE_ROUNDS = 5
 COMMANDS = ("create", "start", "state", "kill", "delete")
 _PR_SET_CHILD_SUBREAPER = 36
@@ -171,7 +180,8 @@ def _pass_through(workdir: Path, ours: Path, shipped: Path | None) -> list[Measu
             ours_median = Summary.of(samples[(label, command)]).median
             runc_median = Summary.of(samples[("runc", command)]).median
             overhead = ours_median - runc_median
-            verdict = "met" if overhead < TARGET_OVERHEAD_MS else "NOT MET"
+            limit = floor_median + TARGET_BEYOND_FLOOR_MS
+            verdict = "met" if overhead <= limit else "NOT MET"
             results.append(
                 Measurement(
                     SUITE,
@@ -181,7 +191,7 @@ def _pass_through(workdir: Path, ours: Path, shipped: Path | None) -> list[Measu
                     reference=runc_median,
                     target=(
                         f"overhead {overhead:+.1f} ms ({overhead - floor_median:+.1f} beyond the"
-                        f" floor), target < {TARGET_OVERHEAD_MS:g} ms: {verdict}"
+                        f" floor), goal <= floor + {TARGET_BEYOND_FLOOR_MS:g} ms: {verdict}"
                     ),
                 )
             )
@@ -278,11 +288,71 @@ def _firmware(workdir: Path, ours: Path) -> list[Measurement]:
                 if pid:
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
+        simulator_stops = _simulator_stops(simulator, elf)
+    running = Summary.of(to_running).median
+    stopped = Summary.of(to_stopped).median
+    simulator_share = Summary.of(simulator_stops).median
     return [
         Measurement(
-            SUITE, "firmware create -> running (median)", Summary.of(to_running).median, "ms"
+            SUITE,
+            f"firmware create -> running (median of {len(to_running)})",
+            running,
+            "ms",
+            target=_goal(running, BEFORE_CREATE_TO_RUNNING_MS, "today's"),
         ),
         Measurement(
-            SUITE, "firmware kill -> stopped (median)", Summary.of(to_stopped).median, "ms"
+            SUITE,
+            f"firmware kill -> stopped, simulated gateway (median of {len(to_stopped)})",
+            stopped,
+            "ms",
+            target=_goal(stopped, TARGET_KILL_TO_STOPPED_MS),
+        ),
+        Measurement(
+            SUITE,
+            f"  of which the simulator's own stop (median of {len(simulator_stops)})",
+            simulator_share,
+            "ms",
+        ),
+        Measurement(
+            SUITE,
+            "  kill -> stopped without it (what a board adds its kernel's stop to)",
+            stopped - simulator_share,
+            "ms",
         ),
     ]
+
+
+def _goal(value: float, limit: float, what: str = "") -> str:
+    """The target column: the goal and whether this run met it."""
+    verdict = "met" if value <= limit else "NOT MET"
+    return f"goal <= {what + ' ' if what else ''}{limit:g} ms: {verdict}"
+
+
+def _simulator_stops(simulator: Simulator, elf: Path) -> list[float]:
+    """How long the simulator's `stop` write takes on a core running `elf`: the share of
+    kill -> stopped that a board's kernel does in its place."""
+    from smarter_common.remoteproc import core_by_id
+
+    core = core_by_id(simulator.host, "remoteproc0")
+    assert core is not None
+    shutil.copy2(elf, simulator.host.lib_firmware / "bench-stop.elf")
+    samples = []
+    for _ in range(FIRMWARE_ROUNDS):
+        _write_attribute(core.sysfs / "firmware", "bench-stop.elf")
+        _write_attribute(core.sysfs / "state", "start")
+        # QEMU up and the fault watcher past its first sample, as in a running container.
+        time.sleep(0.3)
+        started = time.perf_counter()
+        _write_attribute(core.sysfs / "state", "stop")
+        samples.append((time.perf_counter() - started) * 1000)
+    (simulator.host.lib_firmware / "bench-stop.elf").unlink()
+    return samples
+
+
+def _write_attribute(path: Path, text: str) -> None:
+    """One write(2), as the kernel's sysfs attributes take them."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
