@@ -206,7 +206,7 @@ class DataChannel:
             os.close(fd)
         self._remove_fifos()
         if index is not None:
-            self._log.info("data channel withdrawn", tty=f"{TTY_PREFIX}{index}")
+            self._log.info("data_channel_withdrawn", tty=f"{TTY_PREFIX}{index}")
 
     def _remove_fifos(self) -> None:
         for fifo in self._fifos:
@@ -219,7 +219,7 @@ class DataChannel:
             self._index = index
             self._publisher.publish_sysfs(self.device, index)
             self._tty = Console(self._publisher.dev_link(index))
-        self._log.info("data channel announced", tty=f"{TTY_PREFIX}{index}")
+        self._log.info("data_channel_announced", tty=f"{TTY_PREFIX}{index}")
         return self._tty
 
     def _relay(self) -> None:

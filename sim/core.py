@@ -141,7 +141,7 @@ class SimCore:
             if not name:
                 raise SysfsWriteError(FIRMWARE_EMPTY, "empty firmware name")
             self._firmware = name
-        self._log.info("firmware set", firmware=name)
+        self._log.info("firmware_set", firmware=name)
 
     def write_state(self, value: str) -> None:
         command = value[:-1] if value.endswith("\n") else value
@@ -163,7 +163,7 @@ class SimCore:
             self.recover()
         else:
             raise SysfsWriteError(RECOVERY_REJECTED, f"unrecognised option {command!r}")
-        self._log.info("recovery set", recovery=command)
+        self._log.info("recovery_set", recovery=command)
 
     def recover(self) -> None:
         """What `rproc_trigger_recovery` does: a crashed core boots its firmware again."""
@@ -175,16 +175,16 @@ class SimCore:
                 self._boot()
             except (SysfsWriteError, QemuStartError) as error:
                 # The kernel writes no errno back for a failed recovery; the core stays offline.
-                self._log.warning("recovery failed", error=str(error))
+                self._log.warning("recovery_failed", error=str(error))
                 return
-        self._log.info("core recovered", firmware=self._firmware)
+        self._log.info("core_recovered", firmware=self._firmware)
 
     def start(self) -> None:
         with self._lock:
             if self._state != STATE_OFFLINE:
                 raise SysfsWriteError(START_WHILE_BUSY, f"core is {self._state}")
             self._boot()
-        self._log.info("core started", firmware=self._firmware, qemu_pid=self.qemu_pid)
+        self._log.info("core_started", firmware=self._firmware, qemu_pid=self.qemu_pid)
 
     def _boot(self) -> None:
         """Load the firmware named in `firmware` and run it (the caller holds the lock)."""
@@ -192,7 +192,7 @@ class SimCore:
         try:
             check_fits(read_elf_facts(source), self.core_type.cpu)
         except FirmwareError as error:
-            self._log.warning("firmware refused", firmware=str(source), error=str(error))
+            self._log.warning("firmware_refused", firmware=str(source), error=str(error))
             raise SysfsWriteError(STATE_REJECTED, str(error)) from error
         # The kernel loads the image into the core's memory at start; a private copy keeps
         # later changes to the file from reaching the running core.
@@ -203,7 +203,7 @@ class SimCore:
         try:
             self._run = self._runner(lambda: self._spawn(image))
         except (OSError, SmarterError) as error:
-            self._log.error("qemu failed to start", error=str(error))
+            self._log.error("qemu_start_failed", error=str(error))
             raise QemuStartError(f"cannot start QEMU: {error}") from error
         self._state = STATE_RUNNING
 
@@ -233,7 +233,7 @@ class SimCore:
             if self._state == STATE_RUNNING:
                 self._state = STATE_CRASHED
             recover = self._recovery_enabled and self._state == STATE_CRASHED
-        self._log.warning("core crashed", reason=reason)
+        self._log.warning("core_crashed", reason=reason)
         if recover:
             # The kernel recovers from a work queue, not from the code that noticed the crash.
             threading.Thread(target=self.recover, name="recovery", daemon=True).start()
@@ -246,7 +246,7 @@ class SimCore:
             self._state = STATE_OFFLINE
         if run is not None:
             run.stop()
-        self._log.info("core stopped")
+        self._log.info("core_stopped")
 
     def shutdown(self) -> None:
         """Stop the core whatever its state (the simulator is going away)."""

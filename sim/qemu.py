@@ -131,7 +131,7 @@ class QemuRun:
             start_new_session=True,
         )
         self.pid = self.process.pid
-        self._log.info("qemu started", pid=self.pid, machine=core.machine, firmware=str(firmware))
+        self._log.info("qemu_started", pid=self.pid, machine=core.machine, firmware=str(firmware))
         self._relay = threading.Thread(target=self._relay_output, name=f"uart-{core_id}")
         self._errors = threading.Thread(target=self._log_errors, name=f"qemu-err-{core_id}")
         self._watcher = threading.Thread(target=self._watch_faults, name=f"qmp-{core_id}")
@@ -156,7 +156,7 @@ class QemuRun:
                 break
             tail = (tail + chunk)[-len(FAULT_MARKER) :]
         if reason == "fault":
-            self._log.warning("firmware fault", pid=self.pid)
+            self._log.warning("firmware_fault", pid=self.pid)
             self.process.kill()
         code = self.process.wait()
         self.process.stdout.close()
@@ -167,7 +167,7 @@ class QemuRun:
         if self._stuck_in is not None:
             reason = "fault"
         if reason == "exited" and not self._stopping:
-            self._log.warning("qemu exited", pid=self.pid, code=code)
+            self._log.warning("qemu_exited", pid=self.pid, code=code)
         self._on_end(self, "stopped" if self._stopping else reason)
 
     def _log_errors(self) -> None:
@@ -179,9 +179,9 @@ class QemuRun:
             # QEMU's own messages start with its name; what follows a fatal one is a register
             # dump, worth keeping only when debugging.
             if line.startswith("qemu"):
-                self._log.warning("qemu says", pid=self.pid, line=line)
+                self._log.warning("qemu_says", pid=self.pid, line=line)
             else:
-                self._log.debug("qemu says", pid=self.pid, line=line)
+                self._log.debug("qemu_says", pid=self.pid, line=line)
         self.process.stderr.close()
 
     def _watch_faults(self) -> None:
@@ -198,7 +198,7 @@ class QemuRun:
                     if fault and in_fault >= FAULT_SAMPLES:
                         self._stuck_in = fault
                         self._log.warning(
-                            "firmware stuck in fault handler", pid=self.pid, fault=fault
+                            "firmware_stuck_in_fault_handler", pid=self.pid, fault=fault
                         )
                         self.process.kill()
                         return

@@ -147,7 +147,7 @@ def down(root: Path, timeout: float = 30.0) -> bool:
     pid = _running_pid(host)
     if pid is None:
         for point in mounts_under(host.remoteproc_class):
-            get_logger("smarter-sim").warning("unmounting a stale mount", path=str(point))
+            get_logger("smarter-sim").warning("stale_mount_unmounted", path=str(point))
             unmount(point)
         for name in ("ready", "pid"):
             (run_dir(host) / name).unlink(missing_ok=True)
@@ -332,7 +332,7 @@ class _FuseThread:
             try:
                 unmount(self.mount_point)
             except OSError as error:
-                log.error("cannot unmount", path=str(self.mount_point), error=str(error))
+                log.error("unmount_failed", path=str(self.mount_point), error=str(error))
         self._thread.join(timeout=deadline.remaining())
         if self._thread.is_alive():
-            log.error("fuse loop did not end", path=str(self.mount_point))
+            log.error("fuse_loop_did_not_end", path=str(self.mount_point))

@@ -12,30 +12,6 @@ METHODS = frozenset({"debug", "info", "warning", "error", "exception", "critical
 EVENT = re.compile(r"^[a-z][a-z0-9_]*$")
 # The runtime's error entries are runc's `msg`: the runc shim shows it to the user as it is.
 RUNC_MESSAGES = frozenset({("runtime_handler/supervisor.py", "error")})
-# Free-text names still pinned by tests of other areas; this list only shrinks.
-PENDING = frozenset(
-    {
-        ("sim/channels.py", "data channel announced"),
-        ("sim/channels.py", "data channel withdrawn"),
-        ("sim/core.py", "firmware set"),
-        ("sim/core.py", "recovery set"),
-        ("sim/core.py", "core recovered"),
-        ("sim/core.py", "core started"),
-        ("sim/core.py", "core crashed"),
-        ("sim/core.py", "core stopped"),
-        ("sim/core.py", "firmware refused"),
-        ("sim/core.py", "qemu failed to start"),
-        ("sim/core.py", "recovery failed"),
-        ("sim/qemu.py", "qemu started"),
-        ("sim/qemu.py", "firmware fault"),
-        ("sim/qemu.py", "qemu exited"),
-        ("sim/qemu.py", "qemu says"),
-        ("sim/qemu.py", "firmware stuck in fault handler"),
-        ("sim/server.py", "unmounting a stale mount"),
-        ("sim/server.py", "fuse loop did not end"),
-        ("sim/server.py", "cannot unmount"),
-    }
-)
 
 
 def _events(node: ast.expr) -> list[str] | None:
@@ -78,6 +54,6 @@ def test_every_event_name_is_snake_case() -> None:
                 wrong += [
                     f"{where}:{call.lineno}: {event!r}"
                     for event in events
-                    if not EVENT.match(event) and (where, event) not in PENDING
+                    if not EVENT.match(event)
                 ]
     assert wrong == []
