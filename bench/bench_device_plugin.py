@@ -1,5 +1,7 @@
 """smarter-device-manager: hotplug-to-ListAndWatch latency, Allocate latency, start-up with 200
-matching device nodes, and the daemon's resident memory, against the kubelet stand-in.
+matching device nodes, and the daemon's memory (RSS and PSS) beside its import floor, on a typical
+gateway and with 200 resources, and over 10,000 Allocate calls and 1,000 hotplug events, against
+the kubelet stand-in.
 
 Run: python -m bench device_plugin   (the daemon gets the env the DaemonSet gives it)
 """
@@ -17,12 +19,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.memory import Memory, import_floor, imported_modules, memory_of
 from bench.report import Measurement, Summary
 
 SUITE = "device-manager"
 NODES = 200
 HOTPLUG_EVENTS = 30
 ALLOCATIONS = 300
+# Issue 16's no-growth runs, and its memory goal: a typical gateway within 4 MB of the floor.
+GROWTH_ALLOCATIONS = 10_000
+GROWTH_HOTPLUG_EVENTS = 1_000
+GROWTH_LIMIT_MB = 1.0
+ABOVE_FLOOR_MB = 4.0
 RULES = """\
 - devicematch: ^ttyUSB[0-9]+$
   nummaxdevices: 1
@@ -60,10 +68,18 @@ def _deployed_env() -> dict[str, str]:
     return env
 
 
-def _daemon(root: Path, rules: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        _command(root, rules), cwd=REPO, env=_deployed_env(), stderr=subprocess.DEVNULL
-    )
+def _daemon(root: Path, rules: Path, importtime: Path | None = None) -> subprocess.Popen[bytes]:
+    """The daemon; with `importtime`, its `-X importtime` report (and its log) go there."""
+    command = _command(root, rules)
+    if importtime is None:
+        return subprocess.Popen(command, cwd=REPO, env=_deployed_env(), stderr=subprocess.DEVNULL)
+    with importtime.open("wb") as report:
+        return subprocess.Popen(
+            [command[0], "-X", "importtime", *command[1:]],
+            cwd=REPO,
+            env=_deployed_env(),
+            stderr=report,
+        )
 
 
 def _target(value: float, limit: float, unit: str) -> str:
@@ -124,8 +140,9 @@ TYPICAL_GATEWAY = {
 PRODUCTION_RULES = REPO / "deploy" / "device-manager" / "rules-configmap.yaml"
 
 
-def _typical_rss(root: Path, kubelet_module: Any) -> tuple[int, float]:
-    """Resources and RSS of the daemon on a typical gateway with the default rules."""
+def _typical(root: Path, kubelet_module: Any) -> tuple[int, Memory, Memory]:
+    """Resources and memory of the daemon on a typical gateway with the default rules, and
+    the import floor of what it imported."""
     import yaml
 
     rules = root / "etc/conf.yaml"
@@ -134,7 +151,8 @@ def _typical_rss(root: Path, kubelet_module: Any) -> tuple[int, float]:
     for name, (major, minor) in TYPICAL_GATEWAY.items():
         _mknod(root / "dev" / name, major, minor)
     stand_in = kubelet_module.start(_plugin_dir(root))
-    process = _daemon(root, rules)
+    report = root / "importtime.txt"
+    process = _daemon(root, rules, report)
     try:
         wanted = {"smarter-devices/ttyUSB0", "smarter-devices/snd", "smarter-devices/rtc0"}
         stand_in.wait_registered(wanted, timeout=60)
@@ -142,11 +160,58 @@ def _typical_rss(root: Path, kubelet_module: Any) -> tuple[int, float]:
         registered = set(stand_in.registered())
         for resource in registered:
             stand_in.wait_devices(resource, lambda devices: bool(devices), timeout=30)
-        return len(registered), _rss_mb(process.pid)
+        memory = memory_of(process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=10)
         stand_in.stop()
+    modules = imported_modules(report.read_text(errors="replace"))
+    return len(registered), memory, import_floor(modules, cwd=REPO, env=_deployed_env())
+
+
+def _memory_rows(
+    typical_count: int, typical: Memory, floor: Memory, registered: Memory, resources: int
+) -> list[Measurement]:
+    rows = []
+    for kind in ("rss", "pss"):
+        name = kind.upper()
+        floor_mb = getattr(floor, f"{kind}_mb")
+        typical_mb = getattr(typical, f"{kind}_mb")
+        limit = floor_mb + ABOVE_FLOOR_MB
+        verdict = "met" if typical_mb <= limit else "NOT MET"
+        rows += [
+            Measurement(SUITE, f"{name} import floor (the daemon's imports, nothing run)",
+                        floor_mb, "MB"),
+            Measurement(
+                SUITE,
+                f"{name} on a typical gateway, default rules ({typical_count} resources)",
+                typical_mb,
+                "MB",
+                reference=floor_mb,
+                target=f"goal <= floor + {ABOVE_FLOOR_MB:g} MB ({typical_mb - floor_mb:+.1f}):"
+                f" {verdict}",
+            ),
+            Measurement(SUITE, f"{name} with {resources} resources",
+                        getattr(registered, f"{kind}_mb"), "MB", reference=floor_mb),
+        ]  # fmt: skip
+    return rows
+
+
+def _growth_rows(what: str, before: Memory, after: Memory) -> list[Measurement]:
+    rows = []
+    for kind in ("rss", "pss"):
+        growth = getattr(after, f"{kind}_mb") - getattr(before, f"{kind}_mb")
+        verdict = "met" if growth <= GROWTH_LIMIT_MB else "NOT MET"
+        rows.append(
+            Measurement(
+                SUITE,
+                f"{kind.upper()} growth over {what}",
+                growth,
+                "MB",
+                target=f"goal no growth (<= {GROWTH_LIMIT_MB:g} MB): {verdict}",
+            )
+        )
+    return rows
 
 
 def run() -> list[Measurement]:
@@ -165,7 +230,7 @@ def run() -> list[Measurement]:
             _mknod(dev / f"ttyUSB{index}", 188, index)
         _mknod(dev / "snd/controlC0", 116, 0)
         idle_rss = _idle_rss_mb(root / "idle")
-        typical_count, typical_rss = _typical_rss(root / "typical", kubelet_module)
+        typical_count, typical, floor = _typical(root / "typical", kubelet_module)
         stand_in = kubelet_module.start(_plugin_dir(root))
         wanted = {f"smarter-devices/ttyUSB{i}" for i in range(NODES - 1)} | {"smarter-devices/snd"}
 
@@ -176,7 +241,8 @@ def run() -> list[Measurement]:
         for resource in wanted:
             stand_in.wait_devices(resource, lambda devices: bool(devices), timeout=30)
         time.sleep(0.5)  # let start-up garbage settle before reading memory
-        rss = _rss_mb(process.pid)
+        registered = memory_of(process.pid)
+        rss = registered.rss_mb
 
         # Health changes of an existing resource: the node vanishes, then returns.
         updates = stand_in.updates("smarter-devices/ttyUSB0")
@@ -211,6 +277,20 @@ def run() -> list[Measurement]:
             connection.allocate(["snd-0"])
             allocations.append((time.perf_counter() - begin) * 1000)
         rss_after = _rss_mb(process.pid)
+        before_allocations = memory_of(process.pid)
+        for _ in range(GROWTH_ALLOCATIONS):
+            connection.allocate(["snd-0"])
+        time.sleep(0.5)
+        after_allocations = memory_of(process.pid)
+        for _ in range(GROWTH_HOTPLUG_EVENTS):
+            node = dev / "ttyUSB0"
+            if node.exists():
+                node.unlink()
+            else:
+                _mknod(node, 188, 0)
+            updates.get(timeout=10)
+        time.sleep(0.5)
+        after_hotplug = memory_of(process.pid)
 
         everything = set(stand_in.registered())
         begin = time.perf_counter()
@@ -271,13 +351,13 @@ def run() -> list[Measurement]:
                 reregistered_s * 1000,
                 "ms",
             ),
-            Measurement(SUITE, "RSS serving no resource (the import floor)", idle_rss, "MB"),
-            Measurement(
-                SUITE,
-                f"RSS on a typical gateway, default rules ({typical_count} resources)",
-                typical_rss,
-                "MB",
-                target=_target(typical_rss, RSS_TARGET_MB, "MB"),
+            Measurement(SUITE, "RSS serving no resource", idle_rss, "MB"),
+            *_memory_rows(typical_count, typical, floor, registered, len(wanted)),
+            *_growth_rows(
+                f"{GROWTH_ALLOCATIONS} Allocate calls", before_allocations, after_allocations
+            ),
+            *_growth_rows(
+                f"{GROWTH_HOTPLUG_EVENTS} hotplug events", after_allocations, after_hotplug
             ),
         ]
     finally:
