@@ -175,20 +175,24 @@ def traced_stdlib(interpreter: Interpreter, zipapps: list[Path]) -> dict[str, Pa
     """Standard module name -> its file, for what the programs' modules load."""
     ours = sorted(_our_modules())
     named = sorted(_stdlib_names_imported_by_our_packages())
+    # Our packages import some of their dependencies' modules only inside functions (pyelftools
+    # when a firmware ELF is read): imported here, what they import unguarded is shipped too.
+    dependencies = sorted(_dependency_names_imported_by_our_packages())
     command = [
         str(interpreter.executable),
         "-I",
         "-S",
         "-c",
         _TRACE,
-        ",".join([*ours, *named, *ALWAYS]),
+        ",".join([*ours, *dependencies, *named, *ALWAYS]),
         *map(str, zipapps),
     ]
     result = subprocess.run(command, capture_output=True, text=True, cwd="/", timeout=120)
     if result.returncode != 0:
         raise BuildError(f"tracing the programs' imports failed: {result.stderr.strip()}")
     loaded, failed = ast.literal_eval(result.stdout)
-    missing = [f"{name}: {why}" for name, why in failed if name in named or name in ALWAYS]
+    needed = {*named, *dependencies, *ALWAYS}
+    missing = [f"{name}: {why}" for name, why in failed if name in needed]
     if missing:
         raise BuildError(f"standard modules the programs use are missing: {missing}")
     return _stdlib_files(loaded, interpreter)
@@ -203,6 +207,17 @@ def _our_modules() -> Iterator[str]:
             if parts[-1] == "__main__" or name in CONTAINER_ONLY:
                 continue
             yield name
+
+
+def _dependency_names_imported_by_our_packages() -> set[str]:
+    """The modules of SCANNED_DISTRIBUTIONS that our packages import anywhere."""
+    names: set[str] = set()
+    for package in {p for program in PROGRAMS for p in program.packages}:
+        for path in (REPO / package).rglob("*.py"):
+            if ".".join(path.relative_to(REPO).with_suffix("").parts) in CONTAINER_ONLY:
+                continue
+            names |= _imported_names(ast.parse(path.read_text()))
+    return {n for n in names if n.split(".", 1)[0] in SCANNED_DISTRIBUTIONS}
 
 
 def _stdlib_names_imported_by_our_packages() -> set[str]:

@@ -2,8 +2,8 @@
 
 Every command runs in a private mount namespace of its own where each python3 of this machine is
 hidden (an empty file over each interpreter, an empty tmpfs over each installation and venv) and
-the bundle is at /opt/smarter-edge, the path a node has: what is built is exactly what a node
-runs, with the default prefix.
+the bundle is at /opt/smarter-edge, the path a node has (testbed.hidden_python): what is built is
+exactly what a node runs, with the default prefix.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -19,46 +18,12 @@ from pathlib import Path
 import pytest
 
 from smarter_common import __version__
+from testbed.hidden_python import without_python
 from tests.cni import harness
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "/opt/smarter-edge"
 PROGRAMS = ("smarter-cni", "smarter-hybrid-runtime")
-
-
-def _pythons() -> tuple[list[str], list[str]]:
-    """(interpreter files, installation directories) of every python3 on this machine."""
-    files = sorted(
-        {
-            path
-            for pattern in ("/usr/bin/python3*", "/usr/local/bin/python3*", "/bin/python3*")
-            for path in glob.glob(pattern)
-            if os.path.isfile(path) and not os.path.islink(path)
-        }
-    )
-    directories = [
-        *glob.glob("/usr/lib/python3*"),
-        *glob.glob("/usr/local/lib/python3*"),
-        sys.base_prefix,
-        sys.prefix,
-        str(REPO / ".venv"),
-        os.path.expanduser("~/.pyenv"),
-    ]
-    found = sorted({os.path.realpath(d) for d in directories if os.path.isdir(d)} - {"/usr"})
-    # An empty tmpfs over a directory hides what is inside it too.
-    outermost = [d for d in found if not any(Path(d).is_relative_to(o) for o in found if o != d)]
-    return files, outermost
-
-
-def without_python(bundle: Path, *command: str) -> list[str]:
-    """`command` in a private mount namespace: no python3 anywhere, the bundle at PREFIX."""
-    files, directories = _pythons()
-    steps = ["mount -t tmpfs -o mode=0755 none /opt", f"mkdir {PREFIX}"]
-    steps.append(f"mount --bind -o ro {shlex.quote(str(bundle))} {PREFIX}")
-    steps += [f"mount --bind /dev/null {shlex.quote(f)}" for f in files]
-    steps += [f"mount -t tmpfs -o ro none {shlex.quote(d)}" for d in directories]
-    script = " && ".join([*steps, 'exec "$@"'])
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-ec", script, "sh", *command]
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +118,19 @@ def test_runtime_passes_runc_calls_through_with_no_python_on_the_host(
                   *argv)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == " ".join(argv) + "\n"
+
+
+def test_runtime_reads_an_elf_with_no_python_on_the_host(bundle: Path) -> None:
+    # pyelftools is imported only when the runtime reads an entrypoint, and imports pdb then.
+    read = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        " from smarter_common.firmware_elf import read_elf_facts;"
+        " print(read_elf_facts(__import__('pathlib').Path(sys.argv[2])).machine)"
+    )
+    result = _run(bundle, f"{PREFIX}/bin/python3", "-IS", "-c", read,
+                  f"{PREFIX}/smarter-hybrid-runtime", f"{PREFIX}/bin/python3")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
 
 
 def test_bundled_interpreter_has_libpython_built_in(bundle: Path) -> None:
