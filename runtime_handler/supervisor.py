@@ -48,7 +48,9 @@ from smarter_common.remoteproc_control import (
 
 EXIT_FAILED = 1
 _POLL_SECONDS = 0.05
-_CONSOLE_QUIET_SECONDS = 0.2
+# Once the core is stopped nothing new is printed: what is left is what the console holds
+# unread and what is still on its way through the tty layer, which a short quiet period covers.
+_CONSOLE_QUIET_SECONDS = 0.02
 _CONSOLE_DRAIN_LIMIT = 1.0
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -316,17 +318,34 @@ class _ConsoleCopy:
         if self._thread is None:
             return
         limit = Deadline(_CONSOLE_DRAIN_LIMIT)
+        # The quiet period counts from the drain's start too: a chunk the copy has just read
+        # but not yet emitted is given that long to come through.
+        began = time.monotonic()
         while not limit.expired():
             with self._lock:
-                quiet = time.monotonic() - self._last_data
-            if quiet >= _CONSOLE_QUIET_SECONDS:
+                quiet = time.monotonic() - max(self._last_data, began)
+            if quiet >= _CONSOLE_QUIET_SECONDS and self._unread() == 0:
                 break
-            time.sleep(0.02)
+            time.sleep(0.005)
         with self._lock:
             rest, self._partial = self._partial, b""
             if rest:
                 self._emit(rest.rstrip(b"\r") + b"\n")
             self._thread = None
+
+    def _unread(self) -> int:
+        """Bytes the console holds that the copy has not read yet (0 when it cannot say)."""
+        if self._fd is None:
+            return 0
+        import fcntl
+        import termios
+
+        buffer = bytearray(4)
+        try:
+            fcntl.ioctl(self._fd, termios.FIONREAD, buffer)
+        except OSError:
+            return 0
+        return int.from_bytes(buffer, sys.byteorder)
 
     def _copy(self) -> None:
         assert self._fd is not None
