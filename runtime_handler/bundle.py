@@ -7,33 +7,27 @@ container is firmware, and most are not.
 from __future__ import annotations
 
 import os
-import posixpath
 
 from runtime_handler.errors import RuntimeCallError
 
-# Not `from typing import ...` at run time: the create path of every container pays for imports.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import BinaryIO, Literal
+# The launcher's own look at a bundle (it decides the create of a plain Linux container before
+# this module is imported) is the one implementation: re-exported here for the runtime's use.
+from runtime_handler.route import ANNOTATION_CONTAINER_TYPE as ANNOTATION_CONTAINER_TYPE
+from runtime_handler.route import ANNOTATION_SANDBOX_ID as ANNOTATION_SANDBOX_ID
+from runtime_handler.route import DEFAULT_PATH, scan_json
+from runtime_handler.route import ELF_MAGIC as ELF_MAGIC
+from runtime_handler.route import FIRMWARE_SUFFIX as FIRMWARE_SUFFIX
+from runtime_handler.route import entrypoint_path as _entrypoint_path
+from runtime_handler.route import peek_elf as peek_elf
+from runtime_handler.route import resolve_in_rootfs as resolve_in_rootfs
 
-ANNOTATION_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 ANNOTATION_IMAGE_NAME = "io.kubernetes.cri.image-name"
-ANNOTATION_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 # Where a required board can be named. Image labels do not reach the bundle; containerd copies
 # pod annotations listed in its runtime's `pod_annotations` into config.json.
 BOARD_ANNOTATIONS = ("smarter-edge.io/board", "board")
-FIRMWARE_SUFFIX = ".elf"
-# smarter_common.remoteproc.ENV_RPROC and smarter_common.firmware_elf.ELF_MAGIC, restated: every
-# create reads the bundle, and those modules cost imports; tests/test_restated_constants.py.
+# smarter_common.remoteproc.ENV_RPROC, restated: every create reads the bundle, and that
+# module costs imports; tests/test_restated_constants.py.
 RPROC_ENV = "SMARTER_RPROC"
-ELF_MAGIC = b"\x7fELF"
-_ELFCLASS32 = 1
-_EM_ARM = 40
-_ET_DYN = 3
-_PT_INTERP = 3
-_ELF32_HEADER = 52
-_MAX_PROGRAM_HEADERS = 256
-_MAX_SYMLINKS = 40
 
 
 class Bundle:
@@ -115,14 +109,7 @@ class Bundle:
         entry = self.entrypoint
         if not entry:
             return None
-        if "/" in entry:
-            found = resolve_in_rootfs(self.rootfs, posixpath.join(self.cwd, entry))
-            return found if found and os.path.isfile(found) else None
-        for directory in self.env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":"):
-            found = resolve_in_rootfs(self.rootfs, posixpath.join("/", directory, entry))
-            if found and os.path.isfile(found):
-                return found
-        return None
+        return _entrypoint_path(self.rootfs, self.cwd, entry, self.env.get("PATH", DEFAULT_PATH))
 
 
 def load(bundle_dir: str) -> Bundle:
@@ -146,115 +133,16 @@ def load(bundle_dir: str) -> Bundle:
     return Bundle(path, config)
 
 
-class _ScanContext:
-    """The settings `_json.make_scanner` reads: those of a plain `json.loads`."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-    parse_constant = float
-
-
 def parse_json(text: str) -> object:
-    """`json.loads(text)` without importing `json`, whose decoder pulls in `re` (~5 ms).
-
-    CPython's C scanner (`_json`) parses the document; anything it does not accept whole is
-    given to `json.loads`, which parses it the same way or raises the usual error.
-    """
-    document = text.strip()
-    try:
-        from _json import make_scanner
-
-        scan = make_scanner(_ScanContext())  # type: ignore[arg-type]
-        value, end = scan(document, 0)
-    except (ImportError, StopIteration, ValueError, SystemError):
-        # SystemError: the C scanner fails so on some malformed input (a trailing comma)
-        # when driven directly; json.loads then says what is wrong.
-        pass
-    else:
-        if end == len(document):
-            return value
+    """`json.loads(text)`, by CPython's C scanner alone when it takes the document whole
+    (`route.scan_json`: no `json`, whose decoder pulls in `re`); else by `json.loads`, which
+    parses it the same way or raises the usual error."""
+    found, value = scan_json(text)
+    if found:
+        return value
     import json
 
     return json.loads(text)
-
-
-def resolve_in_rootfs(rootfs: str, container_path: str) -> str | None:
-    """The host path of `container_path` with symlinks followed as the container would see them.
-
-    Absolute link targets are taken relative to `rootfs`, and `..` never climbs above it.
-    None when a component is missing or links loop.
-    """
-    pending = [part for part in container_path.split("/") if part and part != "."]
-    resolved: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(rootfs, *resolved, part)
-        try:
-            target = os.readlink(candidate)
-        except FileNotFoundError:
-            return None
-        except OSError:
-            # Not a link (EINVAL) or not a directory on the way (ENOTDIR).
-            if not os.path.lexists(candidate):
-                return None
-            resolved.append(part)
-            continue
-        links += 1
-        if links > _MAX_SYMLINKS:
-            return None
-        target_parts = [p for p in target.split("/") if p and p != "."]
-        if target.startswith("/"):
-            resolved = []
-        pending = target_parts + pending
-    return os.path.join(rootfs, *resolved)
-
-
-def peek_elf(path: str) -> tuple[bool, bool]:
-    """(is an ELF, may be firmware) from the ELF header and program headers, without pyelftools.
-
-    Firmware is a 32-bit ARM executable loaded at fixed addresses by remoteproc, with no
-    program interpreter. So a position-independent executable or a dynamically linked one (a
-    Linux program on a 32-bit ARM host, as most of Raspberry Pi OS's are) is not firmware, and
-    only the rest is worth pyelftools (~50 ms to import here, several times that on a Pi).
-    """
-    try:
-        with open(path, "rb") as stream:
-            head = stream.read(_ELF32_HEADER)
-            if head[:4] != ELF_MAGIC:
-                return False, False
-            if len(head) < _ELF32_HEADER or head[4] != _ELFCLASS32:
-                return True, False
-            order: Literal["little", "big"] = "little" if head[5] == 1 else "big"
-            if int.from_bytes(head[18:20], order) != _EM_ARM:
-                return True, False
-            if int.from_bytes(head[16:18], order) == _ET_DYN:
-                return True, False
-            return True, not _has_interpreter(stream, head, order)
-    except OSError:
-        return False, False
-
-
-def _has_interpreter(stream: BinaryIO, head: bytes, order: Literal["little", "big"]) -> bool:
-    """Whether a 32-bit ELF names a program interpreter (a PT_INTERP program header)."""
-    offset = int.from_bytes(head[28:32], order)
-    entry_size = int.from_bytes(head[42:44], order)
-    count = int.from_bytes(head[44:46], order)
-    if not offset or entry_size < 4 or count > _MAX_PROGRAM_HEADERS:
-        return False
-    stream.seek(offset)
-    table = stream.read(entry_size * count)
-    return any(
-        int.from_bytes(table[start : start + 4], order) == _PT_INTERP
-        for start in range(0, len(table) - 3, entry_size)
-    )
 
 
 def _object(parent: dict[str, object], key: str, field: str, go_type: str) -> dict[str, object]:

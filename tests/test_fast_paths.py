@@ -42,14 +42,6 @@ JSON = frozenset(
         "reprlib",
     }
 )  # fmt: skip
-RUNTIME_MAIN = frozenset(
-    {
-        "runtime_handler", "runtime_handler.__main__", "runtime_handler.route",
-        "runtime_handler.runc_cli", "runtime_handler.passthrough", "runtime_handler.settings",
-        "runtime_handler.errors", "smarter_common", "smarter_common.errors",
-    }
-)  # fmt: skip
-BUNDLE_PEEK = frozenset({"runtime_handler.bundle", "runtime_handler.elf_check", "_json"})
 CNI_VERSION = frozenset(
     {"cni", "cni.client", "cni.plugin", "cni.errors", "cni.names", "cni.request"}
     | {"smarter_common", "smarter_common.errors"}
@@ -61,8 +53,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "runtime launcher pass-through": frozenset(),
     # The CNI launcher hands the request to the agent: a unix socket and os, nothing else.
     "cni launcher via the agent": OS | {"_socket"},
-    # create of a Linux container: main() reads the bundle, peeks at the entrypoint, execs runc.
-    "runtime create pass-through": ZIPIMPORT | FUTURE | OS | RUNTIME_MAIN | BUNDLE_PEEK,
+    # create of a Linux container: the launcher reads config.json with CPython's C JSON
+    # scanner, peeks at the entrypoint and execs runc; the archive is never opened.
+    "runtime create pass-through": frozenset({"_json"}),
     # VERSION is answered by the plugin itself, never by pyroute2 or structlog.
     "cni version in-process": ZIPIMPORT | FUTURE | OS | {"_socket"} | JSON | CNI_VERSION,
 }
@@ -209,7 +202,7 @@ def _runtime_create(zipapps: Path, tmp: Path, stack: ExitStack) -> Call:
     runtime = zipapps / "smarter-hybrid-runtime"
     return Call(
         runtime, argv, {"SMARTER_RUNC": "/bin/echo"}, stdout=_echoed(argv),
-        sentinel="runtime_handler.bundle",
+        sentinel="_json",
     )  # fmt: skip
 
 

@@ -1,0 +1,149 @@
+"""The launcher decides the create of a plain Linux container itself, as main() would.
+
+Every container of every pod is created, so the launcher reads config.json and peeks at the
+entrypoint without opening the archive; whatever may be firmware, or is a Linux container of a
+pod holding firmware (it gets the pod's data channels), is left to main().
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime_handler import route
+from runtime_handler.route import PODS_DIRECTORY, STATE_DIRECTORY, is_runcs
+
+from .conftest import BuildElf, MakeBundle
+
+REPO = Path(__file__).resolve().parents[2]
+HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+LINUX_PROGRAM = Path(os.path.realpath("/bin/true"))
+CRI_CONTAINER = {"io.kubernetes.cri.container-type": "container"}
+
+
+def _create(root: Path, bundle: Path, container_id: str = "c1") -> list[str]:
+    return ["--root", str(root), "--log", str(root / "log.json"), "create", "--bundle",
+            str(bundle), container_id]  # fmt: skip
+
+
+def _main_execs_runc(argv: list[str]) -> bool:
+    """Whether runtime_handler.__main__.main(), run as a program, hands `argv` to runc."""
+    result = subprocess.run(
+        [sys.executable, "-I", "-m", "runtime_handler", *argv],
+        capture_output=True,
+        text=True,
+        env={**HOST_ENV, "SMARTER_RUNC": "/bin/echo"},
+        cwd=REPO,
+        check=False,
+    )
+    return result.stdout == " ".join(argv) + "\n"
+
+
+def test_launcher_creates_a_linux_container_itself(tmp_path: Path, make_bundle: MakeBundle) -> None:
+    bundle = make_bundle(["/bin/app"], {"/bin/app": LINUX_PROGRAM}, annotations=CRI_CONTAINER)
+    argv = _create(tmp_path, bundle)
+    assert is_runcs(argv)
+    assert _main_execs_runc(argv)
+
+
+def test_launcher_finds_the_entrypoint_along_path_through_symlinks(
+    tmp_path: Path, make_bundle: MakeBundle
+) -> None:
+    # busybox's applets are symlinks to it; `sh` is found along the container's PATH.
+    bundle = make_bundle(["sh", "-c", "true"], busybox=True)
+    assert is_runcs(_create(tmp_path, bundle))
+    assert route.entrypoint_path(str(bundle / "rootfs"), "/", "sh", "/usr/bin:/bin") == str(
+        bundle / "rootfs/bin/busybox"
+    )
+
+
+def test_launcher_creates_a_sandbox_and_a_container_without_entrypoint_itself(
+    tmp_path: Path, make_bundle: MakeBundle
+) -> None:
+    sandbox = make_bundle(["/pause"], annotations={"io.kubernetes.cri.container-type": "sandbox"})
+    assert is_runcs(_create(tmp_path, sandbox))
+    assert is_runcs(_create(tmp_path, make_bundle(["/missing"])))
+    assert is_runcs(_create(tmp_path, make_bundle([])))
+
+
+def test_unreadable_bundle_goes_to_runc_as_main_sends_it(tmp_path: Path) -> None:
+    argv = _create(tmp_path, tmp_path / "no-bundle")
+    assert is_runcs(argv)
+    assert _main_execs_runc(argv)
+
+
+def test_relative_bundle_is_read_from_the_working_directory(
+    tmp_path: Path, make_bundle: MakeBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = make_bundle(["/bin/app"], {"/bin/app": b"#!/bin/sh\n"})
+    monkeypatch.chdir(bundle.parent)
+    assert is_runcs(["--root", str(tmp_path), "create", "-b", bundle.name, "c1"])
+    # A config.json main() must judge (a trailing comma) shows the launcher read this one.
+    (bundle / "config.json").write_text('{"process": {"args": ["/bin/app"],}}')
+    assert not is_runcs(["--root", str(tmp_path), "create", f"--bundle={bundle.name}", "c1"])
+
+
+def test_firmware_declared_or_looking_like_it_is_left_to_main(
+    tmp_path: Path, make_bundle: MakeBundle, build_elf: BuildElf
+) -> None:
+    declared = make_bundle(["/firmware.elf"], {"/firmware.elf": LINUX_PROGRAM})
+    assert not is_runcs(_create(tmp_path, declared))
+    fixed_address_arm = make_bundle(["/fw"], {"/fw": build_elf("cortex-m4")})
+    assert not is_runcs(_create(tmp_path, fixed_address_arm))
+
+
+def test_linux_container_of_a_pod_holding_firmware_is_left_to_main(
+    tmp_path: Path, make_bundle: MakeBundle
+) -> None:
+    annotations = {**CRI_CONTAINER, "io.kubernetes.cri.sandbox-id": "sb1"}
+    sidecar = make_bundle(["/bin/app"], {"/bin/app": LINUX_PROGRAM}, annotations=annotations)
+    assert is_runcs(_create(tmp_path, sidecar))
+    (tmp_path / STATE_DIRECTORY / PODS_DIRECTORY / "sb1").mkdir(parents=True)
+    assert not is_runcs(_create(tmp_path, sidecar))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "[]",
+        '{"process": ["/bin/app"]}',
+        '{"process": {"args": ["/bin/app", 1]}}',
+        '{"process": {"args": ["/bin/app"], "cwd": 5}}',
+        '{"root": "rootfs", "process": {"args": ["/bin/app"]}}',
+        '{"process": {"args": ["/bin/app"]}} trailing',
+        '{"process": {"args": ["/bin/app"]},}',
+    ],
+)
+def test_config_needing_more_than_a_look_is_left_to_main(tmp_path: Path, config: str) -> None:
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs/bin").mkdir(parents=True)
+    (bundle / "rootfs/bin/app").write_bytes(LINUX_PROGRAM.read_bytes())
+    (bundle / "config.json").write_text(config)
+    assert not is_runcs(_create(tmp_path, bundle))
+
+
+def test_malformed_id_is_left_to_main(tmp_path: Path, make_bundle: MakeBundle) -> None:
+    bundle = make_bundle(["/bin/app"], {"/bin/app": LINUX_PROGRAM})
+    assert not is_runcs(_create(tmp_path, bundle, "../x"))
+    assert not is_runcs(["--root", str(tmp_path), "create", "--bundle", str(bundle)])
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "//", "///", "/a/./b/", "/a/../../b", "//a//b/..", "/a/b/../c/.", "/.."]
+)
+def test_normpath_is_posixpaths(path: str) -> None:
+    assert route.normpath(path) == posixpath.normpath(path)
+
+
+def test_scan_json_takes_only_whole_documents() -> None:
+    assert route.scan_json(' {"a": [1, 2.5, null, true, "\\u00e9"]} ') == (
+        True, json.loads('{"a": [1, 2.5, null, true, "\\u00e9"]}')
+    )  # fmt: skip
+    assert route.scan_json('{"a": 1} {}') == (False, None)
+    assert route.scan_json("") == (False, None)
