@@ -2,26 +2,34 @@
 
 The node starts from a distribution's own containerd config (Debian's packaged one by
 default); then the installers of the CNI and runtime DaemonSets run against the node's
-directory; each exec'd program gets its settings file beside it, as an operator writes it;
-containerd starts with only what an operator also sets (its paths, the sandbox image;
-testbed.node_config). The smarter-cni agent and dnsmasq run as the DaemonSet runs them.
+directory, installing the host-side bundle (scripts/build_bundle.py) at the node's
+/opt/smarter-edge, the plugin and the runtime; each exec'd program gets its settings file beside
+it, as an operator writes it; containerd starts with only what an operator also sets (its paths,
+the sandbox image; testbed.node_config), in a mount namespace where the node's /opt/smarter-edge
+is at /opt/smarter-edge and no python3 of the machine is left (testbed.hidden_python), so what it
+executes runs on the bundle as on a node without python3. The smarter-cni agent and dnsmasq run
+as the DaemonSet runs them, in their image's Python.
 Each step leaves what it started with the caller's `Processes`, so teardown finds it also
 when a later step fails.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from runtime_handler.containerd_config import HANDLER
 from smarter_common import containerd
 from smarter_common.errors import SmarterError
 from smarter_common.hostroot import HOST_ROOT_ENV
+from testbed import hidden_python
 from testbed import images as image_build
 from testbed.containerd import overlay_works
 from testbed.layout import (
@@ -29,6 +37,7 @@ from testbed.layout import (
     PRODUCTION_CONFLIST,
     REFERENCE_PLUGINS,
     REPO,
+    RUNTIME_BINARY,
     RUNTIME_HOST_ROOT_ENV,
     SYSTEM_PATH,
     GatewayConfig,
@@ -36,19 +45,54 @@ from testbed.layout import (
     GatewayPaths,
     settings_file,
 )
-from testbed.node_config import operator_paths
+from testbed.node_config import dumps, operator_paths
 from testbed.processes import Processes, Started, read_lines
 
 
-def build_zipapps(out: Path) -> None:
-    """The host-side zipapps (smarter-cni, smarter-hybrid-runtime), as a release builds them."""
+def build_bundle(out: Path) -> None:
+    """The host-side bundle (smarter-cni, smarter-hybrid-runtime and what they run on) in
+    `out`, as the image builds it, for the default prefix. Built once per process (a build
+    takes seconds, a test session brings up many gateways) and hard-linked into each `out`."""
+    if not _BUNDLES:
+        cache = Path(tempfile.mkdtemp(prefix=f"se-bundle-{os.getpid()}-"))
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
+        _build_bundle(cache / "bundle")
+        _BUNDLES.append(cache / "bundle")
+    shutil.copytree(_BUNDLES[0], out, copy_function=_link_or_copy)
+
+
+# The bundle this process built (see build_bundle).
+_BUNDLES: list[Path] = []
+
+
+def _build_bundle(out: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "build_zipapps.py"), "--out", str(out)],
+        [sys.executable, str(REPO / "scripts" / "build_bundle.py"), "--out", str(out)],
         capture_output=True,
         text=True,
+        timeout=300,
     )
     if result.returncode != 0:
-        raise GatewayError(f"building the zipapps failed: {result.stderr.strip()}")
+        raise GatewayError(f"building the bundle failed: {result.stderr.strip()}")
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # another filesystem
+        shutil.copy2(source, destination)
+
+
+def share_work_directory(paths: GatewayPaths) -> None:
+    """The work directory becomes a shared mount before anything is mounted under it, so that
+    containerd's mounts in its own namespace (pods' network namespaces, root filesystems) are
+    seen by the node's other programs, and the simulator's by containerd."""
+    hidden_python.share(paths.work)
+
+
+def containerd_wrapper(paths: GatewayPaths) -> list[str]:
+    """What containerd is started through: no python3, the node's bundle at its prefix."""
+    return hidden_python.without_python_sharing(paths.node.path(hidden_python.PREFIX))
 
 
 def add_netns(netns: str) -> None:
@@ -110,6 +154,7 @@ def install_node(paths: GatewayPaths, config: GatewayConfig, installers_log: Pat
             "cni",
             "install",
             f"--host-root={paths.node_root}",
+            f"--bundle={paths.zipapps}",
             f"--plugin={paths.zipapps / 'smarter-cni'}",
             f"--conflist={PRODUCTION_CONFLIST}",
         ],
@@ -117,23 +162,20 @@ def install_node(paths: GatewayPaths, config: GatewayConfig, installers_log: Pat
     )
     if not paths.conflist.is_file():
         raise GatewayError(f"smarter-cni install did not write {paths.conflist}")
-    # The runtime DaemonSet's init container: install the binary by rename, then the config.
-    runtime = paths.runtime
-    runtime.parent.mkdir(parents=True, exist_ok=True)
-    staged = runtime.with_name(f".{runtime.name}.new")
-    shutil.copy2(paths.zipapps / "smarter-hybrid-runtime", staged)
-    staged.chmod(0o755)
-    staged.rename(runtime)
+    # The runtime DaemonSet's init container: the bundle, the runtime at its default path
+    # (/usr/local/bin under the node's root), then the config (whose BinaryName containerd
+    # here finds under the node's directory: configure_containerd).
     run_installer(
         "smarter-hybrid-runtime install-containerd-config",
         [
             "runtime_handler",
             "install-containerd-config",
             f"--host-root={paths.node_root}",
-            f"--binary={runtime}",
+            f"--bundle={paths.zipapps}",
         ],
         installers_log,
     )
+    runtime = paths.runtime
     # What an operator writes for a node whose devices are the simulator's (docs/deploy.md):
     # the runtime's host root; smarter-cni's is the node's own directory here.
     if config.runtime_settings_in == "file":
@@ -219,17 +261,30 @@ def configure_containerd(paths: GatewayPaths) -> str:
     snapshotter = "overlayfs" if overlay_works(paths.work) else "native"
     layout.pod_logs.mkdir(parents=True, exist_ok=True)
     node = containerd.discover(paths.node)
-    layout.config.write_text(
-        operator_paths(
-            layout.config.read_text(),
-            layout,
-            sandbox_image=image_build.PAUSE_IMAGE,
-            cni_bin_dir=paths.node.path(node.cni_bin_dir),
-            cni_conf_dir=paths.node.path(node.cni_conf_dir),
-            snapshotter=snapshotter,
-        )
+    text = operator_paths(
+        layout.config.read_text(),
+        layout,
+        sandbox_image=image_build.PAUSE_IMAGE,
+        cni_bin_dir=paths.node.path(node.cni_bin_dir),
+        cni_conf_dir=paths.node.path(node.cni_conf_dir),
+        snapshotter=snapshotter,
     )
+    layout.config.write_text(_runtime_under_the_node(text, paths))
     return snapshotter
+
+
+def _runtime_under_the_node(text: str, paths: GatewayPaths) -> str:
+    """The config with the runtime's BinaryName, a host path, at its place in the node's
+    directory: containerd here sees the node's files there, as for the CNI directories."""
+    source = str(paths.containerd.config)
+    document = containerd.parse_config(text, source=source)
+    version = containerd.config_version(document, source=source)
+    table = (*containerd.cri_runtime_plugin(version), "containerd", "runtimes", HANDLER)
+    options = containerd.lookup(document, (*table, "options"))
+    if not isinstance(options, dict) or options.get("BinaryName") != RUNTIME_BINARY:
+        raise GatewayError(f"the runtime's installer did not name {RUNTIME_BINARY} in {source}")
+    options["BinaryName"] = str(paths.runtime)
+    return dumps(document)
 
 
 def containerd_environment(paths: GatewayPaths, config: GatewayConfig) -> dict[str, str]:

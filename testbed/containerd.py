@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,10 +100,19 @@ class Containerd:
         self._processes = processes
         self._started: Started | None = None
 
-    def start(self, *, netns: str, env: dict[str, str], timeout: float = 60.0) -> None:
+    def start(
+        self,
+        *,
+        netns: str,
+        env: dict[str, str],
+        timeout: float = 60.0,
+        wrapper: Sequence[str] = (),
+    ) -> None:
+        """Start containerd in `netns`; `wrapper` is a command that execs the rest in the
+        mount namespace containerd gets (testbed.hidden_python), so the PID stays containerd's."""
         self._started = self._processes.start(
             "containerd",
-            ["containerd", "--config", self.layout.config, "--log-level", "info"],
+            [*wrapper, "containerd", "--config", self.layout.config, "--log-level", "info"],
             netns=netns,
             env=env,
         )

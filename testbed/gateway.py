@@ -145,12 +145,15 @@ class Gateway:
         self.close()
 
     def start(self) -> None:
-        self.progress("building the host-side zipapps (smarter-cni, smarter-hybrid-runtime)")
-        bringup.build_zipapps(self.zipapps)
+        self.progress(
+            "building the host-side bundle (smarter-cni, smarter-hybrid-runtime, their python)"
+        )
+        bringup.build_bundle(self.zipapps)
         self.progress("building images: pause, busybox, firmware for the " + self.config.core)
         self.images = image_build.build_images(
             self.paths.images, core=self.config.core, firmware=self.config.firmware
         )
+        bringup.share_work_directory(self.paths)
         self.progress(f"creating the node's network namespace {self.netns}")
         bringup.add_netns(self.netns)
         self._netns_made = True
@@ -179,7 +182,9 @@ class Gateway:
         self.snapshotter = bringup.configure_containerd(self.paths)
         self.containerd = Containerd(self.layout, self.processes)
         self.containerd.start(
-            netns=self.netns, env=bringup.containerd_environment(self.paths, self.config)
+            netns=self.netns,
+            env=bringup.containerd_environment(self.paths, self.config),
+            wrapper=bringup.containerd_wrapper(self.paths),
         )
         self.cri = CriClient(self.layout.socket)
         assert self.images is not None
@@ -333,6 +338,7 @@ class Gateway:
                 ("remove pods", self.remove_every_pod),
                 ("close CRI", lambda: self.cri.close() if self.cri else None),
                 ("stop containerd", lambda: self.containerd.stop() if self.containerd else None),
+                ("delete orphaned firmware containers", self._delete_orphaned_firmware),
                 (
                     "delete orphaned containers",
                     lambda: teardown.delete_orphans(self.paths, self.config),
@@ -345,6 +351,21 @@ class Gateway:
         )
         if not self.config.keep_work_dir:
             shutil.rmtree(self.work, ignore_errors=True)
+
+    def _delete_orphaned_firmware(self) -> None:
+        """Firmware containers whose shim is gone, deleted by the node's runtime as its shim
+        runs it: on the bundle, in a mount namespace like containerd's (the runtime's #! names
+        the node's /opt/smarter-edge, which only such a namespace has). teardown.delete_orphans
+        then finds none left, and deletes the runc containers."""
+        runtime = [*bringup.containerd_wrapper(self.paths), str(self.runtime)]
+        env = bringup.containerd_environment(self.paths, self.config)
+        for container_id in inspection.firmware_records(self.paths):
+            subprocess.run(
+                [*runtime, "--root", str(self.paths.runc_state), "delete", "--force", container_id],
+                capture_output=True,
+                env=env,
+                timeout=60,
+            )
 
     def _stop_kubelet(self) -> None:
         if self.kubelet is not None:
