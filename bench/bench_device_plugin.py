@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +142,10 @@ TYPICAL_GATEWAY = {
 PRODUCTION_RULES = REPO / "deploy" / "device-manager" / "rules-configmap.yaml"
 
 
-def _typical(root: Path, kubelet_module: Any) -> tuple[int, Memory, Memory]:
-    """Resources and memory of the daemon on a typical gateway with the default rules, and
-    the import floor of what it imported."""
+@contextmanager
+def typical_gateway(root: Path, kubelet_module: Any) -> Iterator[tuple[int, int, Path]]:
+    """The daemon serving a typical gateway (default rules) under `root`, its resources
+    registered: (its pid, how many resources, its `-X importtime` report)."""
     import yaml
 
     rules = root / "etc/conf.yaml"
@@ -160,13 +163,20 @@ def _typical(root: Path, kubelet_module: Any) -> tuple[int, Memory, Memory]:
         registered = set(stand_in.registered())
         for resource in registered:
             stand_in.wait_devices(resource, lambda devices: bool(devices), timeout=30)
-        memory = memory_of(process.pid)
+        yield process.pid, len(registered), report
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=10)
         stand_in.stop()
+
+
+def _typical(root: Path, kubelet_module: Any) -> tuple[int, Memory, Memory]:
+    """Resources and memory of the daemon on a typical gateway with the default rules, and
+    the import floor of what it imported."""
+    with typical_gateway(root, kubelet_module) as (pid, count, report):
+        memory = memory_of(pid)
     modules = imported_modules(report.read_text(errors="replace"))
-    return len(registered), memory, import_floor(modules, cwd=REPO, env=_deployed_env())
+    return count, memory, import_floor(modules, cwd=REPO, env=_deployed_env())
 
 
 def _memory_rows(
