@@ -10,10 +10,10 @@ The zipapp's shebang runs this file's text before the archive is opened (see
 scripts/build_zipapps.py), so the commonest calls (`start`, `state`, `kill`, `delete`... of a
 sandbox or sidecar) cost no zipimport of the archive's directory, no runpy and no import: only
 `posix` and `sys`, which the interpreter loaded at start. The `create` of a plain Linux container
-is decided here too (`create_is_runcs`: config.json read with `posix` and CPython's C JSON
-scanner, the entrypoint found in the rootfs and its ELF header peeked at), since every
-container of every pod is created so. Every other call (list, firmware containers, a create
-that may be firmware or a sidecar of a pod holding firmware, malformed ids) is left to
+(every container of every pod is created) is decided here too, by runtime_handler.bundle alone
+imported from the archive (`create_is_runcs`): its code stays out of this file, which is compiled
+at every exec. Every other call (list, firmware containers, a create that may be firmware or is a
+Linux container of a pod holding firmware, malformed ids) is left to
 runtime_handler.__main__.main(). The rules of this exec'd path: docs/contributing.md.
 """
 
@@ -25,10 +25,8 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import BinaryIO, Literal
 
     TakesValue = Callable[[str], bool]
-    ByteOrder = Literal["little", "big"]
 
 DEFAULT_ROOT = "/run/runc"
 # runtime_handler.state.STATE_SUBDIR (restated: importing it would cost the launcher its
@@ -85,23 +83,6 @@ SETTINGS_MAX_BYTES = 65536
 RUNC_CANDIDATES = ("/usr/sbin/runc", "/usr/bin/runc")
 _S_IFMT = 0o170000
 _S_IFDIR = 0o040000
-_S_IFREG = 0o100000
-
-# What `create` reads of a bundle (runtime_handler.bundle builds its Bundle from the same).
-ANNOTATION_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
-ANNOTATION_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
-FIRMWARE_SUFFIX = ".elf"
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-# smarter_common.firmware_elf.ELF_MAGIC, restated (tests/test_restated_constants.py).
-ELF_MAGIC = b"\x7fELF"
-_ELFCLASS32 = 1
-_EM_ARM = 40
-_ET_DYN = 3
-_PT_INTERP = 3
-_ELF32_HEADER = 52
-_MAX_PROGRAM_HEADERS = 256
-_MAX_SYMLINKS = 40
-_READ_CHUNK = 65536
 
 
 def id_problem(container_id: str | None) -> str | None:
@@ -184,240 +165,23 @@ def is_runcs(argv: list[str]) -> bool:
     options, index = parse_options(argv, index + 1, values.__contains__)
     container_id = argv[index] if index < len(argv) else None
     if command == "create":
-        return create_is_runcs(root_of(global_options), options, container_id)
+        return _create_is_runcs(root_of(global_options), options, container_id)
     return owner(command, root_of(global_options), container_id) == RUNC
 
 
-def create_is_runcs(
-    state_root: str, options: dict[str, str | bool], container_id: str | None
+def _create_is_runcs(
+    root: str, options: dict[str, str | bool], container_id: str | None
 ) -> bool:
-    """Whether `create` of `container_id` is plainly runc's, decided as main() decides it.
-
-    True for a sandbox, and for a container whose entrypoint is missing or no fixed-address
-    32-bit ARM executable, unless it declares itself firmware (an entrypoint ending in `.elf`)
-    or its pod holds firmware (main() gives it the pod's data channels). A config.json that
-    cannot be read is runc's to report. Whatever needs more than a look (a document the C
-    scanner does not take whole, a field of an unexpected type) is left to main().
-    """
+    """runtime_handler.bundle's look at the bundle (the archive must be on sys.path); a
+    malformed or missing id, or a `--bundle` without a value, is main()'s to refuse."""
     if not container_id or id_problem(container_id):
         return False
     bundle = options.get("bundle", options.get("b", "."))
     if not isinstance(bundle, str):
         return False
-    bundle = normpath(bundle if bundle.startswith("/") else f"{posix.getcwd()}/{bundle}")
-    try:
-        text = _read_file(f"{bundle}/config.json").decode()
-    except OSError:
-        return True  # main(): "an unreadable bundle is runc's to report"
-    except UnicodeDecodeError:
-        return False
-    found, config = scan_json(text)
-    if not found or not isinstance(config, dict):
-        return False
-    process = config.get("process") or {}
-    root = config.get("root") or {}
-    annotations = config.get("annotations") or {}
-    if not (isinstance(process, dict) and isinstance(root, dict) and isinstance(annotations, dict)):
-        return False
-    root_path = root.get("path")
-    args, env, cwd = process.get("args") or [], process.get("env") or [], process.get("cwd") or "/"
-    if not (_all_strings(args) and _all_strings(env) and isinstance(cwd, str)):
-        return False
-    if not (root_path is None or isinstance(root_path, str)):
-        return False
-    container_type = annotations.get(ANNOTATION_CONTAINER_TYPE)
-    if container_type == "sandbox":
-        return True
-    sandbox_id = annotations.get(ANNOTATION_SANDBOX_ID)
-    if (
-        container_type == "container"
-        and isinstance(sandbox_id, str)
-        and pod_holds_firmware(state_root, sandbox_id)
-    ):
-        return False  # main() gives the pod's data channels to its Linux containers
-    entry = args[0] if args else ""
-    if not entry:
-        return True
-    if entry.endswith(FIRMWARE_SUFFIX):
-        return False
-    rootfs = normpath(_join(bundle, root_path or "rootfs"))
-    search_path = DEFAULT_PATH
-    for item in env:
-        name, _, value = item.partition("=")
-        if name == "PATH":
-            search_path = value
-    path = entrypoint_path(rootfs, cwd, entry, search_path)
-    return path is None or not peek_elf(path)[1]
+    from runtime_handler.bundle import create_is_runcs
 
-
-def entrypoint_path(rootfs: str, cwd: str, entry: str, search_path: str) -> str | None:
-    """The host path of a container's entrypoint `entry`, found as the container's exec finds
-    it (relative to `cwd` when it holds a `/`, else along `search_path`); None when missing."""
-    if "/" in entry:
-        found = resolve_in_rootfs(rootfs, _join(cwd, entry))
-        return found if found and _is_file(found) else None
-    for directory in search_path.split(":"):
-        found = resolve_in_rootfs(rootfs, _join(_join("/", directory), entry))
-        if found and _is_file(found):
-            return found
-    return None
-
-
-def resolve_in_rootfs(rootfs: str, container_path: str) -> str | None:
-    """The host path of `container_path` with symlinks followed as the container would see them.
-
-    Absolute link targets are taken relative to `rootfs`, and `..` never climbs above it.
-    None when a component is missing or links loop.
-    """
-    pending = [part for part in container_path.split("/") if part and part != "."]
-    resolved: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = _join(rootfs, *resolved, part)
-        try:
-            target = posix.readlink(candidate)
-        except FileNotFoundError:
-            return None
-        except OSError:
-            # Not a link (EINVAL) or not a directory on the way (ENOTDIR).
-            try:
-                posix.lstat(candidate)
-            except OSError:
-                return None
-            resolved.append(part)
-            continue
-        links += 1
-        if links > _MAX_SYMLINKS:
-            return None
-        target_parts = [p for p in target.split("/") if p and p != "."]
-        if target.startswith("/"):
-            resolved = []
-        pending = target_parts + pending
-    return _join(rootfs, *resolved)
-
-
-def peek_elf(path: str) -> tuple[bool, bool]:
-    """(is an ELF, may be firmware) from the ELF header and program headers, without pyelftools.
-
-    Firmware is a 32-bit ARM executable loaded at fixed addresses by remoteproc, with no
-    program interpreter. So a position-independent executable or a dynamically linked one (a
-    Linux program on a 32-bit ARM host, as most of Raspberry Pi OS's are) is not firmware, and
-    only the rest is worth pyelftools (~50 ms to import here, several times that on a Pi).
-    """
-    try:
-        with open(path, "rb") as stream:
-            head = stream.read(_ELF32_HEADER)
-            if head[:4] != ELF_MAGIC:
-                return False, False
-            if len(head) < _ELF32_HEADER or head[4] != _ELFCLASS32:
-                return True, False
-            order: ByteOrder = "little" if head[5] == 1 else "big"
-            if int.from_bytes(head[18:20], order) != _EM_ARM:
-                return True, False
-            if int.from_bytes(head[16:18], order) == _ET_DYN:
-                return True, False
-            return True, not _has_interpreter(stream, head, order)
-    except OSError:
-        return False, False
-
-
-def _has_interpreter(stream: "BinaryIO", head: bytes, order: "ByteOrder") -> bool:
-    """Whether a 32-bit ELF names a program interpreter (a PT_INTERP program header)."""
-    offset = int.from_bytes(head[28:32], order)
-    entry_size = int.from_bytes(head[42:44], order)
-    count = int.from_bytes(head[44:46], order)
-    if not offset or entry_size < 4 or count > _MAX_PROGRAM_HEADERS:
-        return False
-    stream.seek(offset)
-    table = stream.read(entry_size * count)
-    return any(
-        int.from_bytes(table[start : start + 4], order) == _PT_INTERP
-        for start in range(0, len(table) - 3, entry_size)
-    )
-
-
-class _ScanContext:
-    """The settings `_json.make_scanner` reads: those of a plain `json.loads`."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-    parse_constant = float
-
-
-def scan_json(text: str) -> tuple[bool, object]:
-    """(True, the document) when CPython's C scanner (`_json`) takes `text` whole, as
-    `json.loads` would, without importing `json` (whose decoder pulls in `re`, ~5 ms);
-    (False, None) for anything else, which `json.loads` then judges."""
-    document = text.strip()
-    try:
-        from _json import make_scanner
-
-        scan = make_scanner(_ScanContext())  # type: ignore[arg-type]
-        value, end = scan(document, 0)
-    except (ImportError, StopIteration, ValueError, SystemError, RecursionError):
-        # SystemError: the C scanner fails so on some malformed input (a trailing comma)
-        # when driven directly.
-        return False, None
-    return (True, value) if end == len(document) else (False, None)
-
-
-def normpath(path: str) -> str:
-    """`posixpath.normpath` of an absolute `path`, without importing it."""
-    parts: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    # POSIX keeps a leading `//` apart; posixpath does too.
-    lead = "//" if path.startswith("//") and not path.startswith("///") else "/"
-    return lead + "/".join(parts)
-
-
-def _join(first: str, *rest: str) -> str:
-    """`posixpath.join` for parts that hold no `/` but a leading one."""
-    joined = first
-    for part in rest:
-        if part.startswith("/"):
-            joined = part
-        elif not joined or joined.endswith("/"):
-            joined += part
-        else:
-            joined += "/" + part
-    return joined
-
-
-def _is_file(path: str) -> bool:
-    try:
-        return posix.stat(path).st_mode & _S_IFMT == _S_IFREG
-    except OSError:
-        return False
-
-
-def _all_strings(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-def _read_file(path: str) -> bytes:
-    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
-    try:
-        chunks = []
-        while chunk := posix.read(fd, _READ_CHUNK):
-            chunks.append(chunk)
-    finally:
-        posix.close(fd)
-    return b"".join(chunks)
+    return create_is_runcs(root, bundle or ".", pod_holds_firmware)
 
 
 def _runc(archive: str) -> str | None:
@@ -478,6 +242,12 @@ def main() -> None:
     if sys.argv[:1] == ["-c"]:
         del sys.argv[0]  # started by the shebang's bootstrap: argv[0] is now the archive
     archive, argv = sys.argv[0], sys.argv[1:]
+    if not archive.startswith("/"):
+        # The supervisor changes directory and still imports from the archive.
+        archive = f"{posix.getcwd()}/{archive}"
+    if archive not in sys.path:
+        # Only a create imports from it before main(): runtime_handler.bundle, for its look.
+        sys.path.insert(0, archive)
     if is_runcs(argv):
         runc = _runc(archive)
         if runc is not None:
@@ -486,11 +256,6 @@ def main() -> None:
                 posix.execv(runc, [runc, *argv])
             except OSError:
                 pass
-    if not archive.startswith("/"):
-        # The supervisor changes directory and still imports from the archive.
-        archive = f"{posix.getcwd()}/{archive}"
-    if archive not in sys.path:
-        sys.path.insert(0, archive)
     from runtime_handler.__main__ import main as runtime_main
 
     sys.exit(runtime_main())

@@ -42,6 +42,7 @@ JSON = frozenset(
         "reprlib",
     }
 )  # fmt: skip
+LAUNCHER_CREATE = frozenset({"runtime_handler", "runtime_handler.bundle", "_json"})
 CNI_VERSION = frozenset(
     {"cni", "cni.client", "cni.plugin", "cni.errors", "cni.names", "cni.request"}
     | {"smarter_common", "smarter_common.errors"}
@@ -53,9 +54,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "runtime launcher pass-through": frozenset(),
     # The CNI launcher hands the request to the agent: a unix socket and os, nothing else.
     "cni launcher via the agent": OS | {"_socket"},
-    # create of a Linux container: the launcher reads config.json with CPython's C JSON
-    # scanner, peeks at the entrypoint and execs runc; the archive is never opened.
-    "runtime create pass-through": frozenset({"_json"}),
+    # create of a Linux container: the launcher imports runtime_handler.bundle alone from the
+    # archive, which reads config.json with CPython's C JSON scanner and peeks at the entrypoint.
+    "runtime create pass-through": ZIPIMPORT | FUTURE | LAUNCHER_CREATE,
     # VERSION is answered by the plugin itself, never by pyroute2 or structlog.
     "cni version in-process": ZIPIMPORT | FUTURE | OS | {"_socket"} | JSON | CNI_VERSION,
 }
@@ -202,7 +203,7 @@ def _runtime_create(zipapps: Path, tmp: Path, stack: ExitStack) -> Call:
     runtime = zipapps / "smarter-hybrid-runtime"
     return Call(
         runtime, argv, {"SMARTER_RUNC": "/bin/echo"}, stdout=_echoed(argv),
-        sentinel="_json",
+        sentinel="runtime_handler.bundle",
     )  # fmt: skip
 
 

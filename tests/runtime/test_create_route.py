@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime_handler import route
+from runtime_handler import bundle as bundle_module
 from runtime_handler.route import PODS_DIRECTORY, STATE_DIRECTORY, is_runcs
 
 from .conftest import BuildElf, MakeBundle
@@ -58,7 +58,7 @@ def test_launcher_finds_the_entrypoint_along_path_through_symlinks(
     # busybox's applets are symlinks to it; `sh` is found along the container's PATH.
     bundle = make_bundle(["sh", "-c", "true"], busybox=True)
     assert is_runcs(_create(tmp_path, bundle))
-    assert route.entrypoint_path(str(bundle / "rootfs"), "/", "sh", "/usr/bin:/bin") == str(
+    assert bundle_module.entrypoint_path(str(bundle / "rootfs"), "/", "sh", "/usr/bin:/bin") == str(
         bundle / "rootfs/bin/busybox"
     )
 
@@ -138,12 +138,12 @@ def test_malformed_id_is_left_to_main(tmp_path: Path, make_bundle: MakeBundle) -
     "path", ["/", "//", "///", "/a/./b/", "/a/../../b", "//a//b/..", "/a/b/../c/.", "/.."]
 )
 def test_normpath_is_posixpaths(path: str) -> None:
-    assert route.normpath(path) == posixpath.normpath(path)
+    assert bundle_module.normpath(path) == posixpath.normpath(path)
 
 
 def test_scan_json_takes_only_whole_documents() -> None:
-    assert route.scan_json(' {"a": [1, 2.5, null, true, "\\u00e9"]} ') == (
+    assert bundle_module.scan_json(' {"a": [1, 2.5, null, true, "\\u00e9"]} ') == (
         True, json.loads('{"a": [1, 2.5, null, true, "\\u00e9"]}')
     )  # fmt: skip
-    assert route.scan_json('{"a": 1} {}') == (False, None)
-    assert route.scan_json("") == (False, None)
+    assert bundle_module.scan_json('{"a": 1} {}') == (False, None)
+    assert bundle_module.scan_json("") == (False, None)
