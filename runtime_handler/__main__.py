@@ -27,7 +27,8 @@ every other container is handed to runc with the same arguments.
 Takes runc's command line (global --root, --log, --log-format, --systemd-cgroup, --debug;
 create, start, state, kill, delete, features, ps, pause, resume, update, exec, run...).
 
-  install-containerd-config [--host-root DIR] [--restart]
+  install-containerd-config [--host-root DIR] [--bundle DIR] [--binary PATH] [--restart]
+                         install the host-side bundle and the runtime (with --bundle), then
                          add the runtime "hybrid" to the node's containerd (or k3s) config
   install-engine-config [--host-root DIR] [--reload]
                          add the runtime "hybrid" to podman's containers.conf and Docker's

@@ -8,7 +8,8 @@ plugin answers with the spec's error JSON on stdout.
 SmarterError                                 exit 1: refused, or failed while running
 ├── ConfigError                              exit 2: a setting, flag or file is wrong
 │   ├── runtime_handler.containerd_config.ContainerdConfigError
-│   └── runtime_handler.engine_config.EngineConfigError
+│   ├── runtime_handler.engine_config.EngineConfigError
+│   └── smarter_common.bundle_install.BundleError
 ├── HostPathError                            a host path is missing or would escape the root
 ├── LockBusyError                            another process holds a lock
 ├── FirmwareError (smarter_common.firmware_elf)

@@ -114,8 +114,8 @@ class Gateway:
         return self.paths.runtime
 
     @property
-    def zipapps(self) -> Path:
-        return self.paths.zipapps
+    def bundle(self) -> Path:
+        return self.paths.bundle
 
     @property
     def netconf(self) -> NetConf:
@@ -148,7 +148,7 @@ class Gateway:
         self.progress(
             "building the host-side bundle (smarter-cni, smarter-hybrid-runtime, their python)"
         )
-        bringup.build_bundle(self.zipapps)
+        bringup.build_bundle(self.bundle)
         self.progress("building images: pause, busybox, firmware for the " + self.config.core)
         self.images = image_build.build_images(
             self.paths.images, core=self.config.core, firmware=self.config.firmware
@@ -338,10 +338,13 @@ class Gateway:
                 ("remove pods", self.remove_every_pod),
                 ("close CRI", lambda: self.cri.close() if self.cri else None),
                 ("stop containerd", lambda: self.containerd.stop() if self.containerd else None),
-                ("delete orphaned firmware containers", self._delete_orphaned_firmware),
                 (
                     "delete orphaned containers",
-                    lambda: teardown.delete_orphans(self.paths, self.config),
+                    lambda: teardown.delete_orphans(
+                        self.paths,
+                        runtime_wrapper=bringup.containerd_wrapper(self.paths),
+                        runtime_env=bringup.containerd_environment(self.paths, self.config),
+                    ),
                 ),
                 ("stop kubelet stand-in", self._stop_kubelet),
                 ("stop processes", self.processes.stop_all),
@@ -351,21 +354,6 @@ class Gateway:
         )
         if not self.config.keep_work_dir:
             shutil.rmtree(self.work, ignore_errors=True)
-
-    def _delete_orphaned_firmware(self) -> None:
-        """Firmware containers whose shim is gone, deleted by the node's runtime as its shim
-        runs it: on the bundle, in a mount namespace like containerd's (the runtime's #! names
-        the node's /opt/smarter-edge, which only such a namespace has). teardown.delete_orphans
-        then finds none left, and deletes the runc containers."""
-        runtime = [*bringup.containerd_wrapper(self.paths), str(self.runtime)]
-        env = bringup.containerd_environment(self.paths, self.config)
-        for container_id in inspection.firmware_records(self.paths):
-            subprocess.run(
-                [*runtime, "--root", str(self.paths.runc_state), "delete", "--force", container_id],
-                capture_output=True,
-                env=env,
-                timeout=60,
-            )
 
     def _stop_kubelet(self) -> None:
         if self.kubelet is not None:

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from cni.config import NetConf
 
 REPO = Path(__file__).resolve().parents[1]
-# containerd's PATH: the zipapps' `#!/usr/bin/env -S python3 ...` must find the distribution's
-# python3.
+# containerd's PATH, as a node's systemd gives it (the host-side programs name their bundled
+# interpreter by absolute path and need nothing from it).
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 PRODUCTION_CONFLIST = REPO / "deploy" / "cni" / "10-smarter.conflist"
@@ -137,7 +137,8 @@ class GatewayPaths:
         return self.node.path(RUNTIME_BINARY)
 
     @property
-    def zipapps(self) -> Path:
+    def bundle(self) -> Path:
+        """The host-side bundle as built, before the installers copy it to the node."""
         return self.work / "bin"
 
     @property

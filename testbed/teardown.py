@@ -7,11 +7,11 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from smarter_common.logs import get_logger
 from testbed.inspection import firmware_records, runc_containers
-from testbed.layout import RUNTIME_HOST_ROOT_ENV, SYSTEM_PATH, GatewayConfig, GatewayPaths
+from testbed.layout import SYSTEM_PATH, GatewayPaths
 
 log = get_logger("testbed.teardown")
 
@@ -27,30 +27,34 @@ def run_steps(steps: Sequence[Step]) -> None:
             log.warning("teardown_step_failed", step=what, error=str(error))
 
 
-def delete_orphans(paths: GatewayPaths, config: GatewayConfig) -> None:
-    """Containers whose shim is gone (containerd died mid-way): delete them as a shim would."""
+def delete_orphans(
+    paths: GatewayPaths,
+    *,
+    runtime_wrapper: Sequence[str] = (),
+    runtime_env: Mapping[str, str] | None = None,
+) -> None:
+    """Containers whose shim is gone (containerd died mid-way): delete them as a shim would.
+
+    Firmware containers go to the node's runtime run as containerd runs it (`runtime_wrapper`:
+    the mount namespace with the node's bundle; `runtime_env`: containerd's environment), then
+    every runc container to runc. One delete that fails never stops the others."""
     root = str(paths.runc_state)
-    # The installed runtime reads its settings file, as when the shim calls it.
-    env = {"PATH": SYSTEM_PATH}
-    if config.runtime_settings_in == "environment":
-        env[RUNTIME_HOST_ROOT_ENV] = str(paths.sim_root)
-    runtime = str(paths.runtime)
     runc = shutil.which("runc") or "/usr/sbin/runc"
+    runtime = [*runtime_wrapper, str(paths.runtime)]
+    env = dict(runtime_env) if runtime_env is not None else {"PATH": SYSTEM_PATH}
     for container_id in firmware_records(paths):
         log.warning("deleting_orphaned_firmware_container", container_id=container_id)
-        subprocess.run(
-            [runtime, "--root", root, "delete", "--force", container_id],
-            capture_output=True,
-            env=env,
-            timeout=60,
-        )
+        _delete([*runtime, "--root", root, "delete", "--force", container_id], env)
     for container_id in runc_containers(paths):
         log.warning("deleting_orphaned_container", container_id=container_id)
-        subprocess.run(
-            [runc, "--root", root, "delete", "--force", container_id],
-            capture_output=True,
-            timeout=60,
-        )
+        _delete([runc, "--root", root, "delete", "--force", container_id], None)
+
+
+def _delete(command: list[str], env: Mapping[str, str] | None) -> None:
+    try:
+        subprocess.run(command, capture_output=True, env=env, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        log.warning("orphan_delete_failed", command=command, error=str(error))
 
 
 def delete_netns(netns: str) -> None:

@@ -2,7 +2,7 @@
 
 The test acts as the kubelet: RunPodSandbox, CreateContainer with the device manager's
 Allocate response, ExecSync, StopContainer, RemovePodSandbox, against our own containerd in a
-node network namespace, running the host-side zipapps with the host's python3.
+node network namespace, running the host-side programs on their own bundled interpreter.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -126,10 +125,10 @@ def test_firmware_pod_runs_on_the_core_and_its_console_reaches_the_cri_log(
     assert runc.returncode == 0, runc.stderr
     assert '"status": "running"' in runc.stdout
     assert gateway.core_states()["remoteproc0"] == "running"
-    # The firmware's supervisor is the runtime zipapp, run by the distribution's python3.
+    # The firmware's supervisor is the installed runtime, run by the bundle's own python3.
     interpreters = set(gateway.runtime_executables().values())
-    assert interpreters, "no process of the runtime zipapp supervises the firmware"
-    assert {Path(p).resolve() for p in interpreters} == {Path("/usr/bin/python3").resolve()}
+    assert interpreters, "no process of the installed runtime supervises the firmware"
+    assert interpreters == {"/opt/smarter-edge/bin/python3"}
     _wait_for(
         lambda: any("hello from" in line for line in gateway.container_log(pod, "firmware")),
         20,
@@ -272,7 +271,7 @@ def test_the_node_is_installed_by_the_installers_over_the_distributions_own_conf
     assert backup.read_text() == distribution
     # smarter-cni's installer put the plugin and the conflist where that config looks.
     assert (node.path("/usr/lib/cni/smarter-cni")).read_bytes() == (
-        gateway.zipapps / "smarter-cni"
+        gateway.bundle / "smarter-cni"
     ).read_bytes()
     assert gateway.conflist_path == node.path("/etc/cni/net.d/10-smarter.conflist")
     assert gateway.conflist_path.read_bytes() == PRODUCTION_CONFLIST.read_bytes()
