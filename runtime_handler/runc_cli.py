@@ -24,8 +24,7 @@ __all__ = ["DEFAULT_ROOT", "Invocation", "id_problem", "parse"]
 # `checkpoint`/`restore` options nearly all take values, so there an unknown option does too.
 _VALUE_OPTIONS: dict[str, frozenset[str]] = {
     **LAUNCHER_VALUE_OPTIONS,
-    "create": frozenset({"bundle", "b", "console-socket", "pid-file", "preserve-fds"}),
-    "run": frozenset({"bundle", "b", "console-socket", "pid-file", "preserve-fds"}),
+    "run": LAUNCHER_VALUE_OPTIONS["create"],
     "list": frozenset({"format", "f"}),
     "spec": frozenset({"bundle", "b"}),
     "exec": frozenset(
