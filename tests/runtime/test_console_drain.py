@@ -60,7 +60,7 @@ def _copy(path: Path, out_fd: int, made: list[supervisor._ConsoleCopy]) -> super
 
 
 def _read_all(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         try:
             chunk = os.read(fd, 65536)
