@@ -15,6 +15,8 @@ from runtime_handler import passthrough, route, runc_cli, settings
 # No `typing` at run time: the create of every container pays for imports.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from runtime_handler.bundle import Bundle
 
 PROGRAM = "smarter-hybrid-runtime"
@@ -148,11 +150,17 @@ def _refuse_id(invocation: runc_cli.Invocation) -> int:
 
 
 def _firmware_command(invocation: runc_cli.Invocation) -> int:
-    from runtime_handler import firmware_commands
     from runtime_handler.errors import as_call_error, report
     from smarter_common.errors import SmarterError
 
-    handler = firmware_commands.COMMANDS[invocation.command or ""]
+    handler: Callable[[runc_cli.Invocation], int]
+    if invocation.command == "kill":
+        # kill -> stopped is a goal (issue 16): kill needs none of the other commands' imports.
+        from runtime_handler.firmware_kill import kill as handler
+    else:
+        from runtime_handler import firmware_commands
+
+        handler = firmware_commands.COMMANDS[invocation.command or ""]
     try:
         return handler(invocation)
     except (SmarterError, OSError) as error:

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime_handler import data_channels, settings, signals, state
+from runtime_handler import data_channels, settings, state
 from runtime_handler.bundle import Bundle
 from runtime_handler.core_select import BoardView, CoreView, check_board, choose_core
 from runtime_handler.errors import (
@@ -27,6 +27,7 @@ from runtime_handler.errors import (
     append_log,
     as_call_error,
 )
+from runtime_handler.firmware_kill import kill, load, send
 from runtime_handler.runc_cli import Invocation
 from runtime_handler.supervisor import Supervisor, recovery_saved_path, start_timeout
 from smarter_common.atomic import write_atomic
@@ -272,32 +273,14 @@ def _wait_start_time(pid: int) -> str:
     return started
 
 
-def _load(invocation: Invocation) -> tuple[Path, state.ContainerRecord]:
-    container_id = invocation.container_id or ""
-    directory = Path(state.container_dir(invocation.root, container_id))
-    return directory, state.load(directory)
-
-
-def _send(directory: Path, message: str) -> None:
-    try:
-        fd = os.open(directory / state.CONTROL_FIFO, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        # ENXIO: nobody has the FIFO open for reading, so the supervisor is gone.
-        raise RuntimeCallError("container not running") from None
-    try:
-        os.write(fd, message.encode())
-    finally:
-        os.close(fd)
-
-
 def start(invocation: Invocation) -> int:
-    directory, record = _load(invocation)
+    directory, record = load(invocation)
     status = state.current_status(record)
     if status == state.STATUS_RUNNING:
         raise RuntimeCallError("cannot start an already running container")
     if status == state.STATUS_STOPPED:
         raise RuntimeCallError("cannot start a container that has stopped")
-    _send(directory, "start\n")
+    send(directory, "start\n")
     deadline = Deadline(start_timeout() + 5.0)
     while not deadline.expired():
         record = state.load(directory)
@@ -313,21 +296,8 @@ def start(invocation: Invocation) -> int:
 
 
 def show_state(invocation: Invocation) -> int:
-    _, record = _load(invocation)
+    _, record = load(invocation)
     print(json.dumps(state.oci_state(record), indent=2))
-    return 0
-
-
-def kill(invocation: Invocation) -> int:
-    directory, record = _load(invocation)
-    signum = signals.parse(invocation.args[1] if len(invocation.args) > 1 else "")
-    if not state.supervisor_alive(record) or record.status == state.STATUS_STOPPED:
-        if invocation.switch("all"):
-            # runc: `kill --all` signals whatever processes are left, none is not an error.
-            return 0
-        raise RuntimeCallError("container not running")
-    if signals.effect(signum) == signals.STOPS_CORE:
-        _send(directory, f"kill {signum}\n")
     return 0
 
 
@@ -358,7 +328,7 @@ def delete(invocation: Invocation) -> int:
 
 def _end_supervisor(directory: Path, record: state.ContainerRecord) -> None:
     with contextlib.suppress(RuntimeCallError):
-        _send(directory, f"kill {int(signal.SIGKILL)}\n")
+        send(directory, f"kill {int(signal.SIGKILL)}\n")
     if _wait_gone(record, STOP_TIMEOUT + 5.0):
         return
     os.kill(record.pid, signal.SIGKILL)
@@ -390,7 +360,7 @@ def _release_core(record: state.ContainerRecord) -> None:
 
 
 def ps(invocation: Invocation) -> int:
-    _, record = _load(invocation)
+    _, record = load(invocation)
     pids = [record.pid] if state.current_status(record) != state.STATUS_STOPPED else []
     if invocation.option("format") == "json":
         print(json.dumps(pids))
@@ -403,12 +373,12 @@ def ps(invocation: Invocation) -> int:
 
 def update(invocation: Invocation) -> int:
     """Resource limits do not apply to a remote core; accept them so pod updates succeed."""
-    _load(invocation)
+    load(invocation)
     return 0
 
 
 def unsupported(invocation: Invocation) -> int:
-    _load(invocation)
+    load(invocation)
     raise RuntimeCallError(
         f"{invocation.command} is not supported for firmware container {invocation.container_id}"
     )

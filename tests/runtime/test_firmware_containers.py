@@ -15,6 +15,7 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -312,6 +313,45 @@ def test_kill_before_start_never_starts_the_core(
     assert core(simulator, 0).state() == "offline"
     assert shim.call(bundle, "delete", "early").returncode == 0
     assert not is_locked(core_lock(simulator, 0))
+
+
+# Issue 16: kill -> stopped pays for every import of `kill`; these serve only other commands.
+_NOT_FOR_KILL = (
+    "runtime_handler.firmware_commands",
+    "runtime_handler.supervisor",
+    "runtime_handler.data_channels",
+    "runtime_handler.core_select",
+    "smarter_common.remoteproc",
+    "smarter_common.remoteproc_control",
+)
+# `main` as the runtime's executable runs it, then the exit code and our modules it imported.
+_KILL_PROBE = (
+    "import sys\n"
+    "from runtime_handler.__main__ import main\n"
+    "code = main(sys.argv[1:])\n"
+    "ours = ('runtime_handler', 'smarter_common')\n"
+    "print(code, *sorted(name for name in sys.modules if name.startswith(ours)))\n"
+)
+
+
+def test_kill_of_a_running_firmware_container_imports_only_what_kill_needs(
+    shim: Shim, simulator: Simulator, make_bundle: MakeBundle
+) -> None:
+    bundle = fw_bundle(make_bundle, firmware("hello", "cortex-m4"))
+    assert shim.create(bundle, "quick").returncode == 0
+    assert shim.call(bundle, "start", "quick").returncode == 0
+    argv = [*shim.globals_for(bundle), "kill", "quick", "TERM"]
+    probe = subprocess.run(
+        [sys.executable, "-c", _KILL_PROBE, *argv],
+        env=dict(shim.env), capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    code, *imported = probe.stdout.split()
+    assert code == "0", log_messages(bundle / "log.json")
+    assert "runtime_handler.firmware_kill" in imported, "the probe did not see kill: it is blind"
+    assert not sorted(set(imported) & set(_NOT_FOR_KILL))
+    assert shim.wait_exit("quick") == 128 + signal.SIGTERM
+    assert core(simulator, 0).state() == "offline"
 
 
 def test_second_container_for_a_reserved_core_is_refused(

@@ -1,0 +1,53 @@
+"""`kill` of a firmware container, and the write on the control FIFO that tells its supervisor.
+
+Apart from firmware_commands because kill -> stopped is a goal (issue 16): the supervisor stops
+the core, so `kill` needs only the container's record (runtime_handler.state), runc's reading of
+the signal (runtime_handler.signals) and one write on the FIFO; firmware_commands' imports (core
+selection, remoteproc, the supervisor, data channels) cost ~55 ms it has no use for.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from runtime_handler import signals, state
+from runtime_handler.errors import RuntimeCallError
+
+# No `typing` at run time: kill -> stopped pays for every import.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from runtime_handler.runc_cli import Invocation
+
+
+def load(invocation: Invocation) -> tuple[Path, state.ContainerRecord]:
+    """The directory and record of the container `invocation` names."""
+    container_id = invocation.container_id or ""
+    directory = Path(state.container_dir(invocation.root, container_id))
+    return directory, state.load(directory)
+
+
+def send(directory: Path, message: str) -> None:
+    """Write `message` (`start`, `kill <n>`) on the supervisor's control FIFO."""
+    try:
+        fd = os.open(directory / state.CONTROL_FIFO, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        # ENXIO: nobody has the FIFO open for reading, so the supervisor is gone.
+        raise RuntimeCallError("container not running") from None
+    try:
+        os.write(fd, message.encode())
+    finally:
+        os.close(fd)
+
+
+def kill(invocation: Invocation) -> int:
+    directory, record = load(invocation)
+    signum = signals.parse(invocation.args[1] if len(invocation.args) > 1 else "")
+    if not state.supervisor_alive(record) or record.status == state.STATUS_STOPPED:
+        if invocation.switch("all"):
+            # runc: `kill --all` signals whatever processes are left, none is not an error.
+            return 0
+        raise RuntimeCallError("container not running")
+    if signals.effect(signum) == signals.STOPS_CORE:
+        send(directory, f"kill {signum}\n")
+    return 0
