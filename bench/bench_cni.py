@@ -29,6 +29,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from bench.fixtures import build_bundle, pod_namespaces
 from bench.report import Measurement, Summary
 
 SUITE = "cni"
@@ -110,18 +111,6 @@ def _resolves(server: str, name: str, address: str, timeout: float = 5.0) -> flo
     return None
 
 
-def _pod_netns(count: int) -> list[str]:
-    names = [f"scbp-{secrets.token_hex(4)}" for _ in range(count)]
-    for name in names:
-        subprocess.run(["ip", "netns", "add", name], check=True)
-    return names
-
-
-def _drop_netns(names: list[str]) -> None:
-    for name in names:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
-
-
 def drive(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one series (inside the node netns); the samples, as JSON-able data."""
     chain = _Chain(spec["conflist"], spec["commands"])
@@ -201,11 +190,8 @@ def _process_in(
 def _series(node: str, spec: dict[str, Any]) -> dict[str, Any]:
     # Pod namespaces are made out here: one made inside `ip netns exec` lives in that
     # command's private mount namespace, where the agent could not see it.
-    pods = _pod_netns(spec["pods"])
-    try:
+    with pod_namespaces(spec["pods"], "scbp-") as pods:
         return _run_driver(node, {**spec, "pods": pods})
-    finally:
-        _drop_netns(pods)
 
 
 def _run_driver(node: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -424,20 +410,9 @@ def _plugin_command(state: Path) -> list[str]:
 
 
 def _bundle_command(state: Path) -> list[str] | None:
-    """The plugin from the bundle, built with `state`/bundle as its prefix (a node's is
-    /opt/smarter-edge: only the paths baked into it differ); None when it cannot be built here."""
-    bundle = state / "bundle"
-    build = subprocess.run(
-        [sys.executable, str(REPO / "scripts/build_bundle.py"), "--out", str(bundle),
-         "--prefix", str(bundle)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )  # fmt: skip
-    if build.returncode != 0:
-        print(f"bench cni: bundle unavailable ({build.stderr.strip()[-200:]})", file=sys.stderr)
-        return None
-    return [str(bundle / "smarter-cni")]
+    """The plugin from a bundle built under `state`; None when it cannot be built here."""
+    bundle = build_bundle(state / "bundle", bench="cni")
+    return None if bundle is None else [str(bundle / "smarter-cni")]
 
 
 def _answers(node: str) -> bool:

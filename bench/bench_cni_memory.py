@@ -16,15 +16,14 @@ Run: python -m bench cni_memory
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.bench_cni import _process_in
+from bench.fixtures import pod_namespaces
 from bench.memory import Memory, import_floor, imported_modules, memory_of
 from bench.report import Measurement
 
@@ -78,19 +77,6 @@ class _Requests:
             raise RuntimeError(f"{verb} {container_id} failed: {output.decode(errors='replace')}")
 
 
-def _pod_netns(count: int) -> list[str]:
-    # Made out here: one made inside `ip netns exec` would be in that command's private mounts.
-    names = [f"scmp-{secrets.token_hex(4)}" for _ in range(count)]
-    for name in names:
-        subprocess.run(["ip", "netns", "add", name], check=True)
-    return names
-
-
-def _drop_netns(names: list[str]) -> None:
-    for name in names:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
-
-
 def _dnsmasq_pid(launcher_pid: int) -> int:
     """`smarter-cni dns` execs dnsmasq (same pid) once its hosts directory is ready."""
     deadline = time.monotonic() + 30
@@ -112,41 +98,38 @@ def _measure(state: Path) -> dict[str, Memory | int]:
     socket_path = state / "smarter" / "agent.sock"
     report = state / "agent.log"
     requests = _Requests(conflist, socket_path)
-    pods = _pod_netns(TYPICAL_PODS + 1)
     figures: dict[str, Memory | int] = {}
-    try:
-        with (
-            network_namespace("scm-") as node,
-            _process_in(
-                node, sys.executable, "-X", "importtime", "-m", "cni", "--log-format", "json",
-                "agent", "--conf", str(conflist_path),
-                ready=socket_path.exists, log_path=report,
-            ) as agent,
-            _process_in(
-                node, sys.executable, "-m", "cni", "dns", "--conf", str(conflist_path),
-                ready=lambda: (state / "smarter").exists(),
-            ) as dns,
-        ):  # fmt: skip
-            dnsmasq = _dnsmasq_pid(dns)
-            for index, pod in enumerate(pods[:TYPICAL_PODS]):
-                requests.send("ADD", pod, f"typical-{index}")
-            time.sleep(0.5)
-            figures["typical"] = memory_of(agent)
-            with typical_gateway(state / "device-manager", kubelet_module) as (manager, _, _):
-                figures["together agent"] = memory_of(agent)
-                figures["together dnsmasq"] = memory_of(dnsmasq)
-                figures["together device manager"] = memory_of(manager)
-            growth_pod = pods[TYPICAL_PODS]
-            for pair in range(WARM_UP_PAIRS + GROWTH_PAIRS):
-                if pair == WARM_UP_PAIRS:
-                    figures["before pairs"] = memory_of(agent)
-                requests.send("ADD", growth_pod, f"pair-{pair}")
-                requests.send("DEL", growth_pod, f"pair-{pair}")
-            figures["after pairs"] = memory_of(agent)
-            for index, pod in enumerate(pods[:TYPICAL_PODS]):
-                requests.send("DEL", pod, f"typical-{index}")
-    finally:
-        _drop_netns(pods)
+    with (
+        pod_namespaces(TYPICAL_PODS + 1, "scmp-") as pods,
+        network_namespace("scm-") as node,
+        _process_in(
+            node, sys.executable, "-X", "importtime", "-m", "cni", "--log-format", "json",
+            "agent", "--conf", str(conflist_path),
+            ready=socket_path.exists, log_path=report,
+        ) as agent,
+        _process_in(
+            node, sys.executable, "-m", "cni", "dns", "--conf", str(conflist_path),
+            ready=lambda: (state / "smarter").exists(),
+        ) as dns,
+    ):  # fmt: skip
+        dnsmasq = _dnsmasq_pid(dns)
+        for index, pod in enumerate(pods[:TYPICAL_PODS]):
+            requests.send("ADD", pod, f"typical-{index}")
+        time.sleep(0.5)
+        figures["typical"] = memory_of(agent)
+        with typical_gateway(state / "device-manager", kubelet_module) as (manager, _, _):
+            figures["together agent"] = memory_of(agent)
+            figures["together dnsmasq"] = memory_of(dnsmasq)
+            figures["together device manager"] = memory_of(manager)
+        growth_pod = pods[TYPICAL_PODS]
+        for pair in range(WARM_UP_PAIRS + GROWTH_PAIRS):
+            if pair == WARM_UP_PAIRS:
+                figures["before pairs"] = memory_of(agent)
+            requests.send("ADD", growth_pod, f"pair-{pair}")
+            requests.send("DEL", growth_pod, f"pair-{pair}")
+        figures["after pairs"] = memory_of(agent)
+        for index, pod in enumerate(pods[:TYPICAL_PODS]):
+            requests.send("DEL", pod, f"typical-{index}")
     modules = imported_modules(report.read_text(errors="replace"))
     figures["floor"] = import_floor(modules, cwd=REPO)
     figures["modules"] = len(modules)

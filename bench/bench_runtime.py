@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.fixtures import build_bundle
 from bench.report import Measurement, Summary
 
 TYPE_CHECKING = False
@@ -56,7 +57,7 @@ def run() -> list[Measurement]:
     with tempfile.TemporaryDirectory(prefix="bench-runtime-") as temporary:
         workdir = Path(temporary)
         ours = _build_zipapp(workdir)
-        bundle = _build_bundle(workdir)
+        bundle = build_bundle(workdir / "smarter-edge", bench="runtime")
         measurements = _pass_through(workdir, ours, bundle)
         measurements += _firmware(workdir, ours)
     return measurements
@@ -73,22 +74,6 @@ def _build_zipapp(workdir: Path) -> Path:
     [program] = [p for p in module.PROGRAMS if p.name == "smarter-hybrid-runtime"]
     target: Path = module.build(program, workdir / "smarter-hybrid-runtime")
     return target
-
-
-def _build_bundle(workdir: Path) -> Path | None:
-    """The bundle for `workdir`/smarter-edge; None (and why, on stderr) if it cannot be built."""
-    bundle = workdir / "smarter-edge"
-    build = subprocess.run(
-        [sys.executable, str(REPO / "scripts/build_bundle.py"), "--out", str(bundle),
-         "--prefix", str(bundle)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )  # fmt: skip
-    if build.returncode != 0:
-        print(f"bench runtime: bundle unavailable ({build.stderr.strip()[-200:]})", file=sys.stderr)
-        return None
-    return bundle
 
 
 def _busybox_bundle(workdir: Path) -> Path:
