@@ -2,12 +2,6 @@
  * wait that lets the core sleep (WFI) unless bytes are arriving. */
 #include "sim.h"
 
-#define UART_DATA (*(volatile uint32_t *)(UART1_BASE + 0x00u))
-#define UART_STATE (*(volatile uint32_t *)(UART1_BASE + 0x04u))
-#define UART_CTRL (*(volatile uint32_t *)(UART1_BASE + 0x08u))
-#define UART_BAUDDIV (*(volatile uint32_t *)(UART1_BASE + 0x10u))
-#define UART_STATE_TX_FULL 0x1u
-#define UART_STATE_RX_FULL 0x2u
 #define UART_CTRL_TX_RX_ENABLE 0x3u
 /* QEMU hands the receiver its next byte only after the last one was read, a little later; a
  * burst is read at full speed by polling this long after a byte before sleeping again (a sleep
@@ -18,45 +12,24 @@ static uint32_t last_byte_ms;
 
 void channel_open(void)
 {
-    UART_BAUDDIV = 16u;
-    UART_CTRL = UART_CTRL_TX_RX_ENABLE;
+    UART_BAUDDIV(UART1_BASE) = 16u;
+    UART_CTRL(UART1_BASE) = UART_CTRL_TX_RX_ENABLE;
     channel_puts(SIM_CHANNEL_ANNOUNCE);
 }
 
-void channel_putc(char c)
-{
-    while (UART_STATE & UART_STATE_TX_FULL) {
-    }
-    UART_DATA = (uint32_t)(unsigned char)c;
-}
+void channel_putc(char c) { uart_putc(UART1_BASE, c); }
 
-void channel_puts(const char *text)
-{
-    while (*text) {
-        channel_putc(*text++);
-    }
-}
+void channel_puts(const char *text) { uart_puts(UART1_BASE, text); }
 
-void channel_putu(uint32_t value)
-{
-    char digits[10];
-    int count = 0;
-    do {
-        digits[count++] = (char)('0' + value % 10u);
-        value /= 10u;
-    } while (value);
-    while (count) {
-        channel_putc(digits[--count]);
-    }
-}
+void channel_putu(uint32_t value) { uart_putu(UART1_BASE, value); }
 
 int channel_getc(void)
 {
-    if (!(UART_STATE & UART_STATE_RX_FULL)) {
+    if (!(UART_STATE(UART1_BASE) & UART_STATE_RX_FULL)) {
         return -1;
     }
     last_byte_ms = uptime_ms();
-    return (int)(UART_DATA & 0xFFu);
+    return (int)(UART_DATA(UART1_BASE) & 0xFFu);
 }
 
 int channel_poll_line(struct channel_line *line)

@@ -2,11 +2,6 @@
  * idle firmware costs the host no CPU under QEMU. */
 #include "sim.h"
 
-#define UART_DATA (*(volatile uint32_t *)(UART0_BASE + 0x00u))
-#define UART_STATE (*(volatile uint32_t *)(UART0_BASE + 0x04u))
-#define UART_CTRL (*(volatile uint32_t *)(UART0_BASE + 0x08u))
-#define UART_BAUDDIV (*(volatile uint32_t *)(UART0_BASE + 0x10u))
-#define UART_STATE_TX_FULL 0x1u
 #define UART_CTRL_TX_ENABLE 0x1u
 
 #define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
@@ -21,28 +16,28 @@ void systick_handler(void) { ticks++; }
 
 void console_init(void)
 {
-    UART_BAUDDIV = 16u;
-    UART_CTRL = UART_CTRL_TX_ENABLE;
+    UART_BAUDDIV(UART0_BASE) = 16u;
+    UART_CTRL(UART0_BASE) = UART_CTRL_TX_ENABLE;
     SYST_RVR = SYSCLK_HZ / TICK_HZ - 1u;
     SYST_CVR = 0u;
     SYST_CSR = SYST_CSR_ENABLE_TICKINT_CPUCLK;
 }
 
-void console_putc(char c)
+void uart_putc(uint32_t base, char c)
 {
-    while (UART_STATE & UART_STATE_TX_FULL) {
+    while (UART_STATE(base) & UART_STATE_TX_FULL) {
     }
-    UART_DATA = (uint32_t)(unsigned char)c;
+    UART_DATA(base) = (uint32_t)(unsigned char)c;
 }
 
-void console_puts(const char *text)
+void uart_puts(uint32_t base, const char *text)
 {
     while (*text) {
-        console_putc(*text++);
+        uart_putc(base, *text++);
     }
 }
 
-void console_putu(uint32_t value)
+void uart_putu(uint32_t base, uint32_t value)
 {
     char digits[10];
     int count = 0;
@@ -51,9 +46,15 @@ void console_putu(uint32_t value)
         value /= 10u;
     } while (value);
     while (count) {
-        console_putc(digits[--count]);
+        uart_putc(base, digits[--count]);
     }
 }
+
+void console_putc(char c) { uart_putc(UART0_BASE, c); }
+
+void console_puts(const char *text) { uart_puts(UART0_BASE, text); }
+
+void console_putu(uint32_t value) { uart_putu(UART0_BASE, value); }
 
 void sleep_ms(uint32_t ms)
 {

@@ -21,6 +21,18 @@
  * passes it on. Firmware from other SDKs can write the same bytes. */
 #define SIM_CHANNEL_ANNOUNCE "\x1b[rpmsg-announce rpmsg-tty]\n"
 
+/* The CMSDK APB UART the console (UART0) and the data channel (UART1) both are. */
+#define UART_DATA(base) (*(volatile uint32_t *)((base) + 0x00u))
+#define UART_STATE(base) (*(volatile uint32_t *)((base) + 0x04u))
+#define UART_CTRL(base) (*(volatile uint32_t *)((base) + 0x08u))
+#define UART_BAUDDIV(base) (*(volatile uint32_t *)((base) + 0x10u))
+#define UART_STATE_TX_FULL 0x1u
+#define UART_STATE_RX_FULL 0x2u
+
+void uart_putc(uint32_t base, char c);
+void uart_puts(uint32_t base, const char *text);
+void uart_putu(uint32_t base, uint32_t value);
+
 /* The longest line channel_poll_line keeps; the rest of a longer line is dropped. */
 #define CHANNEL_LINE_MAX 80u
 
