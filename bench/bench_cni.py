@@ -15,22 +15,21 @@ agent's log counts the ADDs it did itself, so "agent up" is known not to hide in
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bench.fixtures import build_bundle, pod_namespaces
 from bench.report import Measurement, Summary
+from testbed.processes import terminate
 
 SUITE = "cni"
 PODS = 30
@@ -178,13 +177,7 @@ def _process_in(
                 time.sleep(0.05)
             yield process.pid
         finally:
-            with suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+            terminate(process)
 
 
 def _series(node: str, spec: dict[str, Any]) -> dict[str, Any]:

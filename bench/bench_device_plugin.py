@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.memory import Memory, import_floor, imported_modules, memory_of
 from bench.report import Measurement, Summary
+from testbed.processes import terminate
 
 SUITE = "device-manager"
 NODES = 200
@@ -371,13 +372,8 @@ def run() -> list[Measurement]:
             ),
         ]
     finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+        if process is not None:
+            terminate(process, grace=10)
         if stand_in is not None:
             stand_in.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -107,23 +107,31 @@ class Processes:
 
     def stop(self, started: Started, *, grace: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds; always reaped."""
-        process = started.process
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                log.warning("killing", program=started.name, pid=process.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+        if not terminate(started.process, grace=grace):
+            log.warning("killed", program=started.name, pid=started.process.pid)
         if started in self._started:
             self._started.remove(started)
 
     def stop_all(self) -> None:
         while self._started:
             self.stop(self._started[-1])
+
+
+def terminate(process: subprocess.Popen[bytes], *, grace: float = 5.0) -> bool:
+    """Stop a process we started, by its PID: SIGTERM, then SIGKILL after `grace` seconds;
+    always reaped. Whether it ended within the grace period (or had already ended)."""
+    if process.poll() is not None:
+        return True
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+        return True
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        return False
 
 
 def read_lines(path: Path) -> list[str]:

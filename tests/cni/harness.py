@@ -9,19 +9,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from testbed.netns import in_netns, netns_path, network_namespace
+from testbed.processes import terminate
 
 PYTHON = sys.executable
 DNSQUERY = str(Path(__file__).resolve().parents[2] / "testbed" / "dnsquery.py")
@@ -220,13 +220,7 @@ def _supervise(
                 time.sleep(0.05)
         yield process
     finally:
-        with suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+        terminate(process)
         log.seek(0)
         print(log.read().decode(errors="replace")[-3000:])  # pytest shows it when a test fails
 

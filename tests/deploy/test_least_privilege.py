@@ -34,6 +34,7 @@ from runtime_handler import containerd_config
 from smarter_common import containerd
 from smarter_common.hostroot import HostRoot
 from testbed.netns import in_netns, ip
+from testbed.processes import terminate
 from tests.cni import harness
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -395,13 +396,7 @@ def _running(netns: str, command: list[str]) -> Iterator[tuple[subprocess.Popen[
         try:
             yield process, log
         finally:
-            with suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+            terminate(process)
             log.seek(0)
             print(log.read().decode(errors="replace")[-3000:])
 
