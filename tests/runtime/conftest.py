@@ -128,3 +128,20 @@ def log_messages(log: Path) -> list[str]:
         return []
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     return [entry["msg"] for entry in entries if entry.get("level") == "error"]
+
+
+# A host's PATH, as containerd's shim runs the runtime with it.
+HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+def main_execs_runc(argv: list[str]) -> bool:
+    """Whether runtime_handler.__main__.main(), run as a program, hands `argv` to runc."""
+    result = subprocess.run(
+        [sys.executable, "-I", "-m", "runtime_handler", *argv],
+        capture_output=True,
+        text=True,
+        env={**HOST_ENV, "SMARTER_RUNC": "/bin/echo"},
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
+    return result.stdout == " ".join(argv) + "\n"

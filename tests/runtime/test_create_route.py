@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +17,9 @@ import pytest
 from runtime_handler import bundle as bundle_module
 from runtime_handler.route import PODS_DIRECTORY, STATE_DIRECTORY, is_runcs
 
-from .conftest import BuildElf, MakeBundle
+from .conftest import BuildElf, MakeBundle, main_execs_runc
 
 REPO = Path(__file__).resolve().parents[2]
-HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 LINUX_PROGRAM = Path(os.path.realpath("/bin/true"))
 CRI_CONTAINER = {"io.kubernetes.cri.container-type": "container"}
 
@@ -32,24 +29,11 @@ def _create(root: Path, bundle: Path, container_id: str = "c1") -> list[str]:
             str(bundle), container_id]  # fmt: skip
 
 
-def _main_execs_runc(argv: list[str]) -> bool:
-    """Whether runtime_handler.__main__.main(), run as a program, hands `argv` to runc."""
-    result = subprocess.run(
-        [sys.executable, "-I", "-m", "runtime_handler", *argv],
-        capture_output=True,
-        text=True,
-        env={**HOST_ENV, "SMARTER_RUNC": "/bin/echo"},
-        cwd=REPO,
-        check=False,
-    )
-    return result.stdout == " ".join(argv) + "\n"
-
-
 def test_launcher_creates_a_linux_container_itself(tmp_path: Path, make_bundle: MakeBundle) -> None:
     bundle = make_bundle(["/bin/app"], {"/bin/app": LINUX_PROGRAM}, annotations=CRI_CONTAINER)
     argv = _create(tmp_path, bundle)
     assert is_runcs(argv)
-    assert _main_execs_runc(argv)
+    assert main_execs_runc(argv)
 
 
 def test_launcher_finds_the_entrypoint_along_path_through_symlinks(
@@ -75,7 +59,7 @@ def test_launcher_creates_a_sandbox_and_a_container_without_entrypoint_itself(
 def test_unreadable_bundle_goes_to_runc_as_main_sends_it(tmp_path: Path) -> None:
     argv = _create(tmp_path, tmp_path / "no-bundle")
     assert is_runcs(argv)
-    assert _main_execs_runc(argv)
+    assert main_execs_runc(argv)
 
 
 def test_relative_bundle_is_read_from_the_working_directory(

@@ -11,11 +11,10 @@ import pytest
 from runtime_handler import runc_cli
 from runtime_handler.route import LAUNCHER_VALUE_OPTIONS, is_runcs
 
-from .conftest import log_messages
+from .conftest import HOST_ENV, log_messages, main_execs_runc
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_PYTHON = "/usr/bin/python3"
-HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
 @pytest.fixture
@@ -24,19 +23,6 @@ def root(tmp_path: Path) -> Path:
     (tmp_path / "smarter-hybrid" / "fw1").mkdir(parents=True)
     (tmp_path / "smarter-hybrid" / "notdir").write_text("")
     return tmp_path
-
-
-def _main_execs_runc(argv: list[str]) -> bool:
-    """Whether runtime_handler.__main__.main(), run as a program, hands `argv` to runc."""
-    result = subprocess.run(
-        [sys.executable, "-I", "-m", "runtime_handler", *argv],
-        capture_output=True,
-        text=True,
-        env={**HOST_ENV, "SMARTER_RUNC": "/bin/echo"},
-        cwd=REPO,
-        check=False,
-    )
-    return result.stdout == " ".join(argv) + "\n"
 
 
 CALLS = [
@@ -69,7 +55,7 @@ def test_launcher_hands_to_runc_exactly_what_the_runtime_would(
     call: list[str], root: Path
 ) -> None:
     argv = [word.replace("{root}", str(root)) for word in call]
-    launcher, runtime = is_runcs(argv), _main_execs_runc(argv)
+    launcher, runtime = is_runcs(argv), main_execs_runc(argv)
     # The launcher never takes one of our calls; of the commands it decides, it takes every
     # call that is runc's, and leaves the rest (create, list...) to main().
     if launcher:
