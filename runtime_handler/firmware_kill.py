@@ -9,28 +9,28 @@ selection, remoteproc, the supervisor, data channels) cost ~55 ms it has no use 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from runtime_handler import signals, state
 from runtime_handler.errors import RuntimeCallError
 
-# No `typing` at run time: kill -> stopped pays for every import.
+# No `typing` and no `pathlib` at run time: kill -> stopped pays for every import.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from runtime_handler.runc_cli import Invocation
 
 
-def load(invocation: Invocation) -> tuple[Path, state.ContainerRecord]:
+def load(invocation: Invocation) -> tuple[str, state.ContainerRecord]:
     """The directory and record of the container `invocation` names."""
     container_id = invocation.container_id or ""
-    directory = Path(state.container_dir(invocation.root, container_id))
+    directory = state.container_dir(invocation.root, container_id)
     return directory, state.load(directory)
 
 
-def send(directory: Path, message: str) -> None:
+def send(directory: str | os.PathLike[str], message: str) -> None:
     """Write `message` (`start`, `kill <n>`) on the supervisor's control FIFO."""
+    fifo = os.path.join(directory, state.CONTROL_FIFO)
     try:
-        fd = os.open(directory / state.CONTROL_FIFO, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         # ENXIO: nobody has the FIFO open for reading, so the supervisor is gone.
         raise RuntimeCallError("container not running") from None

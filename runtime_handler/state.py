@@ -10,12 +10,24 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from runtime_handler.errors import ContainerNotFoundError
 from smarter_common.atomic import write_atomic
 from smarter_common.procfs import process_start_time
+
+# No `typing`, `dataclasses` or `pathlib` at run time: `kill` reads a record, and kill -> stopped
+# (issue 16) pays for every import; dataclasses alone brings inspect, re and ~10 ms more.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import TypeVar, dataclass_transform
+
+    RecordClass = TypeVar("RecordClass", bound="type[Record]")
+else:
+
+    def dataclass_transform(**_options: object) -> object:
+        return lambda decorator: decorator
+
 
 STATE_SUBDIR = "smarter-hybrid"
 RECORD_FILE = "state.json"
@@ -41,8 +53,64 @@ def is_ours(runtime_root: str, container_id: str) -> bool:
     return os.path.isdir(container_dir(runtime_root, container_id))
 
 
-@dataclass
-class ContainerRecord:
+class Record:
+    """Base of the classes `record_class` makes: fields compared, shown and saved in order."""
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+    _defaults: dict[str, object] = {}  # record_class sets each class's own
+
+    def __init__(self, **values: object) -> None:
+        title = f"{type(self).__name__}.__init__()"
+        unknown = [name for name in values if name not in self._fields]
+        if unknown:
+            raise TypeError(f"{title} got an unexpected keyword argument {unknown[0]!r}")
+        missing = [
+            name for name in self._fields if name not in values and name not in self._defaults
+        ]
+        if missing:
+            listed = ", ".join(repr(name) for name in missing)
+            raise TypeError(f"{title} missing required keyword-only arguments: {listed}")
+        for name in self._fields:
+            if name in values:
+                value = values[name]
+            else:
+                value = self._defaults[name]
+                if type(value) is dict:
+                    value = {}  # each record its own, as a dataclass's default_factory=dict
+            setattr(self, name, value)
+
+    def as_dict(self) -> dict[str, object]:
+        """The fields by name, in order (what `save` writes)."""
+        return {name: getattr(self, name) for name in self._fields}
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self.as_dict().items())
+        return f"{type(self).__name__}({fields})"
+
+
+@dataclass_transform(kw_only_default=True)
+def record_class(cls: RecordClass) -> RecordClass:
+    """`cls` (a Record) with its annotated names, in order, as its fields and `__slots__`, and
+    its class-level values as their defaults; its keyword-only constructor refuses an unknown or
+    missing field with TypeError, as a dataclass's does. The field list is written once, in the
+    class body, and mypy checks construction as it would a dataclass's."""
+    names = tuple(cls.__annotations__)
+    defaults = {name: cls.__dict__[name] for name in names if name in cls.__dict__}
+    # Defaults leave the class body: a class attribute would hide the slot of the same name.
+    namespace = {key: value for key, value in cls.__dict__.items() if key not in defaults}
+    namespace.update(__slots__=names, _fields=names, _defaults=defaults)
+    # A new class: __slots__ count only when a class is made.
+    return type(cls.__name__, cls.__bases__, namespace)  # type: ignore[return-value]
+
+
+@record_class
+class ContainerRecord(Record):
     """What we remember about one firmware container (its `state.json`)."""
 
     id: str
@@ -65,20 +133,25 @@ class ContainerRecord:
     error: str | None = None
     firmware_placed: bool = False
     started: str | None = None
-    annotations: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = {}  # each record gets its own (Record.__init__)
 
     @property
     def firmware_path(self) -> Path:
+        from pathlib import Path  # not on kill's path
+
         return Path(self.firmware_dir) / self.firmware_name
 
 
-def save(directory: Path, record: ContainerRecord) -> None:
-    write_atomic(directory / RECORD_FILE, json.dumps(asdict(record), indent=1) + "\n")
+def save(directory: str | os.PathLike[str], record: ContainerRecord) -> None:
+    text = json.dumps(record.as_dict(), indent=1) + "\n"
+    write_atomic(os.path.join(directory, RECORD_FILE), text)
 
 
-def load(directory: Path) -> ContainerRecord:
+def load(directory: str | os.PathLike[str]) -> ContainerRecord:
+    """The record saved in `directory`; an unknown or missing field is a TypeError."""
     try:
-        raw = json.loads((directory / RECORD_FILE).read_text())
+        with open(os.path.join(directory, RECORD_FILE), "rb") as stream:
+            raw = json.loads(stream.read())
     except FileNotFoundError:
         raise ContainerNotFoundError() from None
     return ContainerRecord(**raw)

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
+
+# No `pathlib` at run time: a firmware container's `kill` imports this module (through
+# runtime_handler.state) and kill -> stopped pays for every import (issue 16).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    PathLike: TypeAlias = "str | os.PathLike[str]"
 
 
-def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644, durable: bool = True) -> None:
+def write_atomic(
+    path: PathLike, data: bytes | str, *, mode: int = 0o644, durable: bool = True
+) -> None:
     """Write `data` to `path` via a temporary file in the same directory, fsync, then rename.
 
     `durable=False` skips both fsyncs for a file nobody needs after a power loss: readers still
@@ -15,9 +24,9 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644, durable: b
     take tens of milliseconds).
     """
     payload = data.encode() if isinstance(data, str) else data
-    directory = path.parent
+    directory, name = os.path.split(os.fspath(path))
     # A dot-name keeps watchers such as dnsmasq's --hostsdir from reading the half-written file.
-    temporary = directory / f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
@@ -32,24 +41,31 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644, durable: b
             os.close(fd)
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        _unlink(temporary)
         raise
     if durable:
         _fsync_directory(directory)
 
 
-def remove_durably(path: Path) -> bool:
+def remove_durably(path: PathLike) -> bool:
     """Remove `path` if it exists; True when something was removed."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
+    if not _unlink(path):
         return False
-    _fsync_directory(path.parent)
+    _fsync_directory(os.path.dirname(os.fspath(path)))
     return True
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _unlink(path: PathLike) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _fsync_directory(directory: str) -> None:
+    # '' is the current directory: os.path.split of a bare file name.
+    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
