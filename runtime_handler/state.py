@@ -7,7 +7,6 @@ FIFO on which the supervisor takes `start` and `kill <signal>`.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -15,8 +14,10 @@ from runtime_handler.errors import ContainerNotFoundError
 from smarter_common.atomic import write_atomic
 from smarter_common.procfs import process_start_time
 
-# No `typing`, `dataclasses` or `pathlib` at run time: `kill` reads a record, and kill -> stopped
-# (issue 16) pays for every import; dataclasses alone brings inspect, re and ~10 ms more.
+# No `typing`, `dataclasses`, `pathlib` or `json` at run time: `kill` reads a record, and
+# kill -> stopped (issue 16) pays for every import. dataclasses brings inspect; json.decoder
+# compiles regular expressions, and `re` brings enum, functools and collections: ~16 ms of a
+# kill that containerd execs (`python3 -I -S`), where nothing has imported them yet.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
@@ -102,8 +103,13 @@ def record_class(cls: RecordClass) -> RecordClass:
     class body, and mypy checks construction as it would a dataclass's."""
     names = tuple(cls.__annotations__)
     defaults = {name: cls.__dict__[name] for name in names if name in cls.__dict__}
-    # Defaults leave the class body: a class attribute would hide the slot of the same name.
-    namespace = {key: value for key, value in cls.__dict__.items() if key not in defaults}
+    # Defaults leave the class body (a class attribute would hide the slot of the same name), and
+    # so do the descriptors of the instance dict a slotted class has not.
+    namespace = {
+        key: value
+        for key, value in cls.__dict__.items()
+        if key not in defaults and key not in ("__dict__", "__weakref__")
+    }
     namespace.update(__slots__=names, _fields=names, _defaults=defaults)
     # A new class: __slots__ count only when a class is made.
     return type(cls.__name__, cls.__bases__, namespace)  # type: ignore[return-value]
@@ -143,6 +149,8 @@ class ContainerRecord(Record):
 
 
 def save(directory: str | os.PathLike[str], record: ContainerRecord) -> None:
+    import json  # not on kill's path, which only loads
+
     text = json.dumps(record.as_dict(), indent=1) + "\n"
     write_atomic(os.path.join(directory, RECORD_FILE), text)
 
@@ -150,11 +158,49 @@ def save(directory: str | os.PathLike[str], record: ContainerRecord) -> None:
 def load(directory: str | os.PathLike[str]) -> ContainerRecord:
     """The record saved in `directory`; an unknown or missing field is a TypeError."""
     try:
-        with open(os.path.join(directory, RECORD_FILE), "rb") as stream:
-            raw = json.loads(stream.read())
+        with open(os.path.join(directory, RECORD_FILE), encoding="utf-8") as stream:
+            raw = parse_json(stream.read())
     except FileNotFoundError:
         raise ContainerNotFoundError() from None
+    if not isinstance(raw, dict):
+        raise TypeError(
+            f"ContainerRecord() argument after ** must be a mapping, not {type(raw).__name__}"
+        )
     return ContainerRecord(**raw)
+
+
+class _JsonLoadsSettings:
+    """The settings json.loads gives the C scanner (json.decoder.JSONDecoder's defaults)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # NaN, Infinity, -Infinity: what json's own table maps them to
+
+
+_JSON_WHITESPACE = " \t\n\r"
+
+
+def parse_json(text: str) -> object:
+    """`json.loads(text)`, by json's own C scanner but without importing json.decoder (see the
+    imports). What the scanner does not take whole, from its first character to trailing JSON
+    whitespace (malformed text; an interpreter without `_json`), is json.loads's, errors
+    included."""
+    try:
+        from _json import make_scanner
+
+        # make_scanner reads only the settings' attributes (typeshed asks for a scanner).
+        scan = make_scanner(_JsonLoadsSettings())  # type: ignore[arg-type]
+        value, end = scan(text, 0)
+    except (ImportError, AttributeError, TypeError, ValueError, StopIteration):
+        value, end = None, -1
+    if end < 0 or text[end:].strip(_JSON_WHITESPACE):
+        import json
+
+        return json.loads(text)
+    return value
 
 
 def now_rfc3339() -> str:

@@ -60,3 +60,32 @@ def test_remove_durably_reports_whether_it_removed(tmp_path: Path) -> None:
     target.write_text("x")
     assert remove_durably(target) is True
     assert remove_durably(target) is False
+
+
+def test_write_atomic_and_remove_durably_take_str_paths(tmp_path: Path) -> None:
+    # The firmware kill path (issue 16) names files by str, without pathlib.
+    target = os.path.join(tmp_path, "record")
+    write_atomic(target, "new\n", mode=0o600)
+    assert Path(target).read_text() == "new\n"
+    assert os.stat(target).st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path) == ["record"]
+    assert remove_durably(target) is True
+    assert remove_durably(target) is False
+
+
+def test_write_atomic_of_a_bare_name_writes_in_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_atomic("record", b"new\n")
+    assert (tmp_path / "record").read_bytes() == b"new\n"
+    assert os.listdir(tmp_path) == ["record"]
+    assert remove_durably("record") is True
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_atomic_failure_with_a_str_path_leaves_no_temporary(tmp_path: Path) -> None:
+    target = os.path.join(tmp_path, "record")
+    with pytest.raises(TypeError):
+        write_atomic(target, 42)  # type: ignore[arg-type]
+    assert os.listdir(tmp_path) == []
