@@ -10,11 +10,14 @@ The zipapp's shebang runs this file's text before the archive is opened (see
 scripts/build_zipapps.py), so the commonest calls (`start`, `state`, `kill`, `delete`... of a
 sandbox or sidecar) cost no zipimport of the archive's directory, no runpy and no import: only
 `posix` and `sys`, which the interpreter loaded at start. The `create` of a plain Linux container
-(every container of every pod is created) is decided here too, by runtime_handler.bundle alone
-imported from the archive (`create_is_runcs`): its code stays out of this file, which is compiled
-at every exec. Every other call (list, firmware containers, a create that may be firmware or is a
-Linux container of a pod holding firmware, malformed ids) is left to
-runtime_handler.__main__.main(). The rules of this exec'd path: docs/contributing.md.
+(every container of every pod is created) is decided here too, by
+runtime_handler.bundle.create_is_runcs: the build puts it (and only what it uses) past the text
+the shebang runs, as bytecode and as source, and this file loads it for a create alone
+(`CHUNK_PLACE`): a create opens no archive either, and no other call pays for it. Imported
+(tests, main(), `python3 <zipapp>`), this file imports runtime_handler.bundle instead. Every
+other call (list, firmware containers, a create that may be firmware or is a Linux container of
+a pod holding firmware, malformed ids) is left to runtime_handler.__main__.main().
+The rules of this exec'd path: docs/contributing.md.
 """
 
 import posix
@@ -25,8 +28,10 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
     TakesValue = Callable[[str], bool]
+    CreateDecision = Callable[[str, str, Callable[[str, str], bool]], bool]
 
 DEFAULT_ROOT = "/run/runc"
 # runtime_handler.state.STATE_SUBDIR (restated: importing it would cost the launcher its
@@ -83,6 +88,12 @@ SETTINGS_MAX_BYTES = 65536
 RUNC_CANDIDATES = ("/usr/sbin/runc", "/usr/bin/runc")
 _S_IFMT = 0o170000
 _S_IFDIR = 0o040000
+# Where runtime_handler.bundle.create_is_runcs lies in the launcher's file, as bytecode and as
+# source: (offset, bytecode size, source size), written by scripts/build_zipapps.py into the
+# head it builds from this line; None when this module is imported.
+CHUNK_PLACE: "tuple[int, int, int] | None" = None
+# The frozen import system, whose MAGIC_NUMBER says which bytecode this interpreter runs.
+_IMPORT_SYSTEM = "_frozen_importlib_external"
 
 
 def id_problem(container_id: str | None) -> str | None:
@@ -154,9 +165,10 @@ def root_of(global_options: dict[str, str | bool]) -> str:
     return root if isinstance(root, str) and root else DEFAULT_ROOT
 
 
-def is_runcs(argv: list[str]) -> bool:
+def is_runcs(argv: list[str], archive: str | None = None) -> bool:
     """Whether runc's arguments `argv` (no program name) are a call that is runc's, decided as
-    runtime_handler.__main__.main() decides it, for the commands in LAUNCHER_VALUE_OPTIONS."""
+    runtime_handler.__main__.main() decides it, for the commands in LAUNCHER_VALUE_OPTIONS.
+    `archive`: the launcher's file, which holds the create decision when built (`CHUNK_PLACE`)."""
     global_options, index = parse_options(argv, 0, GLOBAL_VALUE_OPTIONS.__contains__)
     values = LAUNCHER_VALUE_OPTIONS.get(argv[index]) if index < len(argv) else None
     if values is None:
@@ -165,23 +177,48 @@ def is_runcs(argv: list[str]) -> bool:
     options, index = parse_options(argv, index + 1, values.__contains__)
     container_id = argv[index] if index < len(argv) else None
     if command == "create":
-        return _create_is_runcs(root_of(global_options), options, container_id)
+        return _create_is_runcs(root_of(global_options), options, container_id, archive)
     return owner(command, root_of(global_options), container_id) == RUNC
 
 
 def _create_is_runcs(
-    root: str, options: dict[str, str | bool], container_id: str | None
+    root: str, options: dict[str, str | bool], container_id: str | None, archive: str | None
 ) -> bool:
-    """runtime_handler.bundle's look at the bundle (the archive must be on sys.path); a
-    malformed or missing id, or a `--bundle` without a value, is main()'s to refuse."""
+    """runtime_handler.bundle's look at the bundle; a malformed or missing id, or a `--bundle`
+    without a value, is main()'s to refuse."""
     if not container_id or id_problem(container_id):
         return False
     bundle = options.get("bundle", options.get("b", "."))
     if not isinstance(bundle, str):
         return False
+    return _create_decision(archive)(root, bundle or ".", pod_holds_firmware)
+
+
+def _create_decision(archive: str | None) -> "CreateDecision":
+    """runtime_handler.bundle.create_is_runcs: loaded from the launcher's file when the build
+    put it there (no zipimport, no package), else imported (the archive is on sys.path)."""
+    if CHUNK_PLACE is not None and archive is not None:
+        offset, compiled, size = CHUNK_PLACE
+        try:
+            fd = posix.open(archive, posix.O_RDONLY | posix.O_CLOEXEC)
+            try:
+                data = posix.pread(fd, compiled, offset)
+                # marshal and the import system's magic number are loaded at every start.
+                if data[:4] == getattr(sys.modules.get(_IMPORT_SYSTEM), "MAGIC_NUMBER", None):
+                    code = sys.modules["marshal"].loads(data[4:])
+                else:  # an interpreter of another bytecode
+                    code = compile(posix.pread(fd, size, offset + compiled), archive, "exec")
+            finally:
+                posix.close(fd)
+            namespace: dict[str, Any] = {"__name__": "runtime_handler.bundle"}
+            exec(code, namespace)
+            decision: CreateDecision = namespace["create_is_runcs"]
+            return decision
+        except (OSError, SyntaxError, ValueError, EOFError, TypeError, KeyError):
+            pass  # a file not as built: the archive has the module itself
     from runtime_handler.bundle import create_is_runcs
 
-    return create_is_runcs(root, bundle or ".", pod_holds_firmware)
+    return create_is_runcs
 
 
 def _runc(archive: str) -> str | None:
@@ -246,9 +283,10 @@ def main() -> None:
         # The supervisor changes directory and still imports from the archive.
         archive = f"{posix.getcwd()}/{archive}"
     if archive not in sys.path:
-        # Only a create imports from it before main(): runtime_handler.bundle, for its look.
+        # Nothing imports from it before main() (runtime_handler.bundle, when the launcher's
+        # file holds no create decision).
         sys.path.insert(0, archive)
-    if is_runcs(argv):
+    if is_runcs(argv, archive):
         runc = _runc(archive)
         if runc is not None:
             # No contextlib here (an import); on failure main() says why runc cannot run.

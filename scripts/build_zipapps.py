@@ -44,6 +44,8 @@ DIRECT_SHEBANG = "#!{interpreter} -IS\n"
 DIRECT_LAUNCHER_SHEBANG = (
     '#!{interpreter} -IScimport sys;exec(open(sys.argv[1],"rb").read({{size}}))\n'
 )
+# The launcher's line the build rewrites to say where its chunk lies in the file.
+_CHUNK_PLACE = b"CHUNK_PLACE = None\n"
 # Linux reads at most this much of a `#!` line (BINPRM_BUF_SIZE, since 5.1; 128 before).
 _SHEBANG_LIMIT = 127
 # 1980-01-01, the earliest time a zip entry can hold: no build time leaks into the archive.
@@ -62,6 +64,10 @@ class Program:
     distributions: tuple[str, ...]
     # A stdlib-only module whose `main()` runs first, from the file's head (see LAUNCHER_SHEBANG).
     launcher: str | None = None
+    # `module:function`, a decision the launcher makes for some calls only: its compacted source
+    # follows the launcher's in the file, read and run by the launcher when a call needs it (see
+    # `_launcher_head`), so that call imports nothing from the archive either.
+    launcher_chunk: str | None = None
 
 
 PROGRAMS = (
@@ -78,6 +84,7 @@ PROGRAMS = (
         packages=("runtime_handler", "smarter_common"),
         distributions=("pyelftools", "structlog"),
         launcher="runtime_handler.route",
+        launcher_chunk="runtime_handler.bundle:create_is_runcs",
     ),
 )
 
@@ -125,7 +132,7 @@ def build(program: Program, target: Path, interpreter: str | None = None) -> Pat
             if interpreter is None
             else DIRECT_LAUNCHER_SHEBANG.format(interpreter=interpreter)
         )
-        head = _launcher_head(program.launcher, shebang)
+        head = _launcher_head(program.launcher, shebang, program.launcher_chunk)
     leaked = {name.split("/", 1)[0] for name in entries} & FORBIDDEN_TOP_LEVEL
     if leaked:
         raise BuildError(
@@ -139,30 +146,91 @@ def build(program: Program, target: Path, interpreter: str | None = None) -> Pat
     return target
 
 
-def _launcher_head(module: str, shebang: str = LAUNCHER_SHEBANG) -> bytes:
-    """The shebang that execs the file's first bytes, then the launcher's source.
+def _launcher_head(
+    module: str, shebang: str = LAUNCHER_SHEBANG, chunk: str | None = None
+) -> bytes:
+    """The shebang that execs the file's first bytes, then the launcher's source, then the
+    chunk of `chunk` (`module:function`) when there is one.
 
     The source goes in without docstrings, comments, annotations, `from __future__` and
     `if TYPE_CHECKING:` blocks: it is compiled at every exec (no bytecode cache for exec'd
     text), ~0.3 ms per KB in a fresh interpreter. The archive keeps the module as written.
+    The chunk is past the bytes the shebang execs, so only the calls that need it read it: the
+    function and the module-level names it uses, compacted alike, as this interpreter's
+    bytecode (the magic number, then marshal's bytes: ~0.1 ms to load where compiling the
+    source would cost ~3 ms) followed by the source, compiled by an interpreter of another
+    bytecode. The launcher finds them from its `CHUNK_PLACE = None` line, which the build
+    rewrites to (offset, bytecode size, source size).
     """
-    source = _compact_source((REPO / (module.replace(".", "/") + ".py")).read_text())
+    source = _compact_source(_module_text(module))
+    chunk_bytes, place = b"", "None"
+    if chunk is not None:
+        if source.count(_CHUNK_PLACE) != 1:
+            raise BuildError(f"{module} needs one `{_CHUNK_PLACE.decode().strip()}` line")
+        chunk_module, _, function = chunk.partition(":")
+        chunk_source = _compact_source(_module_text(chunk_module), keep=function)
+        code = compile(chunk_source, chunk_module.replace(".", "/") + ".py", "exec",
+                       dont_inherit=True, optimize=0)  # fmt: skip
+        bytecode = importlib.util.MAGIC_NUMBER + marshal.dumps(code)
+        chunk_bytes = bytecode + chunk_source
+        place = f"({{size}}, {len(bytecode)}, {len(chunk_source)})"
     size = 0
     while True:
         line = shebang.format(size=size).encode()
-        if len(line) + len(source) == size:
+        placed = source.replace(
+            _CHUNK_PLACE, f"CHUNK_PLACE = {place.format(size=size)}\n".encode()
+        )
+        if len(line) + len(placed) == size:
             break
-        size = len(line) + len(source)
+        size = len(line) + len(placed)
     if len(line) > _SHEBANG_LIMIT:
         raise BuildError(f"the launcher's #! line is {len(line)} bytes, over {_SHEBANG_LIMIT}")
-    return line + source
+    return line + placed + chunk_bytes
 
 
-def _compact_source(text: str) -> bytes:
+def _module_text(module: str) -> str:
+    return (REPO / (module.replace(".", "/") + ".py")).read_text()
+
+
+def _compact_source(text: str, keep: str | None = None) -> bytes:
     """`text` as the same program without what only readers and the type checker use:
-    docstrings, comments, annotations and `if TYPE_CHECKING:` blocks."""
+    docstrings, comments, annotations and `if TYPE_CHECKING:` blocks; with `keep`, only the
+    module-level statements that define `keep` and, transitively, the names it uses."""
     tree = _Compactor().visit(ast.parse(text))
+    if keep is not None:
+        tree.body = _needed_by(tree.body, keep)
     return (ast.unparse(ast.fix_missing_locations(tree)) + "\n").encode()
+
+
+def _needed_by(body: list[ast.stmt], name: str) -> list[ast.stmt]:
+    """The statements of `body` that bind `name` or a module-level name it uses, in order."""
+    binders: dict[str, list[int]] = {}
+    for index, statement in enumerate(body):
+        for bound in _bound_names(statement):
+            binders.setdefault(bound, []).append(index)
+    if name not in binders:
+        raise BuildError(f"the launcher chunk's {name!r} is not defined at module level")
+    needed: set[int] = set()
+    pending = [name]
+    while pending:
+        for index in binders.get(pending.pop(), []):
+            if index not in needed:
+                needed.add(index)
+                pending.extend(
+                    node.id for node in ast.walk(body[index]) if isinstance(node, ast.Name)
+                )
+    return [body[index] for index in sorted(needed)]
+
+
+def _bound_names(statement: ast.stmt) -> Iterator[str]:
+    if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        yield statement.name
+    elif isinstance(statement, ast.Import | ast.ImportFrom):
+        for alias in statement.names:
+            yield (alias.asname or alias.name).split(".", 1)[0]
+    elif isinstance(statement, ast.Assign):
+        for target in statement.targets:
+            yield from (node.id for node in ast.walk(target) if isinstance(node, ast.Name))
 
 
 class _Compactor(ast.NodeTransformer):

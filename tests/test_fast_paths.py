@@ -42,7 +42,7 @@ JSON = frozenset(
         "reprlib",
     }
 )  # fmt: skip
-LAUNCHER_CREATE = frozenset({"runtime_handler", "runtime_handler.bundle", "_json"})
+LAUNCHER_CREATE = frozenset({"_json"})
 CNI_VERSION = frozenset(
     {"cni", "cni.client", "cni.plugin", "cni.errors", "cni.names", "cni.request"}
     | {"smarter_common", "smarter_common.errors"}
@@ -54,9 +54,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "runtime launcher pass-through": frozenset(),
     # The CNI launcher hands the request to the agent: a unix socket and os, nothing else.
     "cni launcher via the agent": OS | {"_socket"},
-    # create of a Linux container: the launcher imports runtime_handler.bundle alone from the
-    # archive, which reads config.json with CPython's C JSON scanner and peeks at the entrypoint.
-    "runtime create pass-through": ZIPIMPORT | FUTURE | LAUNCHER_CREATE,
+    # create of a Linux container: the launcher runs runtime_handler.bundle's create decision
+    # from the file's head (no archive opened), which reads config.json with CPython's C JSON
+    # scanner and peeks at the entrypoint.
+    "runtime create pass-through": LAUNCHER_CREATE,
     # VERSION is answered by the plugin itself, never by pyroute2 or structlog.
     "cni version in-process": ZIPIMPORT | FUTURE | OS | {"_socket"} | JSON | CNI_VERSION,
 }
@@ -203,7 +204,7 @@ def _runtime_create(zipapps: Path, tmp: Path, stack: ExitStack) -> Call:
     runtime = zipapps / "smarter-hybrid-runtime"
     return Call(
         runtime, argv, {"SMARTER_RUNC": "/bin/echo"}, stdout=_echoed(argv),
-        sentinel="runtime_handler.bundle",
+        sentinel="_json",
     )  # fmt: skip
 
 

@@ -2,7 +2,10 @@
 
 Every container of every pod is created, so the launcher reads config.json and peeks at the
 entrypoint without opening the archive; whatever may be firmware, or is a Linux container of a
-pod holding firmware (it gets the pod's data channels), is left to main().
+pod holding firmware (it gets the pod's data channels), is left to main(). Each case is decided
+by runtime_handler.route imported, and by the launcher of a built zipapp, whose create decision
+is runtime_handler.bundle's as the build copied it past the launcher (as bytecode, and as source
+for an interpreter of another bytecode).
 """
 
 from __future__ import annotations
@@ -10,18 +13,62 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from runtime_handler import bundle as bundle_module
-from runtime_handler.route import PODS_DIRECTORY, STATE_DIRECTORY, is_runcs
+from runtime_handler import route
+from runtime_handler.route import PODS_DIRECTORY, STATE_DIRECTORY
 
 from .conftest import BuildElf, MakeBundle, main_execs_runc
 
 REPO = Path(__file__).resolve().parents[2]
 LINUX_PROGRAM = Path(os.path.realpath("/bin/true"))
 CRI_CONTAINER = {"io.kubernetes.cri.container-type": "container"}
+IsRuncs = Callable[[list[str]], bool]
+
+
+@pytest.fixture(scope="module")
+def zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("zipapp")
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts/build_zipapps.py"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out / "smarter-hybrid-runtime"
+
+
+def _built_launcher(zipapp: Path, bytecode: bool) -> IsRuncs:
+    """The built launcher's `is_runcs`: the file's head, run as its shebang runs it."""
+    data = zipapp.read_bytes()
+    match = re.search(rb"\.read\((\d+)\)", data.split(b"\n", 1)[0])
+    assert match, "the shebang names no head size"
+    namespace: dict[str, object] = {"__name__": "built_launcher"}
+    exec(compile(data[: int(match[1])], str(zipapp), "exec"), namespace)
+    if not bytecode:
+        namespace["_IMPORT_SYSTEM"] = "an interpreter of another bytecode"
+    decision = namespace["_create_decision"](str(zipapp))  # type: ignore[operator]
+    # From the file's chunk, not runtime_handler.bundle imported (the launcher's fallback).
+    assert decision.__globals__ is not vars(bundle_module)
+    assert decision.__code__.co_filename == (
+        "runtime_handler/bundle.py" if bytecode else str(zipapp)
+    )
+    built_is_runcs = namespace["is_runcs"]
+    return lambda argv: built_is_runcs(argv, str(zipapp))  # type: ignore[operator,no-any-return]
+
+
+@pytest.fixture(params=["imported", "built, bytecode", "built, source"])
+def is_runcs(request: pytest.FixtureRequest) -> IsRuncs:
+    if request.param == "imported":
+        return route.is_runcs
+    zipapp: Path = request.getfixturevalue("zipapp")
+    return _built_launcher(zipapp, bytecode=request.param == "built, bytecode")
 
 
 def _create(root: Path, bundle: Path, container_id: str = "c1") -> list[str]:
@@ -29,7 +76,9 @@ def _create(root: Path, bundle: Path, container_id: str = "c1") -> list[str]:
             str(bundle), container_id]  # fmt: skip
 
 
-def test_launcher_creates_a_linux_container_itself(tmp_path: Path, make_bundle: MakeBundle) -> None:
+def test_launcher_creates_a_linux_container_itself(
+    tmp_path: Path, make_bundle: MakeBundle, is_runcs: IsRuncs
+) -> None:
     bundle = make_bundle(["/bin/app"], {"/bin/app": LINUX_PROGRAM}, annotations=CRI_CONTAINER)
     argv = _create(tmp_path, bundle)
     assert is_runcs(argv)
@@ -37,7 +86,7 @@ def test_launcher_creates_a_linux_container_itself(tmp_path: Path, make_bundle: 
 
 
 def test_launcher_finds_the_entrypoint_along_path_through_symlinks(
-    tmp_path: Path, make_bundle: MakeBundle
+    tmp_path: Path, make_bundle: MakeBundle, is_runcs: IsRuncs
 ) -> None:
     # busybox's applets are symlinks to it; `sh` is found along the container's PATH.
     bundle = make_bundle(["sh", "-c", "true"], busybox=True)
@@ -48,7 +97,7 @@ def test_launcher_finds_the_entrypoint_along_path_through_symlinks(
 
 
 def test_launcher_creates_a_sandbox_and_a_container_without_entrypoint_itself(
-    tmp_path: Path, make_bundle: MakeBundle
+    tmp_path: Path, make_bundle: MakeBundle, is_runcs: IsRuncs
 ) -> None:
     sandbox = make_bundle(["/pause"], annotations={"io.kubernetes.cri.container-type": "sandbox"})
     assert is_runcs(_create(tmp_path, sandbox))
@@ -56,14 +105,14 @@ def test_launcher_creates_a_sandbox_and_a_container_without_entrypoint_itself(
     assert is_runcs(_create(tmp_path, make_bundle([])))
 
 
-def test_unreadable_bundle_goes_to_runc_as_main_sends_it(tmp_path: Path) -> None:
+def test_unreadable_bundle_goes_to_runc_as_main_sends_it(tmp_path: Path, is_runcs: IsRuncs) -> None:
     argv = _create(tmp_path, tmp_path / "no-bundle")
     assert is_runcs(argv)
     assert main_execs_runc(argv)
 
 
 def test_relative_bundle_is_read_from_the_working_directory(
-    tmp_path: Path, make_bundle: MakeBundle, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, make_bundle: MakeBundle, monkeypatch: pytest.MonkeyPatch, is_runcs: IsRuncs
 ) -> None:
     bundle = make_bundle(["/bin/app"], {"/bin/app": b"#!/bin/sh\n"})
     monkeypatch.chdir(bundle.parent)
@@ -74,7 +123,7 @@ def test_relative_bundle_is_read_from_the_working_directory(
 
 
 def test_firmware_declared_or_looking_like_it_is_left_to_main(
-    tmp_path: Path, make_bundle: MakeBundle, build_elf: BuildElf
+    tmp_path: Path, make_bundle: MakeBundle, build_elf: BuildElf, is_runcs: IsRuncs
 ) -> None:
     declared = make_bundle(["/firmware.elf"], {"/firmware.elf": LINUX_PROGRAM})
     assert not is_runcs(_create(tmp_path, declared))
@@ -83,7 +132,7 @@ def test_firmware_declared_or_looking_like_it_is_left_to_main(
 
 
 def test_linux_container_of_a_pod_holding_firmware_is_left_to_main(
-    tmp_path: Path, make_bundle: MakeBundle
+    tmp_path: Path, make_bundle: MakeBundle, is_runcs: IsRuncs
 ) -> None:
     annotations = {**CRI_CONTAINER, "io.kubernetes.cri.sandbox-id": "sb1"}
     sidecar = make_bundle(["/bin/app"], {"/bin/app": LINUX_PROGRAM}, annotations=annotations)
@@ -104,7 +153,9 @@ def test_linux_container_of_a_pod_holding_firmware_is_left_to_main(
         '{"process": {"args": ["/bin/app"]},}',
     ],
 )
-def test_config_needing_more_than_a_look_is_left_to_main(tmp_path: Path, config: str) -> None:
+def test_config_needing_more_than_a_look_is_left_to_main(
+    tmp_path: Path, config: str, is_runcs: IsRuncs
+) -> None:
     bundle = tmp_path / "bundle"
     (bundle / "rootfs/bin").mkdir(parents=True)
     (bundle / "rootfs/bin/app").write_bytes(LINUX_PROGRAM.read_bytes())
@@ -112,7 +163,9 @@ def test_config_needing_more_than_a_look_is_left_to_main(tmp_path: Path, config:
     assert not is_runcs(_create(tmp_path, bundle))
 
 
-def test_malformed_id_is_left_to_main(tmp_path: Path, make_bundle: MakeBundle) -> None:
+def test_malformed_id_is_left_to_main(
+    tmp_path: Path, make_bundle: MakeBundle, is_runcs: IsRuncs
+) -> None:
     bundle = make_bundle(["/bin/app"], {"/bin/app": LINUX_PROGRAM})
     assert not is_runcs(_create(tmp_path, bundle, "../x"))
     assert not is_runcs(["--root", str(tmp_path), "create", "--bundle", str(bundle)])
