@@ -3,23 +3,21 @@
 Each command reads our record under `<--root>/smarter-hybrid/<id>/`, acts, and returns an exit
 status; failures are RuntimeCallError, reported by the caller in runc's log format. The core is
 driven through smarter_common.remoteproc_control; the container's process is the supervisor.
+
+`start` is on the way from `create` to a running core (issue 16), and needs only the record,
+the control FIFO and a poll: what `create` and `delete` alone use (core selection, remoteproc,
+locks, the supervisor, data channels; ~50 ms of imports) is imported by those two only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
-import shutil
 import signal
 import sys
-from collections.abc import Callable
-from pathlib import Path
 
-from runtime_handler import data_channels, settings, state
-from runtime_handler.bundle import Bundle
-from runtime_handler.core_select import BoardView, CoreView, check_board, choose_core
+from runtime_handler import settings, state
 from runtime_handler.errors import (
     ContainerNotFoundError,
     FirmwareRefusedError,
@@ -28,30 +26,20 @@ from runtime_handler.errors import (
     as_call_error,
 )
 from runtime_handler.firmware_kill import kill, load, send
-from runtime_handler.runc_cli import Invocation
-from runtime_handler.supervisor import Supervisor, recovery_saved_path, start_timeout
-from smarter_common.atomic import write_atomic
 from smarter_common.deadline import Deadline, wait_until
-from smarter_common.errors import HostPathError, LockBusyError
-from smarter_common.firmware_elf import ElfFacts
-from smarter_common.hostroot import HostRoot
-from smarter_common.locks import FileLock, is_locked
-from smarter_common.procfs import process_start_time
-from smarter_common.remoteproc import (
-    IDLE_STATES,
-    STATE_CRASHED,
-    STATE_RUNNING,
-    core_by_id,
-    discover_cores,
-    firmware_dir,
-    read_board,
-)
-from smarter_common.remoteproc_control import (
-    STOP_TIMEOUT,
-    RemoteCoreError,
-    restore_recovery,
-    stop_core,
-)
+
+# No `typing`, `pathlib` or `dataclasses` at run time for `start`: see the docstring.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from runtime_handler.bundle import Bundle
+    from runtime_handler.core_select import CoreView
+    from runtime_handler.runc_cli import Invocation
+    from smarter_common.firmware_elf import ElfFacts
+    from smarter_common.hostroot import HostRoot
+    from smarter_common.locks import FileLock
 
 FIRMWARE_PREFIX = "smarter-"
 # runc 1.1's words (libcontainer's ErrExist), which the shim shows the user.
@@ -66,6 +54,10 @@ def lock_path(host: HostRoot, device_id: str) -> Path:
 
 
 def observe_cores(host: HostRoot) -> list[CoreView]:
+    from runtime_handler.core_select import CoreView
+    from smarter_common.locks import is_locked
+    from smarter_common.remoteproc import discover_cores
+
     views = []
     for core in discover_cores(host):
         views.append(
@@ -82,6 +74,12 @@ def observe_cores(host: HostRoot) -> list[CoreView]:
 
 def create(invocation: Invocation, bundle: Bundle, facts: ElfFacts) -> int:
     """Reserve a core, record the container, fork its supervisor and write the pid file."""
+    from pathlib import Path
+
+    from runtime_handler.core_select import BoardView, check_board
+    from smarter_common.hostroot import HostRoot
+    from smarter_common.remoteproc import read_board
+
     container_id = invocation.container_id
     if not container_id:
         raise RuntimeCallError('"create" requires exactly 1 argument')
@@ -106,8 +104,14 @@ def create(invocation: Invocation, bundle: Bundle, facts: ElfFacts) -> int:
             # without unlocking leaves the reservation with it (or drops it with no supervisor).
             os.close(lock.fileno)
     except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
+        _remove_tree(directory)
         raise
+
+
+def _remove_tree(directory: str | os.PathLike[str]) -> None:
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _claim_id(runtime_root: str, directory: Path) -> None:
@@ -124,6 +128,12 @@ def _claim_id(runtime_root: str, directory: Path) -> None:
 
 def _reserve(host: HostRoot, facts: ElfFacts, requested: str | None) -> tuple[CoreView, FileLock]:
     """Choose a core and take its lock; a core another `create` reserves meanwhile is skipped."""
+    import dataclasses
+
+    from runtime_handler.core_select import choose_core
+    from smarter_common.errors import LockBusyError
+    from smarter_common.locks import FileLock
+
     taken: set[str] = set()
     while True:
         cores = [
@@ -153,6 +163,12 @@ def _create_reserved(
     lock: FileLock,
     directory: Path,
 ) -> int:
+    from pathlib import Path
+
+    from runtime_handler import data_channels
+    from smarter_common.atomic import write_atomic
+    from smarter_common.remoteproc import IDLE_STATES, core_by_id
+
     container_id = directory.name
     current = core_by_id(host, core.device_id)
     if current is None or current.state() not in IDLE_STATES:
@@ -197,12 +213,15 @@ def _create_reserved(
             raise
     except BaseException:
         data_channels.unmark_pod(invocation.root, record)
-        shutil.rmtree(directory, ignore_errors=True)
+        _remove_tree(directory)
         raise
     return 0
 
 
 def _placement_dir(host: HostRoot) -> Path:
+    from smarter_common.errors import HostPathError
+    from smarter_common.remoteproc import firmware_dir
+
     try:
         return firmware_dir(host)
     except HostPathError as error:
@@ -230,6 +249,9 @@ def _fork_supervisor(
 def _supervise(
     record: state.ContainerRecord, directory: Path, control_fd: int, host: HostRoot
 ) -> int:
+    from runtime_handler.supervisor import Supervisor
+    from smarter_common.procfs import process_start_time
+
     try:
         os.setsid()
         os.chdir("/")
@@ -265,6 +287,8 @@ def _supervisor_failed(
 
 
 def _wait_start_time(pid: int) -> str:
+    from smarter_common.procfs import process_start_time
+
     deadline = Deadline(2.0)
     started = process_start_time(pid)
     while not started and not deadline.expired():
@@ -281,7 +305,7 @@ def start(invocation: Invocation) -> int:
     if status == state.STATUS_STOPPED:
         raise RuntimeCallError("cannot start a container that has stopped")
     send(directory, "start\n")
-    deadline = Deadline(start_timeout() + 5.0)
+    deadline = Deadline(settings.current().start_timeout + 5.0)
     while not deadline.expired():
         record = state.load(directory)
         # Started counts even if the firmware has already ended: its exit is the container's.
@@ -303,12 +327,14 @@ def show_state(invocation: Invocation) -> int:
 
 def delete(invocation: Invocation) -> int:
     """Stop the core if it still runs our firmware, release it, remove every file we made."""
+    from runtime_handler import data_channels
+
     container_id = invocation.container_id or ""
-    directory = Path(state.container_dir(invocation.root, container_id))
+    directory = state.container_dir(invocation.root, container_id)
     try:
         record = state.load(directory)
     except ContainerNotFoundError:
-        shutil.rmtree(directory, ignore_errors=True)
+        _remove_tree(directory)
         return 0
     if state.supervisor_alive(record):
         if record.status == state.STATUS_RUNNING and not invocation.switch("force"):
@@ -322,11 +348,13 @@ def delete(invocation: Invocation) -> int:
     if record.firmware_placed:
         record.firmware_path.unlink(missing_ok=True)
     data_channels.unmark_pod(invocation.root, record)
-    shutil.rmtree(directory, ignore_errors=True)
+    _remove_tree(directory)
     return 0
 
 
-def _end_supervisor(directory: Path, record: state.ContainerRecord) -> None:
+def _end_supervisor(directory: str, record: state.ContainerRecord) -> None:
+    from smarter_common.remoteproc_control import STOP_TIMEOUT
+
     with contextlib.suppress(RuntimeCallError):
         send(directory, f"kill {int(signal.SIGKILL)}\n")
     if _wait_gone(record, STOP_TIMEOUT + 5.0):
@@ -341,6 +369,15 @@ def _wait_gone(record: state.ContainerRecord, timeout: float) -> bool:
 
 def _release_core(record: state.ContainerRecord) -> None:
     """Stop the core when it still runs our firmware and nobody else holds it."""
+    from pathlib import Path
+
+    from runtime_handler.supervisor import recovery_saved_path
+    from smarter_common.errors import LockBusyError
+    from smarter_common.hostroot import HostRoot
+    from smarter_common.locks import FileLock
+    from smarter_common.remoteproc import STATE_CRASHED, STATE_RUNNING, core_by_id
+    from smarter_common.remoteproc_control import RemoteCoreError, restore_recovery, stop_core
+
     host = HostRoot(Path(record.host_root))
     lock = FileLock(Path(record.lock_path))
     try:

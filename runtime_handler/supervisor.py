@@ -52,6 +52,9 @@ _POLL_SECONDS = 0.05
 # unread and what is still on its way through the tty layer, which a short quiet period covers.
 _CONSOLE_QUIET_SECONDS = 0.02
 _CONSOLE_DRAIN_LIMIT = 1.0
+# The console's tty shows up a few ms after the core runs (on a board, once the firmware has
+# announced its rpmsg channel); every ms waited for it is a ms of `start` (issue 16).
+_CONSOLE_POLL_SECONDS = 0.005
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -76,7 +79,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until the container ends; the exit status of the container."""
-        self._log = _logger(self.record)
+        self._log = _DeferredLogger(self.record)
         for signum in _HANDLED_SIGNALS:
             signal.signal(signum, self._on_signal)
         while True:
@@ -266,7 +269,7 @@ def wait_for_console(host: HostRoot, core: RemoteCore, timeout: float) -> Path |
             return found
         if deadline.expired():
             break
-        deadline.sleep(_POLL_SECONDS / 2)
+        deadline.sleep(_CONSOLE_POLL_SECONDS)
     return console_device(host, core)
 
 
@@ -395,9 +398,37 @@ class _QuietStream:
             self._stream.flush()
 
 
-def _logger(record: state.ContainerRecord) -> Any:
-    """A logger writing runc's entries (`level`, `msg`, `time`) to the runtime log: the `runc`
-    profile of smarter_common.logs.
+class _DeferredLogger:
+    """The supervisor's logger (`_logger`), made at its first entry.
+
+    Importing structlog and logging costs ~30 ms (more on a busy board); made at once, that
+    import sits between `create` and the core running (issue 16), while the first entry of a
+    container that starts well comes after its core runs. The log file is opened at once, so
+    a log that cannot be written still fails the supervisor before the core is touched.
+    """
+
+    def __init__(self, record: state.ContainerRecord) -> None:
+        self._record = record
+        self._stream = _log_stream(record)
+        self._logger: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._logger is None:
+            self._logger = _logger(self._record, self._stream)
+        return getattr(self._logger, name)
+
+
+def _log_stream(record: state.ContainerRecord) -> Any:
+    """Where the runtime log goes: the `--log` file, else stderr."""
+    if record.log:
+        # The log file stays open for as long as the supervisor lives.
+        return open(record.log, "a", buffering=1)
+    return sys.stderr
+
+
+def _logger(record: state.ContainerRecord, stream: Any = None) -> Any:
+    """A logger writing runc's entries (`level`, `msg`, `time`) to the runtime log (`stream`):
+    the `runc` profile of smarter_common.logs.
 
     Without `--log` (podman, a hand-run runtime) stderr is the container's own output, as
     for runc, which writes nothing of its own there: only warnings go there then. The reason
@@ -407,13 +438,10 @@ def _logger(record: state.ContainerRecord) -> Any:
 
     from smarter_common import logs
 
+    if stream is None:
+        stream = _log_stream(record)
     level = logs.resolve_level(settings.current().log_level)
-    stream: Any
-    if record.log:
-        # The log file stays open for as long as the supervisor lives.
-        stream = open(record.log, "a", buffering=1)  # noqa: SIM115
-    else:
-        stream = sys.stderr
+    if not record.log:
         level = max(level, logging.WARNING)
     logs.configure(level=level, fmt=record.log_format, stream=_QuietStream(stream), profile="runc")
     return logs.get_logger("smarter-hybrid-runtime", container_id=record.id, core=record.core)

@@ -1,0 +1,122 @@
+"""`create` -> core `running` (issue 16): what `start` and a waiting supervisor pay for.
+
+`start` runs between `create` and a running core, so it imports only what it needs; the
+supervisor sets up structlog at its first log entry, which for a container that starts well is
+after its core runs, not while `start` waits for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime_handler import state
+
+from .conftest import MakeBundle, log_messages
+from .test_firmware_containers import (  # noqa: F401 (fixtures)
+    Shim,
+    core,
+    firmware,
+    fw_bundle,
+    shim,
+    simulator,
+    subreaper,
+)
+
+# What only `create` and `delete` use; `start` pays for every import before the core starts.
+_NOT_FOR_START = (
+    "runtime_handler.supervisor",
+    "runtime_handler.data_channels",
+    "runtime_handler.core_select",
+    "runtime_handler.elf_check",
+    "smarter_common.firmware_elf",
+    "smarter_common.locks",
+    "smarter_common.remoteproc",
+    "smarter_common.remoteproc_control",
+)
+# `main` as the runtime's executable runs it, then the exit code and the modules it imported.
+_PROBE = (
+    "import sys\n"
+    "from runtime_handler.__main__ import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print(code, *sorted(sys.modules))\n"
+)
+
+
+def test_start_of_a_firmware_container_imports_only_what_start_needs(
+    shim: Shim,  # noqa: F811 (the fixture)
+    simulator: object,  # noqa: F811 (the fixture)
+    make_bundle: MakeBundle,
+) -> None:
+    bundle = fw_bundle(make_bundle, firmware("hello", "cortex-m4"))
+    assert shim.create(bundle, "lean").returncode == 0
+    argv = [*shim.globals_for(bundle), "start", "lean"]
+    probe = subprocess.run(
+        [sys.executable, "-c", _PROBE, *argv],
+        env=dict(shim.env), capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    code, *imported = probe.stdout.split()
+    assert code == "0", log_messages(bundle / "log.json")
+    assert "runtime_handler.firmware_commands" in imported, "the probe did not see start"
+    assert not sorted(set(imported) & {*_NOT_FOR_START, "structlog"})
+    assert shim.state(bundle, "lean")["status"] == "running"
+    assert shim.call(bundle, "kill", "lean", "TERM").returncode == 0
+    assert shim.wait_exit("lean") == 128 + signal.SIGTERM
+
+
+# A supervisor as create leaves it, in a process of its own: what has it imported?
+_WAITING_SUPERVISOR = """
+import sys
+from runtime_handler import state, supervisor
+record = state.ContainerRecord(
+    id="fw", bundle="/b", rootfs="/b/rootfs", entrypoint="/firmware.elf", core="remoteproc0",
+    firmware_name="smarter-fw.elf", firmware_dir="/lib/firmware", lock_path="/l.lock",
+    host_root="/", log=sys.argv[1], log_format="json",
+)
+log = supervisor._DeferredLogger(record)
+print("structlog" in sys.modules, flush=True)
+log.info("core_started", core="remoteproc0")
+print("structlog" in sys.modules, flush=True)
+"""
+
+
+def test_supervisor_imports_structlog_at_its_first_log_entry_not_before(tmp_path: Path) -> None:
+    log = tmp_path / "log.json"
+    probe = subprocess.run(
+        [sys.executable, "-c", _WAITING_SUPERVISOR, str(log)],
+        env={**os.environ, "SMARTER_LOG_LEVEL": "info"},
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == ["False", "True"]
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [entry["msg"] for entry in entries] == ["core_started"]
+
+
+def test_supervisor_whose_log_cannot_be_opened_fails_before_its_first_entry(
+    tmp_path: Path,
+) -> None:
+    from runtime_handler import supervisor
+
+    record = state.ContainerRecord(
+        id="fw",
+        bundle=str(tmp_path),
+        rootfs=str(tmp_path / "rootfs"),
+        entrypoint="/firmware.elf",
+        core="remoteproc0",
+        firmware_name="smarter-fw.elf",
+        firmware_dir=str(tmp_path / "firmware"),
+        lock_path=str(tmp_path / "lock"),
+        host_root=str(tmp_path),
+        log=str(tmp_path / "no-such-directory" / "log.json"),
+        log_format="json",
+    )
+    with pytest.raises(FileNotFoundError):
+        supervisor._DeferredLogger(record)
