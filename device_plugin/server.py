@@ -169,7 +169,13 @@ class ResourcePlugin:
         self.socket = plugin_dir / socket_name(plugin_dir, offer.short_name)
         self.registered = False
         self._server: grpc.aio.Server | None = None
-        self._streams: set[asyncio.Queue[bool]] = set()
+        # What open ListAndWatch streams wait on. A stream sends the list, then waits until
+        # `_version` (bumped on each change the kubelet should hear of) or `_serving_epoch`
+        # (bumped when this server stops) moves; a burst of changes is one update. One small
+        # future per waiting stream, not a queue each: a queue is four deques, ~3 KB a stream.
+        self._version = 0
+        self._serving_epoch = 0
+        self._waiters: set[asyncio.Future[None]] = set()
         self._log = _log.bind(resource=self.resource)
 
     @property
@@ -192,8 +198,8 @@ class ResourcePlugin:
             self.ids = offer.ids
         if (self.ids, self.healthy) != before:
             self._log.info("devices_changed", healthy=self.healthy, ids=len(self.ids))
-            for stream in self._streams:
-                stream.put_nowait(True)
+            self._version += 1
+            self._wake_streams()
 
     async def serve(self, executor: Executor | None = None) -> None:
         """Listen on the plugin's socket (replacing a stale one)."""
@@ -208,8 +214,8 @@ class ResourcePlugin:
 
     async def shutdown(self) -> None:
         """End every stream, stop the server and remove the socket."""
-        for stream in self._streams:
-            stream.put_nowait(False)
+        self._serving_epoch += 1
+        self._wake_streams()
         server, self._server = self._server, None
         self.registered = False
         if server is not None:
@@ -234,18 +240,29 @@ class ResourcePlugin:
     async def ListAndWatch(  # noqa: N802
         self, request: api.Empty, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[api.ListAndWatchResponse]:
-        stream: asyncio.Queue[bool] = asyncio.Queue()
-        self._streams.add(stream)
+        epoch = self._serving_epoch
         self._log.info("kubelet_watching")
-        try:
+        while True:
+            sent = self._version
             yield api.ListAndWatchResponse(devices=self.devices())
-            while await stream.get():
-                while not stream.empty():  # a burst of changes is one update
-                    if not stream.get_nowait():
-                        return
-                yield api.ListAndWatchResponse(devices=self.devices())
+            while self._version == sent and self._serving_epoch == epoch:
+                await self._changed()
+            if self._serving_epoch != epoch:
+                return
+
+    async def _changed(self) -> None:
+        """Wait for the next change or stop; a cancelled stream takes only its own future."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await waiter
         finally:
-            self._streams.discard(stream)
+            self._waiters.discard(waiter)
+
+    def _wake_streams(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def GetPreferredAllocation(  # noqa: N802
         self,
