@@ -116,24 +116,27 @@ class Supervisor:
                 f" (state {current or 'unreadable'})",
                 hint=f"raise {settings.START_TIMEOUT_ENV} if the core boots slowly",
             )
-        self._open_console(core)
+        console = self._open_console(core)
         record.status = state.STATUS_RUNNING
         record.started = state.now_rfc3339()
         state.save(self.directory, record)
+        # Said once the record says running: the first entry sets up the logger (_DeferredLogger).
+        if console is not None:
+            self._log.info("console", core=core.device_id, device=str(console))
         self._log.info("core_started", core=core.device_id, firmware=record.firmware_name)
         return core
 
-    def _open_console(self, core: RemoteCore) -> None:
+    def _open_console(self, core: RemoteCore) -> Path | None:
         """Copy the core's console once its tty shows up (on a board, only after the firmware
-        has announced its rpmsg channel, numbered in announcement order)."""
+        has announced its rpmsg channel, numbered in announcement order); the tty's path."""
         path = wait_for_console(self.host, core, console_timeout())
         if path is None:
             self._log.warning("console_missing", core=core.device_id, waited=console_timeout())
-            return
+            return None
         self._console = _ConsoleCopy(path, out_fd=1)
         self._console.open()
         self._console.start()
-        self._log.info("console", core=core.device_id, device=str(path))
+        return path
 
     def _place_firmware(self) -> None:
         """Copy the ELF where the loader looks, under our own name; never replace a file."""

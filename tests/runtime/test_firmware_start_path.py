@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,6 @@ from runtime_handler import state
 from .conftest import MakeBundle, log_messages
 from .test_firmware_containers import (  # noqa: F401 (fixtures)
     Shim,
-    core,
     firmware,
     fw_bundle,
     shim,
@@ -120,3 +120,67 @@ def test_supervisor_whose_log_cannot_be_opened_fails_before_its_first_entry(
     )
     with pytest.raises(FileNotFoundError):
         supervisor._DeferredLogger(record)
+
+
+class _FirstEntrySpy:
+    """A logger that notes what the container's saved record said at its first entry."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.status_at_first_entry: str | None = None
+        self.events: list[str] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        def entry(event: str, **_fields: object) -> None:
+            if not self.events:
+                self.status_at_first_entry = state.load(self.directory).status
+            self.events.append(event)
+
+        return entry
+
+
+def test_supervisor_says_its_first_entry_once_the_record_says_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime_handler import supervisor
+    from smarter_common.hostroot import HostRoot
+    from smarter_common.remoteproc import RemoteCore
+
+    console = tmp_path / "ttyRPMSG0"
+    console.write_bytes(b"")
+    sysfs = tmp_path / "sys" / "remoteproc0"
+    sysfs.mkdir(parents=True)
+    directory = tmp_path / "container"
+    directory.mkdir()
+    record = state.ContainerRecord(
+        id="fw",
+        bundle=str(tmp_path),
+        rootfs=str(tmp_path / "rootfs"),
+        entrypoint="/firmware.elf",
+        core="remoteproc0",
+        firmware_name="smarter-fw.elf",
+        firmware_dir=str(tmp_path / "firmware"),
+        lock_path=str(tmp_path / "lock"),
+        host_root=str(tmp_path),
+        log=None,
+        log_format="json",
+    )
+    state.save(directory, record)
+    core = RemoteCore(index=0, sysfs=sysfs)
+    # The core's side is the simulator's elsewhere; here only the order of what _start does.
+    monkeypatch.setattr(supervisor, "core_by_id", lambda _host, _id: core)
+    monkeypatch.setattr(supervisor.Supervisor, "_place_firmware", lambda _self: None)
+    monkeypatch.setattr(supervisor, "disable_recovery", lambda _core, _saved, _log: None)
+    monkeypatch.setattr(supervisor, "start_core", lambda _core, _name: None)
+    monkeypatch.setattr(supervisor, "wait_for_state", lambda _core, _wanted, _timeout: "running")
+    monkeypatch.setattr(supervisor, "wait_for_console", lambda _host, _core, _timeout: console)
+    watcher = supervisor.Supervisor(record, directory, -1, HostRoot(tmp_path))
+    spy = _FirstEntrySpy(directory)
+    watcher._log = spy
+    try:
+        watcher._start()
+    finally:
+        watcher._drain_console()
+
+    assert spy.events == ["console", "core_started"]
+    assert spy.status_at_first_entry == state.STATUS_RUNNING
