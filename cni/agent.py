@@ -6,6 +6,7 @@ requests the plugin would handle itself, over a unix socket in the state directo
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -106,6 +107,19 @@ class _Handler(socketserver.BaseRequestHandler):
         except OSError as error:
             # The plugin stopped waiting (and told the runtime to try again later).
             log.warning("answer_undelivered", error=str(error))
+        _collect_request_garbage()
+
+
+def _collect_request_garbage() -> None:
+    """Free the reference cycles a request left, once its answer is on its way.
+
+    pyroute2's messages refer to their parents and their request filters (about 350 cyclic
+    objects per ADD). Left to the collector's thresholds they outlive a few requests, reach the
+    oldest generation and wait for a full collection; the pages they held stay with the agent
+    (about 2 MB over the first 1,000 ADD/DEL pairs). With start-up frozen (`serve`), a full
+    collection only walks what requests left: a fraction of a millisecond, after the answer.
+    """
+    gc.collect()
 
 
 def serve(conf_path: Path, socket_path: Path | None, host_root: HostRoot) -> int:
@@ -126,6 +140,9 @@ def serve(conf_path: Path, socket_path: Path | None, host_root: HostRoot) -> int
     def stop(signum: int, frame: FrameType | None) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    # Everything start-up made (modules, pyroute2's tables, the parsed network) lives as long as
+    # the agent: out of the collector's way, so each request's collection is small.
+    gc.freeze()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("serving", socket=str(path), bridge=conf.bridge, subnet=str(conf.subnet))

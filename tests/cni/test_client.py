@@ -328,3 +328,51 @@ def test_request_over_the_agents_limit_is_a_cni_error_and_a_log_line(
     logged = capfd.readouterr()
     assert "request_too_large" in logged.out + logged.err
     assert "Traceback" not in logged.out + logged.err
+
+
+def test_agent_frees_the_cycles_a_request_left_before_the_next_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pyroute2's messages are reference cycles; left to the collector's thresholds they pile
+    # up in its oldest generation and the agent's memory grows with the pods it served.
+    import gc
+    import weakref
+
+    from cni import agent
+    from cni.agent import _Handler, _Nodes, _Server
+    from smarter_common.hostroot import HostRoot
+
+    class Message:
+        parent: object = None
+
+    left: list[weakref.ref[Message]] = []
+
+    def answer_leaving_a_cycle(message: bytes, nodes: object) -> bytes:
+        cycle = Message()
+        cycle.parent = cycle
+        left.append(weakref.ref(cycle))
+        return b"0\n{}"
+
+    monkeypatch.setattr(agent, "answer", answer_leaving_a_cycle)
+    path = str(tmp_path / "agent.sock")
+    server = _Server(path, _Handler)
+    server.nodes = _Nodes(HostRoot(tmp_path))
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    serving.start()
+    # Only the agent's own collection may free the cycle, not a threshold reached by chance.
+    gc.disable()
+    try:
+        plugin = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with plugin:
+            plugin.settimeout(10)
+            plugin.connect(path)
+            plugin.sendall(encode_request({"CNI_COMMAND": "DEL"}, b"{}"))
+            plugin.shutdown(socket.SHUT_WR)
+            read_all(plugin)  # the agent closes the connection once its handler returned
+    finally:
+        gc.enable()
+        server.shutdown()
+        server.server_close()
+        serving.join(timeout=10)
+    assert len(left) == 1
+    assert left[0]() is None
