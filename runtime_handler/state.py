@@ -78,7 +78,7 @@ class Record:
             else:
                 value = self._defaults[name]
                 if type(value) is dict:
-                    value = {}  # each record its own, as a dataclass's default_factory=dict
+                    value = dict(value)  # each record its own, as with default_factory=dict
             setattr(self, name, value)
 
     def as_dict(self) -> dict[str, object]:
