@@ -216,9 +216,17 @@ def _create_decision(archive: str | None) -> "CreateDecision":
             return decision
         except (OSError, SyntaxError, ValueError, EOFError, TypeError, KeyError):
             pass  # a file not as built: the archive has the module itself
+    if archive is not None:
+        _import_from(archive)
     from runtime_handler.bundle import create_is_runcs
 
     return create_is_runcs
+
+
+def _import_from(archive: str) -> None:
+    """Put the archive first on sys.path (`python3 <zipapp>` has put it there already)."""
+    if archive not in sys.path:
+        sys.path.insert(0, archive)
 
 
 def _runc(archive: str) -> str | None:
@@ -282,10 +290,8 @@ def main() -> None:
     if not archive.startswith("/"):
         # The supervisor changes directory and still imports from the archive.
         archive = f"{posix.getcwd()}/{archive}"
-    if archive not in sys.path:
-        # Nothing imports from it before main() (runtime_handler.bundle, when the launcher's
-        # file holds no create decision).
-        sys.path.insert(0, archive)
+    # The archive goes on sys.path only once something is imported from it: there, any import
+    # (even create's `_json`, a standard extension) would first read its whole directory.
     if is_runcs(argv, archive):
         runc = _runc(archive)
         if runc is not None:
@@ -294,6 +300,7 @@ def main() -> None:
                 posix.execv(runc, [runc, *argv])
             except OSError:
                 pass
+    _import_from(archive)
     from runtime_handler.__main__ import main as runtime_main
 
     sys.exit(runtime_main())

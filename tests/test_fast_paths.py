@@ -259,3 +259,37 @@ def test_exec_path_imports_only_what_it_is_allowed(
         assert call.sentinel in imported, "the probe did not see the program: it is blind"
     beyond = sorted(name for name in imported if not _allows(allowed, name))
     assert not beyond, f"{path} imports {beyond}, beyond what {allowed_name!r} allows"
+
+
+# Run before the launcher: when it execs runc, says on stderr which archives zipimport has
+# opened (it reads an archive's whole directory the first time an import searches a sys.path
+# holding it, even for a standard extension such as `_json`).
+_ZIPIMPORTERS_AT_EXEC = (
+    "import sys\n"
+    "def _at_exec(event, args):\n"
+    "    if event == 'os.exec':\n"
+    "        opened = [p for p, f in sys.path_importer_cache.items()"
+    " if type(f).__name__ == 'zipimporter']\n"
+    "        print('zipimporters', opened, file=sys.stderr, flush=True)\n"
+    "sys.addaudithook(_at_exec)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "path", ["runtime create of a Linux container", "runtime state of a sandbox"]
+)
+def test_launcher_execs_runc_without_reading_the_archives_directory(
+    zipapps: Path, tmp_path: Path, path: str
+) -> None:
+    prepare, _ = PATHS[path]
+    with ExitStack() as stack:
+        call = prepare(zipapps, tmp_path, stack)
+    shebang = call.zipapp.read_bytes().split(b"\n", 1)[0].decode()
+    bootstrap = shebang.split(" -c ", 1)[1].strip("'")
+    result = subprocess.run(
+        [HOST_PYTHON, "-I", "-S", "-c", _ZIPIMPORTERS_AT_EXEC + bootstrap, str(call.zipapp),
+         *call.args],
+        capture_output=True, env={**HOST_ENV, **call.env}, cwd=tmp_path, check=False, timeout=60,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, call.stdout), result.stderr.decode()[-2000:]
+    assert result.stderr.decode().splitlines() == ["zipimporters []"]
