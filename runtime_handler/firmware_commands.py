@@ -46,6 +46,9 @@ FIRMWARE_PREFIX = "smarter-"
 DUPLICATE_ID = "container with given ID already exists"
 _LOCKS_SUBDIR = "smarter-hybrid/cores"
 _WAIT_POLL = 0.01
+# `start` returns as soon as the record says running: a poll of one small file, every 2 ms
+# for the ~100 ms a core takes, costs little and saves ~4 ms on average (issue 16).
+_START_POLL = 0.002
 
 
 def lock_path(host: HostRoot, device_id: str) -> Path:
@@ -315,7 +318,7 @@ def start(invocation: Invocation) -> int:
             raise RuntimeCallError(record.error or f"container exited with {record.exit_code}")
         if not state.supervisor_alive(record):
             raise RuntimeCallError("container process exited before the core started")
-        deadline.sleep(_WAIT_POLL)
+        deadline.sleep(_START_POLL)
     raise RuntimeCallError(f"{record.core} did not start in time")
 
 

@@ -189,7 +189,9 @@ def disable_recovery(core: RemoteCore, saved: Path, log: Log) -> None:
     found = read_recovery(core)
     if found and not saved.exists():
         with contextlib.suppress(OSError):
-            write_atomic(saved, found + "\n")
+            # Kept under the host's /run, which a reboot empties: an fsync would buy nothing
+            # and costs the start of every firmware container.
+            write_atomic(saved, found + "\n", durable=False)
     try:
         write_attribute(core, ATTR_RECOVERY, RECOVERY_DISABLED)
     except RemoteCoreError as error:
