@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from cni import client, config, plugin
 from cni.errors import INVALID_CONFIG, CniError
@@ -91,6 +92,11 @@ class _Server(socketserver.ThreadingUnixStreamServer):
     request_queue_size = 128
     nodes: _Nodes
 
+    def shutdown_request(self, request: Any) -> None:
+        # The plugin reads its answer until the connection closes: collect after that.
+        super().shutdown_request(request)
+        _collect_request_garbage()
+
 
 class _Handler(socketserver.BaseRequestHandler):
     server: _Server
@@ -107,17 +113,17 @@ class _Handler(socketserver.BaseRequestHandler):
         except OSError as error:
             # The plugin stopped waiting (and told the runtime to try again later).
             log.warning("answer_undelivered", error=str(error))
-        _collect_request_garbage()
 
 
 def _collect_request_garbage() -> None:
-    """Free the reference cycles a request left, once its answer is on its way.
+    """Free the reference cycles a request left, once the plugin has its answer.
 
     pyroute2's messages refer to their parents and their request filters (about 350 cyclic
     objects per ADD). Left to the collector's thresholds they outlive a few requests, reach the
     oldest generation and wait for a full collection; the pages they held stay with the agent
     (about 2 MB over the first 1,000 ADD/DEL pairs). With start-up frozen (`serve`), a full
-    collection only walks what requests left: a fraction of a millisecond, after the answer.
+    collection only walks what requests left: a fraction of a millisecond, after the
+    connection is closed.
     """
     gc.collect()
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -368,7 +369,10 @@ def test_agent_frees_the_cycles_a_request_left_before_the_next_request(
             plugin.connect(path)
             plugin.sendall(encode_request({"CNI_COMMAND": "DEL"}, b"{}"))
             plugin.shutdown(socket.SHUT_WR)
-            read_all(plugin)  # the agent closes the connection once its handler returned
+            read_all(plugin)
+        deadline = time.monotonic() + 5  # the agent collects once the connection is closed
+        while left and left[0]() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         gc.enable()
         server.shutdown()
