@@ -43,6 +43,18 @@ JSON = frozenset(
     }
 )  # fmt: skip
 LAUNCHER_CREATE = frozenset({"_json"})
+# kill of a firmware container: its record (runtime_handler.state, read by CPython's C JSON
+# scanner), runc's signal names and one write on the supervisor's FIFO; kill -> stopped is a
+# goal of issue 16.
+FIRMWARE_KILL = (
+    ZIPIMPORT | FUTURE | OS | {"_json"}
+    | {"runtime_handler", "runtime_handler.__main__", "runtime_handler.route",
+       "runtime_handler.runc_cli", "runtime_handler.passthrough", "runtime_handler.settings",
+       "runtime_handler.errors", "runtime_handler.firmware_kill", "runtime_handler.signals",
+       "runtime_handler.state"}
+    | {"smarter_common", "smarter_common.errors", "smarter_common.atomic",
+       "smarter_common.procfs"}
+)  # fmt: skip
 CNI_VERSION = frozenset(
     {"cni", "cni.client", "cni.plugin", "cni.errors", "cni.names", "cni.request"}
     | {"smarter_common", "smarter_common.errors"}
@@ -58,6 +70,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     # from the file's head (no archive opened), which reads config.json with CPython's C JSON
     # scanner and peeks at the entrypoint.
     "runtime create pass-through": LAUNCHER_CREATE,
+    "runtime firmware kill": FIRMWARE_KILL,
     # VERSION is answered by the plugin itself, never by pyroute2 or structlog.
     "cni version in-process": ZIPIMPORT | FUTURE | OS | {"_socket"} | JSON | CNI_VERSION,
 }
@@ -208,6 +221,29 @@ def _runtime_create(zipapps: Path, tmp: Path, stack: ExitStack) -> Call:
     )  # fmt: skip
 
 
+def _runtime_firmware_kill(zipapps: Path, tmp: Path, stack: ExitStack) -> Call:
+    """kill TERM of a running firmware container: this test's process stands for its supervisor
+    (a live PID whose start time the record holds) and holds its control FIFO open."""
+    from runtime_handler import state
+    from smarter_common.procfs import process_start_time
+
+    directory = Path(state.container_dir(str(tmp), "fw1"))
+    directory.mkdir(parents=True)
+    record = state.ContainerRecord(
+        id="fw1", bundle=str(tmp), rootfs=str(tmp / "rootfs"), entrypoint="/firmware.elf",
+        core="remoteproc0", firmware_name="smarter-fw1.elf", firmware_dir=str(tmp),
+        lock_path=str(tmp / "lock"), host_root="/", log=None, log_format="json",
+        pid=os.getpid(), pid_start=process_start_time(os.getpid()), status=state.STATUS_RUNNING,
+    )  # fmt: skip
+    state.save(directory, record)
+    fifo = directory / state.CONTROL_FIFO
+    os.mkfifo(fifo, 0o600)
+    supervisor_end = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    stack.callback(os.close, supervisor_end)
+    argv = ["--root", str(tmp), "--log", str(tmp / "log.json"), "kill", "fw1", "TERM"]
+    return Call(zipapps / "smarter-hybrid-runtime", argv, sentinel="runtime_handler.firmware_kill")
+
+
 def _cni_version(zipapps: Path, tmp: Path, stack: ExitStack) -> Call:
     config = {"cniVersion": "1.0.0", "name": "smarter", "type": "smarter-cni"}
     answer = {"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}
@@ -240,6 +276,7 @@ PATHS: dict[str, tuple[Callable[[Path, Path, ExitStack], Call], str]] = {
         _runtime_settings_file, "runtime launcher pass-through"
     ),
     "runtime create of a Linux container": (_runtime_create, "runtime create pass-through"),
+    "runtime kill of a firmware container": (_runtime_firmware_kill, "runtime firmware kill"),
     "cni VERSION": (_cni_version, "cni version in-process"),
     "cni STATUS answered by the agent": (_cni_status_via_agent, "cni launcher via the agent"),
 }
