@@ -50,7 +50,7 @@ TARGET_BEYOND_FLOOR_MS = 3.0
 # Issue 16: kill -> stopped on the simulated gateway, and create -> running as it was then.
 TARGET_KILL_TO_STOPPED_MS = 100.0
 BEFORE_CREATE_TO_RUNNING_MS = 231.0
-FIRMWARE_ROUNDS = 5
+FIRMWARE_ROUNDS = 11
 COMMANDS = ("create", "start", "state", "kill", "delete")
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -235,11 +235,11 @@ def _firmware(workdir: Path, ours: Path) -> list[Measurement]:
     to_running: list[float] = []
     to_stopped: list[float] = []
     with running_simulator(workdir / "gateway", ["cortex-m4"]) as simulator, _subreaper():
-        env = {**os.environ, "SMARTER_RUNTIME_HOST_ROOT": str(simulator.root)}
+        # Run by its `#!` line with the node's PATH, as containerd runs it.
+        env = {**os.environ, **HOST_ENV, "SMARTER_RUNTIME_HOST_ROOT": str(simulator.root)}
         for round_number in range(FIRMWARE_ROUNDS):
             container_id = f"fw-{round_number}"
             base = [
-                HOST_PYTHON,
                 str(ours),
                 "--root",
                 str(root),
