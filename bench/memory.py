@@ -29,24 +29,31 @@ signal.pause()
 
 @dataclass(frozen=True)
 class Memory:
-    """Resident (RSS) and proportional (PSS: shared pages divided among their users) size."""
+    """Resident (RSS) and proportional (PSS: shared pages divided among their users) size, and
+    PSS's anonymous part: the process's own heap and stacks, which, unlike the libraries' file
+    pages, no other process starting or stopping moves (the figure to read for growth)."""
 
     rss_mb: float
     pss_mb: float
+    pss_anon_mb: float
 
     def __add__(self, other: Memory) -> Memory:
-        return Memory(self.rss_mb + other.rss_mb, self.pss_mb + other.pss_mb)
+        return Memory(
+            self.rss_mb + other.rss_mb,
+            self.pss_mb + other.pss_mb,
+            self.pss_anon_mb + other.pss_anon_mb,
+        )
 
 
 def memory_of(pid: int) -> Memory:
-    """`pid`'s RSS and PSS now, from /proc/<pid>/smaps_rollup (kB)."""
+    """`pid`'s RSS, PSS and anonymous PSS now, from /proc/<pid>/smaps_rollup (kB)."""
     fields: dict[str, int] = {}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         name, _, rest = line.partition(":")
         words = rest.split()
         if len(words) == 2 and words[1] == "kB":
             fields[name] = int(words[0])
-    return Memory(fields["Rss"] / 1024, fields["Pss"] / 1024)
+    return Memory(fields["Rss"] / 1024, fields["Pss"] / 1024, fields["Pss_Anon"] / 1024)
 
 
 def imported_modules(importtime_stderr: str) -> list[str]:
