@@ -23,7 +23,9 @@ the same version): it links libpython in statically and is built with profile-gu
 link-time optimisation, which makes every exec ~10 ms faster than a shared-libpython build such
 as pyenv's (bench/bench_cni.py and bench/bench_runtime.py show both forms). Its standard library
 (/usr/lib/python3.X) is what gets shipped; the zipapps' bytecode is compiled here, so the two
-interpreters must agree on the bytecode magic number.
+interpreters must agree on the bytecode magic number. The programs' launchers (the code their
+#! line runs before the archive is opened) are stored as that bytecode too, not as source to
+compile at every exec, unless PREFIX is so long that the #! line would not fit (127 bytes).
 
 Usage: python scripts/build_bundle.py [--out DIR] [--prefix PREFIX] [--python PATH]
        (default: out/bundle/, /opt/smarter-edge, /usr/bin/python3.X)
@@ -103,6 +105,8 @@ class Interpreter:
     executable: Path
     stdlib: Path
     lib_dynload: Path
+    # Its bytecode's magic number: the launchers' heads are stored as its bytecode.
+    magic: bytes
 
 
 # Asked of the interpreter to bundle (with -I -S, as the programs run it).
@@ -140,7 +144,7 @@ def interpreter_at(python: Path) -> Interpreter:
             f"{importlib.util.MAGIC_NUMBER!r}): run build_bundle.py with a Python of the"
             " interpreter's version, or name one of this version with --python"
         )
-    return Interpreter(Path(executable), Path(stdlib), Path(str(lib_dynload)))
+    return Interpreter(Path(executable), Path(stdlib), Path(str(lib_dynload)), bytes(magic))
 
 
 def build_bundle(out: Path, prefix: PurePosixPath, interpreter: Interpreter) -> Path:
@@ -153,7 +157,9 @@ def build_bundle(out: Path, prefix: PurePosixPath, interpreter: Interpreter) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        build_all(staging, interpreter=str(prefix / "bin/python3"))
+        build_all(
+            staging, interpreter=str(prefix / "bin/python3"), interpreter_magic=interpreter.magic
+        )
         modules = traced_stdlib(interpreter, [staging / p.name for p in PROGRAMS])
         extensions = _copy_stdlib(modules, interpreter, staging / STDLIB_SUBDIR)
         _copy_elf_closure(

@@ -44,6 +44,15 @@ DIRECT_SHEBANG = "#!{interpreter} -IS\n"
 DIRECT_LAUNCHER_SHEBANG = (
     '#!{interpreter} -IScimport sys;exec(open(sys.argv[1],"rb").read({{size}}))\n'
 )
+# The bundle's launcher head as its interpreter's bytecode: the line, then the launcher's code
+# object marshal'd (bytes {start} to {size}). Loading it costs ~0.1 ms where compiling the source
+# costs ~1.3 ms (route.py) to ~2 ms (cni/client.py) at every exec. The interpreter is built with
+# the programs, so the build knows its bytecode (`interpreter_magic`); python3 on a host may be
+# any version, so the zipapps it runs keep a source head. marshal is built in and always loaded.
+DIRECT_BYTECODE_LAUNCHER_SHEBANG = (
+    "#!{interpreter} -IScimport sys,marshal as m;"
+    'exec(m.loads(open(sys.argv[1],"rb").read({{size}})[{{start}}:]))\n'
+)
 # The launcher's line the build rewrites to say where its chunk lies in the file.
 _CHUNK_PLACE = b"CHUNK_PLACE = None\n"
 # Linux reads at most this much of a `#!` line (BINPRM_BUF_SIZE, since 5.1; 128 before).
@@ -93,16 +102,38 @@ class BuildError(Exception):
     """The zipapps cannot be built from this tree or environment."""
 
 
-def build_all(out_dir: Path, interpreter: str | None = None) -> list[Path]:
+def build_all(
+    out_dir: Path, interpreter: str | None = None, interpreter_magic: bytes | None = None
+) -> list[Path]:
     """Build every program into `out_dir`; the paths of the written files."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [build(program, out_dir / program.name, interpreter) for program in PROGRAMS]
+    return [
+        build(program, out_dir / program.name, interpreter, interpreter_magic)
+        for program in PROGRAMS
+    ]
 
 
-def build(program: Program, target: Path, interpreter: str | None = None) -> Path:
+def build(
+    program: Program,
+    target: Path,
+    interpreter: str | None = None,
+    interpreter_magic: bytes | None = None,
+) -> Path:
     """Write `program` as an executable zipapp at `target` (replaced atomically).
 
-    Its `#!` line finds python3 through PATH, or names `interpreter` (an absolute path)."""
+    Its `#!` line finds python3 through PATH, or names `interpreter` (an absolute path). With
+    `interpreter_magic` (the bytecode magic number of the interpreter at `interpreter`), a
+    launcher's head is stored as bytecode when its `#!` line fits, as source otherwise."""
+    if interpreter_magic is not None:
+        if interpreter is None:
+            raise BuildError("a bytecode head needs the interpreter named by absolute path")
+        if interpreter_magic != importlib.util.MAGIC_NUMBER:
+            raise BuildError(
+                f"{interpreter} runs bytecode {interpreter_magic!r}, but this build compiles"
+                f" {importlib.util.MAGIC_NUMBER!r} (Python {sys.version_info.major}."
+                f"{sys.version_info.minor}): run the build with a Python of the bundled"
+                " interpreter's version"
+            )
     entries: dict[str, bytes] = {}
     for package in program.packages:
         entries.update(_package_files(package))
@@ -132,7 +163,12 @@ def build(program: Program, target: Path, interpreter: str | None = None) -> Pat
             if interpreter is None
             else DIRECT_LAUNCHER_SHEBANG.format(interpreter=interpreter)
         )
-        head = _launcher_head(program.launcher, shebang, program.launcher_chunk)
+        bytecode_shebang = (
+            None
+            if interpreter is None or interpreter_magic is None
+            else DIRECT_BYTECODE_LAUNCHER_SHEBANG.format(interpreter=interpreter)
+        )
+        head = _launcher_head(program.launcher, shebang, program.launcher_chunk, bytecode_shebang)
     leaked = {name.split("/", 1)[0] for name in entries} & FORBIDDEN_TOP_LEVEL
     if leaked:
         raise BuildError(
@@ -147,20 +183,27 @@ def build(program: Program, target: Path, interpreter: str | None = None) -> Pat
 
 
 def _launcher_head(
-    module: str, shebang: str = LAUNCHER_SHEBANG, chunk: str | None = None
+    module: str,
+    shebang: str = LAUNCHER_SHEBANG,
+    chunk: str | None = None,
+    bytecode_shebang: str | None = None,
 ) -> bytes:
-    """The shebang that execs the file's first bytes, then the launcher's source, then the
-    chunk of `chunk` (`module:function`) when there is one.
+    """The shebang that execs the file's first bytes, then the launcher, then the chunk of
+    `chunk` (`module:function`) when there is one.
 
-    The source goes in without docstrings, comments, annotations, `from __future__` and
-    `if TYPE_CHECKING:` blocks: it is compiled at every exec (no bytecode cache for exec'd
-    text), ~0.3 ms per KB in a fresh interpreter. The archive keeps the module as written.
+    The launcher is its source, or with `bytecode_shebang` (DIRECT_BYTECODE_LAUNCHER_SHEBANG)
+    its code object marshal'd, unless that line is over _SHEBANG_LIMIT (a long --prefix): then
+    the source head's shorter line. Either is compiled from the source without docstrings,
+    comments, annotations, `from __future__` and `if TYPE_CHECKING:` blocks: a source head is
+    compiled at every exec (no bytecode cache for exec'd text), ~0.3 ms per KB in a fresh
+    interpreter. The archive keeps the module as written.
     The chunk is past the bytes the shebang execs, so only the calls that need it read it: the
     function and the module-level names it uses, compacted alike, as this interpreter's
     bytecode (the magic number, then marshal's bytes: ~0.1 ms to load where compiling the
     source would cost ~3 ms) followed by the source, compiled by an interpreter of another
-    bytecode. The launcher finds them from its `CHUNK_PLACE = None` line, which the build
-    rewrites to (offset, bytecode size, source size).
+    bytecode. The chunk is the same behind both heads, so the launcher reads it one way. The
+    launcher finds it from its `CHUNK_PLACE = None` line, which the build rewrites to
+    (offset, bytecode size, source size).
     """
     source = _compact_source(_module_text(module))
     chunk_bytes, place = b"", "None"
@@ -174,18 +217,47 @@ def _launcher_head(
         bytecode = importlib.util.MAGIC_NUMBER + marshal.dumps(code)
         chunk_bytes = bytecode + chunk_source
         place = f"({{size}}, {len(bytecode)}, {len(chunk_source)})"
+    if bytecode_shebang is not None:
+        filename = module.replace(".", "/") + ".py"
+        line, body = _bytecode_head(source, place, bytecode_shebang, filename)
+        if len(line) <= _SHEBANG_LIMIT:
+            return line + body + chunk_bytes
+    line, body = _source_head(source, place, shebang)
+    if len(line) > _SHEBANG_LIMIT:
+        raise BuildError(f"the launcher's #! line is {len(line)} bytes, over {_SHEBANG_LIMIT}")
+    return line + body + chunk_bytes
+
+
+def _source_head(source: bytes, place: str, shebang: str) -> tuple[bytes, bytes]:
+    """The `#!` line and the source it execs, which says where the head ends."""
     size = 0
     while True:
         line = shebang.format(size=size).encode()
-        placed = source.replace(
-            _CHUNK_PLACE, f"CHUNK_PLACE = {place.format(size=size)}\n".encode()
-        )
+        placed = _placed(source, place, size)
         if len(line) + len(placed) == size:
-            break
+            return line, placed
         size = len(line) + len(placed)
-    if len(line) > _SHEBANG_LIMIT:
-        raise BuildError(f"the launcher's #! line is {len(line)} bytes, over {_SHEBANG_LIMIT}")
-    return line + placed + chunk_bytes
+
+
+def _bytecode_head(source: bytes, place: str, shebang: str, filename: str) -> tuple[bytes, bytes]:
+    """The `#!` line and the marshal'd code it loads (bytes `start` to `size` of the file)."""
+    start = size = 0
+    # The code holds where the head ends, the line holds the code's size: a few rounds settle
+    # both (marshal writes an int in a fixed width, so only the line's digits can move).
+    for _ in range(8):
+        line = shebang.format(size=size, start=start).encode()
+        code = compile(_placed(source, place, size), filename, "exec", dont_inherit=True,
+                       optimize=0)  # fmt: skip
+        body = marshal.dumps(code)
+        if (start, size) == (len(line), len(line) + len(body)):
+            return line, body
+        start, size = len(line), len(line) + len(body)
+    raise BuildError(f"the bytecode head of {filename} does not settle on a size")
+
+
+def _placed(source: bytes, place: str, size: int) -> bytes:
+    """`source` with its `CHUNK_PLACE` line saying `place`, the chunk being at `size`."""
+    return source.replace(_CHUNK_PLACE, f"CHUNK_PLACE = {place.format(size=size)}\n".encode())
 
 
 def _module_text(module: str) -> str:

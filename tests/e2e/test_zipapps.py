@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import marshal
+import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import types
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -171,3 +179,111 @@ def test_zipapps_install_themselves_into_a_debian_node_under_the_host_python(
     config = (root / "etc/containerd/config.toml").read_text()
     assert config.startswith(debian)
     assert 'BinaryName = "/usr/local/bin/smarter-hybrid-runtime"' in config
+
+
+# The bundle's programs (scripts/build_bundle.py) name their interpreter by absolute path, and
+# their launchers' heads are that interpreter's bytecode when the #! line fits. Here the host's
+# python3, named through a symlink whose path has the length a case needs, stands for it.
+_BYTECODE_HEAD = re.compile(
+    rb'^#!(\S+) -IScimport sys,marshal as m;exec\(m\.loads\(open\(sys\.argv\[1\],"rb"\)'
+    rb"\.read\((\d+)\)\[(\d+):\]\)\)$"
+)
+_SOURCE_HEAD = re.compile(
+    rb'^#!(\S+) -IScimport sys;exec\(open\(sys\.argv\[1\],"rb"\)\.read\(\d+\)\)$'
+)
+
+
+@pytest.fixture
+def short_directory() -> Iterator[Path]:
+    # tmp_path can be longer than a whole #! line.
+    directory = Path(tempfile.mkdtemp(prefix="se", dir="/tmp"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def _interpreter_named(directory: Path, length: int) -> str:
+    """A path of `length` characters naming the host's python3 (a symlink in `directory`)."""
+    name = "p" * (length - len(str(directory)) - 1)
+    assert name, f"{directory} is too long for a {length}-character interpreter path"
+    (directory / name).symlink_to(os.path.realpath(HOST_PYTHON))
+    return str(directory / name)
+
+
+def _host_magic() -> bytes:
+    probe = "import importlib.util,sys;sys.stdout.buffer.write(importlib.util.MAGIC_NUMBER)"
+    return subprocess.run([HOST_PYTHON, "-I", "-S", "-c", probe], capture_output=True,
+                          check=True).stdout  # fmt: skip
+
+
+def _bundle_heads(directory: Path, interpreter: str) -> dict[str, bytes]:
+    builder = _builder()
+    builder.build_all(directory / "out", interpreter=interpreter, interpreter_magic=_host_magic())
+    return {p: (directory / "out" / p).read_bytes().split(b"\n", 1)[0] for p in PROGRAMS}
+
+
+def _assert_programs_answer(out: Path, tmp_path: Path) -> None:
+    """Each program answers as the zipapps always have, started by its own #! line."""
+    for program in PROGRAMS:
+        result = subprocess.run([str(out / program), "--version"], capture_output=True,
+                                text=True, env=HOST_ENV, cwd="/")  # fmt: skip
+        assert (result.returncode, result.stdout) == (0, f"{program} {__version__}\n"), (
+            result.stderr
+        )
+    argv = ["--root", str(tmp_path), "state", "sb1"]
+    runc_env = {**HOST_ENV, "SMARTER_RUNC": "/bin/echo"}
+    passed = subprocess.run([str(out / "smarter-hybrid-runtime"), *argv], capture_output=True,
+                            text=True, env=runc_env, cwd="/")  # fmt: skip
+    assert (passed.returncode, passed.stdout) == (0, " ".join(argv) + "\n"), passed.stderr
+    config = '{"cniVersion": "1.0.0", "name": "smarter", "type": "smarter-cni"}'
+    cni_env = {**HOST_ENV, "CNI_COMMAND": "VERSION"}
+    version = subprocess.run([str(out / "smarter-cni")], input=config, capture_output=True,
+                             text=True, env=cni_env, cwd="/")  # fmt: skip
+    assert version.returncode == 0, version.stderr
+    assert json.loads(version.stdout)["supportedVersions"] == ["0.4.0", "1.0.0", "1.1.0"]
+
+
+def test_bundle_head_is_the_launchers_bytecode_and_answers_as_before(
+    short_directory: Path, tmp_path: Path
+) -> None:
+    interpreter = _interpreter_named(short_directory, 29)  # /opt/smarter-edge/bin/python3's
+    heads = _bundle_heads(short_directory, interpreter)
+    for program, line in heads.items():
+        match = _BYTECODE_HEAD.match(line)
+        assert match, (program, line)
+        assert len(line) <= 127
+        data = (short_directory / "out" / program).read_bytes()
+        size, start = int(match[2]), int(match[3])
+        assert start == len(line) + 1
+        assert isinstance(marshal.loads(data[start:size]), types.CodeType)
+    _assert_programs_answer(short_directory / "out", tmp_path)
+
+
+def test_bundle_head_whose_bytecode_line_would_not_fit_falls_back_to_source(
+    short_directory: Path, tmp_path: Path
+) -> None:
+    # A 50-character interpreter path (a long --prefix): the bytecode head's line would be
+    # over 127 bytes, the source head's is not.
+    interpreter = _interpreter_named(short_directory, 50)
+    heads = _bundle_heads(short_directory, interpreter)
+    for program, line in heads.items():
+        assert _SOURCE_HEAD.match(line), (program, line)
+        assert len(line) <= 127
+    _assert_programs_answer(short_directory / "out", tmp_path)
+
+
+def test_bundle_head_for_another_interpreters_bytecode_is_refused_and_nothing_is_written(
+    tmp_path: Path,
+) -> None:
+    builder = _builder()
+    program = builder.PROGRAMS[1]
+    refusal = (
+        r"runs bytecode b'\\x00\\x00\\r\\n', but this build compiles .* run the build with a"
+        r" Python of the bundled interpreter's version"
+    )
+    with pytest.raises(builder.BuildError, match=refusal):
+        builder.build(program, tmp_path / program.name,
+                      interpreter="/opt/smarter-edge/bin/python3",
+                      interpreter_magic=b"\x00\x00\r\n")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
