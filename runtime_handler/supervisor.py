@@ -26,6 +26,7 @@ from runtime_handler.bundle import resolve_in_rootfs
 from runtime_handler.errors import RuntimeCallError
 from smarter_common.deadline import Deadline
 from smarter_common.hostroot import HostRoot
+from smarter_common.logs import WARNING, RuncLogger, resolve_level
 from smarter_common.remoteproc import (
     LIVE_STATES,
     STATE_CRASHED,
@@ -79,7 +80,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until the container ends; the exit status of the container."""
-        self._log = _DeferredLogger(self.record)
+        self._log = _logger(self.record)
         for signum in _HANDLED_SIGNALS:
             signal.signal(signum, self._on_signal)
         while True:
@@ -120,7 +121,7 @@ class Supervisor:
         record.status = state.STATUS_RUNNING
         record.started = state.now_rfc3339()
         state.save(self.directory, record)
-        # Said once the record says running: the first entry sets up the logger (_DeferredLogger).
+        # Said once the record says running: `start` returns on the record, not on the log.
         if console is not None:
             self._log.info("console", core=core.device_id, device=str(console))
         self._log.info("core_started", core=core.device_id, firmware=record.firmware_name)
@@ -401,26 +402,6 @@ class _QuietStream:
             self._stream.flush()
 
 
-class _DeferredLogger:
-    """The supervisor's logger (`_logger`), made at its first entry.
-
-    Importing structlog and logging costs ~30 ms (more on a busy board); made at once, that
-    import sits between `create` and the core running (issue 16), while the first entry of a
-    container that starts well comes after its core runs. The log file is opened at once, so
-    a log that cannot be written still fails the supervisor before the core is touched.
-    """
-
-    def __init__(self, record: state.ContainerRecord) -> None:
-        self._record = record
-        self._stream = _log_stream(record)
-        self._logger: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        if self._logger is None:
-            self._logger = _logger(self._record, self._stream)
-        return getattr(self._logger, name)
-
-
 def _log_stream(record: state.ContainerRecord) -> Any:
     """Where the runtime log goes: the `--log` file, else stderr."""
     if record.log:
@@ -429,22 +410,24 @@ def _log_stream(record: state.ContainerRecord) -> Any:
     return sys.stderr
 
 
-def _logger(record: state.ContainerRecord, stream: Any = None) -> Any:
-    """A logger writing runc's entries (`level`, `msg`, `time`) to the runtime log (`stream`):
-    the `runc` profile of smarter_common.logs.
+def _logger(record: state.ContainerRecord, stream: Any = None) -> RuncLogger:
+    """A logger writing runc's entries (`level`, `msg`, `time`) to the runtime log (`stream`,
+    else the `--log` file, opened now: a log that cannot be written fails the supervisor
+    before the core is touched).
+
+    Stdlib only (smarter_common.logs' RuncLogger): the supervisor is resident for the life of
+    its container, and structlog would add ~10 MB (asyncio) and ~30 ms after the core runs,
+    which a `kill` sent right after `start` waits for (issue 16).
 
     Without `--log` (podman, a hand-run runtime) stderr is the container's own output, as
     for runc, which writes nothing of its own there: only warnings go there then. The reason
     a container ended is said once on stderr by the supervisor itself (`_say`).
     """
-    import logging
-
-    from smarter_common import logs
-
     if stream is None:
         stream = _log_stream(record)
-    level = logs.resolve_level(settings.current().log_level)
+    level = resolve_level(settings.current().log_level)
     if not record.log:
-        level = max(level, logging.WARNING)
-    logs.configure(level=level, fmt=record.log_format, stream=_QuietStream(stream), profile="runc")
-    return logs.get_logger("smarter-hybrid-runtime", container_id=record.id, core=record.core)
+        level = max(level, WARNING)
+    return RuncLogger(_QuietStream(stream), level=level, log_format=record.log_format).bind(
+        logger="smarter-hybrid-runtime", container_id=record.id, core=record.core
+    )

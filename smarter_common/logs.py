@@ -4,16 +4,18 @@
   when the stream is not a terminal, readable key=value on one; `timestamp`, `level`, `event`.
 - `runc` (smarter-hybrid-runtime's `--log` file): entries as runc writes them with logrus,
   `{"level":...,"msg":...,"time":...}` for `--log-format json`, `time="..." level=... msg="..."`
-  for `text`; the runc shim shows the user the last `error` entry.
+  for `text`; the runc shim shows the user the last `error` entry. Written by `RuncLogger`
+  over `runc_entry`, with the standard library alone, never through structlog.
 
 Events are short snake_case names (`core_started`, `pod_added`), the data goes in fields
 (tests/common/test_event_names.py holds every call to it). Logs go to stderr by default: the
 CNI plugin's stdout carries its result and a firmware container's stdout is the container's log.
 
-structlog (~55 ms to import) is imported only when something is logged through it:
-`runc_entry` needs the standard library alone, so the exec'd runtime can refuse a call in
-runc's words, and `LazyLogger` lets the exec'd CNI plugin log without paying for it when
-there is nothing to say.
+structlog (~55 ms to import; it imports asyncio, ~10 MB resident) is imported only when
+something is logged through it: the runtime's entries (`runc_entry`, `RuncLogger`) need the
+standard library alone, so the exec'd runtime can refuse a call in runc's words and a firmware
+container's supervisor, resident for the container's life, never holds it; `LazyLogger` lets
+the exec'd CNI plugin log without paying for it when there is nothing to say.
 """
 
 from __future__ import annotations
@@ -24,16 +26,27 @@ import time
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, MutableMapping
+    from collections.abc import Mapping
 
 LOG_LEVEL_ENV = "SMARTER_LOG_LEVEL"
 LOG_FORMAT_ENV = "SMARTER_LOG_FORMAT"
 
 LogFormat = Literal["auto", "json", "console"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "console")
-Profile = Literal["daemon", "runc"]
 # runc's --log-format values.
 RUNC_FORMATS = ("text", "json")
+# The logging module's level numbers, without importing it (~10 ms on the exec'd paths).
+_LEVELS = {
+    "CRITICAL": 50,
+    "FATAL": 50,
+    "ERROR": 40,
+    "WARN": 30,
+    "WARNING": 30,
+    "INFO": 20,
+    "DEBUG": 10,
+    "NOTSET": 0,
+}
+WARNING = _LEVELS["WARNING"]
 
 # Characters logrus' text formatter leaves unquoted in a value.
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._/@^+")
@@ -52,10 +65,8 @@ def resolve_format(requested: str | None, stream: TextIO) -> Literal["json", "co
 def resolve_level(requested: str | None, *, default: str = "info") -> int:
     """A logging level number from a name such as `info` (flag, else environment, else
     `default`)."""
-    import logging
-
     name = (requested or os.environ.get(LOG_LEVEL_ENV) or default).upper()
-    level = logging.getLevelNamesMapping().get(name)
+    level = _LEVELS.get(name)
     if level is None:
         raise ValueError(f"log level {name.lower()!r} is not one of debug, info, warning, error")
     return level
@@ -66,37 +77,30 @@ def configure(
     level: str | int | None = None,
     fmt: str | None = None,
     stream: Any = None,
-    profile: Profile = "daemon",
 ) -> str:
-    """Set up structlog for the whole process; the format it writes (`json`, `console`, `text`).
+    """Set up structlog for the whole process (the `daemon` profile); the format it writes
+    (`json` or `console`, as `resolve_format`).
 
-    `level` is a name or a number (None: SMARTER_LOG_LEVEL, else info). For the `runc` profile
-    `fmt` is runc's `--log-format` (`text` unless `json`); for `daemon` as `resolve_format`.
+    `level` is a name or a number (None: SMARTER_LOG_LEVEL, else info).
     """
     import structlog
 
     out = stream if stream is not None else sys.stderr
     number = level if isinstance(level, int) else resolve_level(level)
-    written: str
-    processors: list[Any] = [structlog.contextvars.merge_contextvars]
-    if profile == "runc":
-        written = "json" if fmt == "json" else "text"
-        processors += [structlog.processors.add_log_level, _RuncRenderer(written)]
-    else:
-        written = resolve_format(fmt, out)
-        renderer: Any = (
-            structlog.processors.JSONRenderer()
-            if written == "json"
-            else structlog.dev.ConsoleRenderer(colors=False)
-        )
-        processors += [
+    written = resolve_format(fmt, out)
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if written == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
-        ]
-    structlog.configure(
-        processors=processors,
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(number),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
@@ -118,13 +122,18 @@ def runc_entry(
     log_format: str = "text",
     fields: Mapping[str, Any] | None = None,
 ) -> str:
-    """One entry of runc's log in `log_format` (`json`, else logrus `text`), newline included."""
+    """One entry of runc's log in `log_format` (`json`, else logrus `text`), newline included.
+
+    `level`, `msg` and `time` come first, then `fields` in their order; a field named like one
+    of those three replaces it (as a structlog field of the same name did). A value JSON has no
+    form for is written as its str(): an entry is never lost to its data."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     extra = dict(fields or {})
     if log_format == "json":
         import json
 
-        return json.dumps({"level": level, "msg": message, "time": stamp, **extra}) + "\n"
+        entry = {"level": level, "msg": message, "time": stamp, **extra}
+        return json.dumps(entry, default=str) + "\n"
     pairs = [("time", stamp), ("level", level), ("msg", message), *extra.items()]
     return " ".join(f"{key}={_logfmt_value(value)}" for key, value in pairs) + "\n"
 
@@ -136,16 +145,61 @@ def _logfmt_value(value: Any) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-class _RuncRenderer:
-    """structlog's last processor for the `runc` profile: the event is runc's `msg`."""
+class RuncLogger:
+    """The runtime's logger: runc's entries (`runc_entry`) on `stream`, one write each.
 
-    def __init__(self, log_format: str) -> None:
-        self._format = log_format
+    Called as a structlog logger is (`log.info("core_started", core=...)`): the event is runc's
+    `msg`, the bound context (`bind`) and the call's fields follow it in that order, and entries
+    below `level` (a number, as `resolve_level` gives) are not written. `log_format` is runc's
+    `--log-format` (`json`, else logrus `text`). A write that fails is the stream's to handle.
+    """
 
-    def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
-        message = str(event.pop("event", ""))
-        level = str(event.pop("level", "info"))
-        return runc_entry(message, level=level, log_format=self._format, fields=event).rstrip("\n")
+    def __init__(
+        self,
+        stream: TextIO | Any,
+        *,
+        level: int,
+        log_format: str,
+        context: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._level = level
+        self._format = "json" if log_format == "json" else "text"
+        self._context = dict(context or {})
+
+    @property
+    def log_format(self) -> str:
+        """What it writes: `json` or `text`."""
+        return self._format
+
+    def bind(self, **context: Any) -> RuncLogger:
+        """The same logger with `context` added to every entry's fields."""
+        return RuncLogger(
+            self._stream,
+            level=self._level,
+            log_format=self._format,
+            context={**self._context, **context},
+        )
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._write(10, "debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._write(20, "info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._write(30, "warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._write(40, "error", event, fields)
+
+    def _write(self, number: int, level: str, event: str, fields: Mapping[str, Any]) -> None:
+        if number < self._level:
+            return
+        merged = {**self._context, **fields}
+        # The level is the method's, whatever the fields say: the shim looks for `error`.
+        merged.pop("level", None)
+        self._stream.write(runc_entry(event, level=level, log_format=self._format, fields=merged))
 
 
 class LazyLogger:

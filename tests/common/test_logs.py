@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,26 +65,76 @@ def test_bad_level_and_format_name_the_value() -> None:
         logs.resolve_format("xml", io.StringIO())
 
 
-def test_runc_profile_writes_runcs_json_entries_with_fields() -> None:
+def test_runc_logger_writes_runcs_json_entries_with_bound_fields_first() -> None:
     out = io.StringIO()
-    assert logs.configure(fmt="json", stream=out, profile="runc") == "json"
-    logs.get_logger("smarter-hybrid-runtime", container_id="fw1").info("core_started", core="r0")
+    log = logs.RuncLogger(out, level=20, log_format="json").bind(container_id="fw1", core="r0")
+    log.info("core_started", firmware="smarter-fw1.elf")
     entry = json.loads(out.getvalue())
-    assert entry["msg"] == "core_started"
-    assert entry["level"] == "info"
-    assert entry["container_id"] == "fw1" and entry["core"] == "r0"
+    assert list(entry) == ["level", "msg", "time", "container_id", "core", "firmware"]
+    assert (entry["level"], entry["msg"], entry["core"]) == ("info", "core_started", "r0")
     assert "event" not in entry and "timestamp" not in entry
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", entry["time"])
 
 
-def test_runc_profile_text_is_logrus_style_and_the_same_as_a_hand_written_entry() -> None:
+def test_runc_logger_text_is_logrus_style_and_the_same_as_a_hand_written_entry() -> None:
     out = io.StringIO()
-    assert logs.configure(fmt="text", stream=out, profile="runc") == "text"
-    logs.get_logger("x").error('a "quoted" word')
+    logs.RuncLogger(out, level=20, log_format="text").bind(logger="x").error('a "quoted" word')
     logged = out.getvalue()
     assert re.fullmatch(r'time="[^"]+" level=error msg="a \\"quoted\\" word" logger=x\n', logged)
     by_hand = logs.runc_entry('a "quoted" word', fields={"logger": "x"})
     assert logged.split(" ", 1)[1] == by_hand.split(" ", 1)[1]
+
+
+def test_runc_logger_writes_text_unless_asked_for_json() -> None:
+    assert logs.RuncLogger(io.StringIO(), level=20, log_format="").log_format == "text"
+    assert logs.RuncLogger(io.StringIO(), level=20, log_format="json").log_format == "json"
+
+
+def test_runc_logger_leaves_out_entries_below_its_level() -> None:
+    out = io.StringIO()
+    log = logs.RuncLogger(out, level=logs.resolve_level("warning"), log_format="json")
+    log.debug("chatty")
+    log.info("quiet")
+    log.warning("console_missing")
+    log.error("core crashed")
+    assert [json.loads(line)["level"] for line in out.getvalue().splitlines()] == [
+        "warning",
+        "error",
+    ]
+
+
+def test_runc_logger_call_fields_win_over_bound_ones_but_never_change_the_level() -> None:
+    out = io.StringIO()
+    log = logs.RuncLogger(out, level=10, log_format="json").bind(core="remoteproc0")
+    log.info("console", core="remoteproc1", level="error")
+    entry = json.loads(out.getvalue())
+    assert (entry["level"], entry["core"]) == ("info", "remoteproc1")
+
+
+def test_runc_logger_writes_a_value_json_cannot_hold_as_its_text() -> None:
+    out = io.StringIO()
+    logs.RuncLogger(out, level=20, log_format="json").info("console", device=Path("/dev/tty0"))
+    assert json.loads(out.getvalue())["device"] == "/dev/tty0"
+
+
+def test_runc_logger_and_level_names_need_neither_structlog_nor_logging() -> None:
+    probe = (
+        "import io, sys; from smarter_common import logs;"
+        " log = logs.RuncLogger(io.StringIO(), level=logs.resolve_level('debug'),"
+        " log_format='json').bind(core='r0'); log.info('core_started'); log.error('x');"
+        " print('structlog' in sys.modules, 'logging' in sys.modules, 'asyncio' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["False", "False", "False"]
+
+
+def test_level_names_are_the_logging_modules() -> None:
+    import logging
+
+    for name, number in logging.getLevelNamesMapping().items():
+        assert logs.resolve_level(name.lower()) == number
 
 
 def test_runc_entry_needs_no_structlog() -> None:
