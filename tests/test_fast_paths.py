@@ -1,10 +1,11 @@
 """The exec'd fast paths import only what docs/contributing.md allows, run as the node runs them.
 
 Each path is the built zipapp (scripts/build_zipapps.py) started by its own shebang's command,
-under the host's python3, with `-X importtime` added: every module the path imports, up to the
-exec into runc or the exit, is listed, and must be in the path's allowed set below (beyond what
-`python3 -I -S` loads by itself). The allowed sets are written here once; the contributor page
-cites them.
+under the host's python3, with `-X importtime` added (both heads: the host zipapps' source, and
+the bundle's, the launcher as bytecode, here of the host's python3): every module the path
+imports, up to the exec into runc or the exit, is listed, and must be in the path's allowed set
+below (beyond what `python3 -I -S` loads by itself). The allowed sets are written here once; the
+contributor page cites them.
 """
 
 from __future__ import annotations
@@ -89,21 +90,45 @@ class Call:
     sentinel: str | None = None
 
 
-@pytest.fixture(scope="module")
-def zipapps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+# The bundle's zipapps built as scripts/build_bundle.py builds them, naming the host's python3.
+_BUNDLE_HEAD_BUILD = """\
+import importlib.util, sys
+sys.path.insert(0, sys.argv[1])
+from build_zipapps import build_all
+build_all(__import__("pathlib").Path(sys.argv[2]), interpreter=sys.argv[3],
+          interpreter_magic=bytes.fromhex(sys.argv[4]))
+"""
+
+
+@pytest.fixture(scope="module", params=["host zipapps", "bundle's heads"])
+def zipapps(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
     out = tmp_path_factory.mktemp("host")
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts/build_zipapps.py"), "--out", str(out)],
-        check=True,
-        capture_output=True,
-    )
+    if request.param == "host zipapps":
+        command = [sys.executable, str(REPO / "scripts/build_zipapps.py"), "--out", str(out)]
+    else:
+        probe = "import importlib.util as u;print(u.MAGIC_NUMBER.hex())"
+        magic = subprocess.run([HOST_PYTHON, "-I", "-S", "-c", probe], capture_output=True,
+                               text=True, check=True).stdout.strip()  # fmt: skip
+        command = [sys.executable, "-c", _BUNDLE_HEAD_BUILD, str(REPO / "scripts"), str(out),
+                   HOST_PYTHON, magic]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    if request.param != "host zipapps":
+        assert b"marshal" in (out / "smarter-cni").read_bytes().split(b"\n", 1)[0]
     return out
+
+
+def _bootstrap(zipapp: Path) -> str:
+    """The code `zipapp`'s #! line runs: after ` -c ` (env's line), or after `-ISc` (a line
+    naming its interpreter, whose options and code are one word)."""
+    shebang = zipapp.read_bytes().split(b"\n", 1)[0].decode()
+    if " -c " in shebang:
+        return shebang.split(" -c ", 1)[1].strip("'")
+    return shebang.split(" -ISc", 1)[1]
 
 
 def _imports(call: Call, cwd: Path) -> tuple[subprocess.CompletedProcess[bytes], set[str]]:
     """Run `call` as its shebang does, plus `-X importtime`; its result and what it imported."""
-    shebang = call.zipapp.read_bytes().split(b"\n", 1)[0].decode()
-    bootstrap = shebang.split(" -c ", 1)[1].strip("'")
+    bootstrap = _bootstrap(call.zipapp)
     command = [HOST_PYTHON, "-I", "-S", "-X", "importtime", "-c", bootstrap, str(call.zipapp)]
     result = subprocess.run(
         [*command, *call.args],
@@ -321,8 +346,7 @@ def test_launcher_execs_runc_without_reading_the_archives_directory(
     prepare, _ = PATHS[path]
     with ExitStack() as stack:
         call = prepare(zipapps, tmp_path, stack)
-    shebang = call.zipapp.read_bytes().split(b"\n", 1)[0].decode()
-    bootstrap = shebang.split(" -c ", 1)[1].strip("'")
+    bootstrap = _bootstrap(call.zipapp)
     result = subprocess.run(
         [HOST_PYTHON, "-I", "-S", "-c", _ZIPIMPORTERS_AT_EXEC + bootstrap, str(call.zipapp),
          *call.args],

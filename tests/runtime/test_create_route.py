@@ -5,12 +5,14 @@ entrypoint without opening the archive; whatever may be firmware, or is a Linux 
 pod holding firmware (it gets the pod's data channels), is left to main(). Each case is decided
 by runtime_handler.route imported, and by the launcher of a built zipapp, whose create decision
 is runtime_handler.bundle's as the build copied it past the launcher (as bytecode, and as source
-for an interpreter of another bytecode).
+for an interpreter of another bytecode); the bundle's launcher is itself bytecode (its head).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import marshal
 import os
 import posixpath
 import re
@@ -44,13 +46,35 @@ def zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "smarter-hybrid-runtime"
 
 
+@pytest.fixture(scope="module")
+def bundle_zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The runtime as scripts/build_bundle.py builds it: its head is this interpreter's bytecode."""
+    out = tmp_path_factory.mktemp("bundle-zipapp")
+    spec = importlib.util.spec_from_file_location(
+        "build_zipapps", REPO / "scripts/build_zipapps.py"
+    )
+    assert spec is not None and spec.loader is not None
+    builder = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = builder
+    spec.loader.exec_module(builder)
+    builder.build_all(out, interpreter="/opt/smarter-edge/bin/python3",
+                      interpreter_magic=importlib.util.MAGIC_NUMBER)  # fmt: skip
+    runtime = out / "smarter-hybrid-runtime"
+    assert b"marshal" in runtime.read_bytes().split(b"\n", 1)[0]
+    return runtime
+
+
 def _built_launcher(zipapp: Path, bytecode: bool) -> IsRuncs:
     """The built launcher's `is_runcs`: the file's head, run as its shebang runs it."""
     data = zipapp.read_bytes()
-    match = re.search(rb"\.read\((\d+)\)", data.split(b"\n", 1)[0])
+    line = data.split(b"\n", 1)[0]
+    match = re.search(rb"\.read\((\d+)\)(?:\[(\d+):\])?", line)
     assert match, "the shebang names no head size"
     namespace: dict[str, object] = {"__name__": "built_launcher"}
-    exec(compile(data[: int(match[1])], str(zipapp), "exec"), namespace)
+    if match[2] is None:  # a source head
+        exec(compile(data[: int(match[1])], str(zipapp), "exec"), namespace)
+    else:
+        exec(marshal.loads(data[int(match[2]) : int(match[1])]), namespace)
     if not bytecode:
         namespace["_IMPORT_SYSTEM"] = "an interpreter of another bytecode"
     decision = namespace["_create_decision"](str(zipapp))  # type: ignore[operator]
@@ -63,12 +87,15 @@ def _built_launcher(zipapp: Path, bytecode: bool) -> IsRuncs:
     return lambda argv: built_is_runcs(argv, str(zipapp))  # type: ignore[operator,no-any-return]
 
 
-@pytest.fixture(params=["imported", "built, bytecode", "built, source"])
+@pytest.fixture(params=["imported", "built, bytecode", "built, source", "bundle's, bytecode head"])
 def is_runcs(request: pytest.FixtureRequest) -> IsRuncs:
     if request.param == "imported":
         return route.is_runcs
-    zipapp: Path = request.getfixturevalue("zipapp")
-    return _built_launcher(zipapp, bytecode=request.param == "built, bytecode")
+    zipapp: Path = request.getfixturevalue(
+        "bundle_zipapp" if request.param.startswith("bundle") else "zipapp"
+    )
+    return _built_launcher(zipapp, bytecode=request.param.endswith("bytecode head")
+                           or request.param == "built, bytecode")  # fmt: skip
 
 
 def _create(root: Path, bundle: Path, container_id: str = "c1") -> list[str]:
