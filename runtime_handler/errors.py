@@ -23,6 +23,19 @@ class ContainerNotFoundError(RuntimeCallError):
         super().__init__("container does not exist")
 
 
+class ContainerStateError(RuntimeCallError):
+    """A firmware container's record (state.json) cannot be read as one: cut short by a crash
+    or a full disk, not JSON, or not the fields and types the runtime writes."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(
+            f"container state {path} is unreadable: {problem}",
+            hint="`delete --force` ends the container and removes it",
+        )
+        self.path = path
+        self.problem = problem
+
+
 class FirmwareRefusedError(RuntimeCallError):
     """A firmware container cannot be created as asked (wrong firmware, no core, busy core)."""
 

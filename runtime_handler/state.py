@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from runtime_handler.errors import ContainerNotFoundError
+from runtime_handler.errors import ContainerNotFoundError, ContainerStateError
 from smarter_common.atomic import write_atomic
 from smarter_common.procfs import process_start_time
 
@@ -156,17 +156,66 @@ def save(directory: str | os.PathLike[str], record: ContainerRecord) -> None:
 
 
 def load(directory: str | os.PathLike[str]) -> ContainerRecord:
-    """The record saved in `directory`; an unknown or missing field is a TypeError."""
+    """The record saved in `directory`; ContainerStateError when state.json is not one."""
+    path = os.path.join(directory, RECORD_FILE)
     try:
-        with open(os.path.join(directory, RECORD_FILE), encoding="utf-8") as stream:
-            raw = parse_json(stream.read())
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
     except FileNotFoundError:
         raise ContainerNotFoundError() from None
+    except UnicodeDecodeError as error:
+        raise ContainerStateError(path, f"not UTF-8 text ({error.reason})") from None
+    if not text.strip(_JSON_WHITESPACE):
+        raise ContainerStateError(path, "the file is empty")
+    try:
+        raw = parse_json(text)
+    except (ValueError, RecursionError) as error:  # json.JSONDecodeError is a ValueError
+        raise ContainerStateError(path, f"not JSON: {error}") from None
+    problem = record_problem(raw)
+    if problem:
+        raise ContainerStateError(path, problem)
+    return ContainerRecord(**raw)  # type: ignore[arg-type]  # record_problem checked it
+
+
+# The types a field's annotation names (the class body's annotations are strings).
+_TYPE_NAMES: dict[str, type] = {
+    "str": str, "int": int, "bool": bool, "None": type(None), "dict[str, str]": dict,
+}  # fmt: skip
+_STATUSES = (STATUS_CREATED, STATUS_RUNNING, STATUS_STOPPED)
+
+
+def record_problem(raw: object) -> str:
+    """What keeps `raw` (parsed state.json) from being a ContainerRecord, or "" when nothing:
+    each field present unless it has a default, no other key, each value of its field's type."""
     if not isinstance(raw, dict):
-        raise TypeError(
-            f"ContainerRecord() argument after ** must be a mapping, not {type(raw).__name__}"
-        )
-    return ContainerRecord(**raw)
+        return f"a JSON {_json_kind(raw)} where an object is expected"
+    fields = ContainerRecord._fields
+    unknown = [name for name in raw if name not in fields]
+    if unknown:
+        return "unknown fields " + ", ".join(repr(name) for name in unknown)
+    defaults = ContainerRecord._defaults
+    missing = [name for name in fields if name not in raw and name not in defaults]
+    if missing:
+        return "missing fields " + ", ".join(repr(name) for name in missing)
+    annotations = ContainerRecord.__annotations__
+    for name, value in raw.items():
+        expected = annotations[name]
+        # type(), not isinstance(): true is no pid, nor 1.0 an exit code.
+        if type(value) not in [_TYPE_NAMES[part] for part in expected.split(" | ")]:
+            return f"field {name!r} is a JSON {_json_kind(value)}, not {expected}"
+    if any(type(value) is not str for value in raw.get("annotations", {}).values()):
+        return "field 'annotations' has a value that is not a string"
+    if raw.get("status", STATUS_CREATED) not in _STATUSES:
+        return f"field 'status' is {raw['status']!r}, not one of {', '.join(_STATUSES)}"
+    return ""
+
+
+def _json_kind(value: object) -> str:
+    """The JSON name of a parsed value's kind, as an operator reading the file sees it."""
+    if value is None:
+        return "null"
+    kinds = {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
+    return kinds.get(type(value), "object")
 
 
 class _JsonLoadsSettings:
@@ -194,7 +243,9 @@ def parse_json(text: str) -> object:
         # make_scanner reads only the settings' attributes (typeshed asks for a scanner).
         scan = make_scanner(_JsonLoadsSettings())  # type: ignore[arg-type]
         value, end = scan(text, 0)
-    except (ImportError, AttributeError, TypeError, ValueError, StopIteration):
+    except (ImportError, AttributeError, TypeError, ValueError, StopIteration, SystemError):
+        # SystemError: on malformed text the scanner raises json.decoder's JSONDecodeError,
+        # which it looks for only among modules already imported; json.loads's import has it.
         value, end = None, -1
     if end < 0 or text[end:].strip(_JSON_WHITESPACE):
         import json

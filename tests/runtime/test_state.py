@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from runtime_handler import state
-from runtime_handler.errors import ContainerNotFoundError
+from runtime_handler.errors import ContainerNotFoundError, ContainerStateError
 from smarter_common.procfs import process_start_time
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,26 +80,98 @@ def test_firmware_path_is_the_placed_file() -> None:
     assert _record().firmware_path == Path("/lib/firmware/smarter-fw.elf")
 
 
-def test_an_unknown_field_in_state_json_is_refused_naming_it(tmp_path: Path) -> None:
-    fields = _record().as_dict() | {"colour": "red"}
-    (tmp_path / state.RECORD_FILE).write_text(json.dumps(fields))
+def _write_fields(directory: Path, **changes: object) -> Path:
+    fields = _record().as_dict() | changes
+    path = directory / state.RECORD_FILE
+    path.write_text(json.dumps({name: value for name, value in fields.items() if value != DROP}))
+    return path
 
-    with pytest.raises(TypeError, match=r"unexpected keyword argument 'colour'"):
+
+DROP = object()
+
+
+def test_an_unknown_field_in_state_json_is_refused_naming_it(tmp_path: Path) -> None:
+    path = _write_fields(tmp_path, colour="red")
+
+    with pytest.raises(ContainerStateError) as refused:
         state.load(tmp_path)
+
+    assert refused.value.message == f"container state {path} is unreadable: unknown fields 'colour'"
+    assert refused.value.hint == "`delete --force` ends the container and removes it"
 
 
 def test_a_missing_field_in_state_json_is_refused_naming_it(tmp_path: Path) -> None:
-    fields = _record().as_dict()
-    del fields["core"], fields["log"]
-    (tmp_path / state.RECORD_FILE).write_text(json.dumps(fields))
+    _write_fields(tmp_path, core=DROP, log=DROP)
 
-    with pytest.raises(TypeError, match=r"missing required keyword-only arguments: 'core', 'log'"):
+    with pytest.raises(ContainerStateError, match=r": missing fields 'core', 'log' \("):
         state.load(tmp_path)
 
 
-def test_a_state_json_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
-    (tmp_path / state.RECORD_FILE).write_text("[1, 2]\n")
-    with pytest.raises(TypeError, match="must be a mapping, not list"):
+def test_a_field_with_a_default_may_be_missing(tmp_path: Path) -> None:
+    _write_fields(tmp_path, started=DROP, annotations=DROP)
+    assert state.load(tmp_path) == _record()
+
+
+# What a crash, a full disk or a hand edit leaves in state.json, and what the operator is told.
+UNREADABLE: dict[str, tuple[str | bytes, str]] = {
+    "empty": ("", "the file is empty"),
+    "blank": (" \n", "the file is empty"),
+    "cut short": ('{"id": "fw", "bund', "not JSON: Unterminated string starting at: line 1"),
+    "not JSON": ("id=fw\n", "not JSON: Expecting value: line 1 column 1 (char 0)"),
+    "not UTF-8": (b'{"id": "\xff"}', "not UTF-8 text (invalid start byte)"),
+    "zeros": (b"\0" * 64, "not JSON: Expecting value: line 1 column 1 (char 0)"),
+    "array": ("[1, 2]\n", "a JSON array where an object is expected"),
+    "null": ("null", "a JSON null where an object is expected"),
+    "nested too deep": ("[" * 100_000, "not JSON: maximum recursion depth exceeded"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(UNREADABLE))
+def test_a_state_json_that_is_no_record_is_refused_saying_what_is_wrong(
+    tmp_path: Path, name: str
+) -> None:
+    content, problem = UNREADABLE[name]
+    path = tmp_path / state.RECORD_FILE
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+
+    with pytest.raises(ContainerStateError) as refused:
+        state.load(tmp_path)
+
+    assert refused.value.path == str(path)
+    assert refused.value.problem.startswith(problem)
+
+
+WRONG_TYPES = {
+    "pid": ("12", "field 'pid' is a JSON string, not int"),
+    "core": (None, "field 'core' is a JSON null, not str"),
+    "log": (7, "field 'log' is a JSON number, not str | None"),
+    "exit_code": (1.5, "field 'exit_code' is a JSON number, not int | None"),
+    "firmware_placed": (1, "field 'firmware_placed' is a JSON number, not bool"),
+    "annotations": (["a"], "field 'annotations' is a JSON array, not dict[str, str]"),
+    "status": ("paused", "field 'status' is 'paused', not one of created, running, stopped"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("field", list(WRONG_TYPES))
+def test_a_field_of_the_wrong_type_is_refused_naming_it(tmp_path: Path, field: str) -> None:
+    value, problem = WRONG_TYPES[field]
+    _write_fields(tmp_path, **{field: value})
+
+    with pytest.raises(ContainerStateError) as refused:
+        state.load(tmp_path)
+
+    assert refused.value.problem == problem
+
+
+def test_true_is_no_pid_and_an_annotation_is_a_string(tmp_path: Path) -> None:
+    _write_fields(tmp_path, pid=True)
+    with pytest.raises(ContainerStateError, match="field 'pid' is a JSON boolean, not int"):
+        state.load(tmp_path)
+    _write_fields(tmp_path, annotations={"k": 1})
+    with pytest.raises(ContainerStateError, match="'annotations' has a value that is not a str"):
         state.load(tmp_path)
 
 
@@ -139,6 +211,21 @@ def test_parse_json_refuses_what_json_loads_refuses_with_its_message(text: str) 
     with pytest.raises(json.JSONDecodeError) as refused:
         state.parse_json(text)
     assert str(refused.value) == str(expected.value)
+
+
+def test_parse_json_refuses_malformed_text_where_json_was_never_imported() -> None:
+    # As containerd runs the runtime: a string cut short makes the C scanner raise json.decoder's
+    # JSONDecodeError, which it finds only among modules already imported.
+    probe = subprocess.run(
+        [sys.executable, "-I", "-S", "-c",
+         "import sys; sys.path.insert(0, sys.argv[1]);"
+         "from runtime_handler.state import parse_json; parse_json('{\"a\": \"cut')",
+         str(REPO)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert probe.stderr.splitlines()[-1] == (
+        "json.decoder.JSONDecodeError: Unterminated string starting at: line 1 column 7 (char 6)"
+    )
 
 
 # Issue 16: kill -> stopped pays for every import of `kill`. The runtime's main, run as
