@@ -40,6 +40,70 @@ def send(directory: str | os.PathLike[str], message: str) -> None:
         os.close(fd)
 
 
+def end_unrecorded(directory: str, timeout: float) -> None:
+    """End the supervisor of a container whose record cannot be read, so that its core's lock
+    is freed and its core stopped: `kill 9` on the control FIFO, as for any container (the
+    supervisor stops the core, saves its own record and exits); one that still reads the FIFO
+    after `timeout` seconds is sent SIGKILL, which frees the lock it holds with the descriptor.
+    """
+    import contextlib
+    import signal
+
+    fifo = os.path.join(directory, state.CONTROL_FIFO)
+    try:
+        send(directory, f"kill {int(signal.SIGKILL)}\n")
+    except RuntimeCallError:
+        return  # nobody reads the FIFO: no supervisor
+    if _wait_unread(fifo, timeout):
+        return
+    for pid in _fifo_holders(fifo):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if not _wait_unread(fifo, 5.0):
+        raise RuntimeCallError(f"the process holding {fifo} does not end")
+
+
+def _wait_unread(fifo: str, timeout: float) -> bool:
+    """Whether `fifo` has lost its last reader within `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while _has_reader(fifo):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _has_reader(fifo: str) -> bool:
+    """Whether a process has `fifo` open for reading (the supervisor holds it read-write)."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # ENXIO: no reader; ENOENT: no FIFO
+        return False
+    os.close(fd)
+    return True
+
+
+def _fifo_holders(fifo: str) -> list[int]:
+    """The processes holding `fifo` open, found by its inode among their descriptors."""
+    wanted = os.stat(fifo)
+    holders = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        fds = f"/proc/{name}/fd"
+        try:
+            for fd in os.listdir(fds):
+                found = os.stat(f"{fds}/{fd}")
+                if (found.st_dev, found.st_ino) == (wanted.st_dev, wanted.st_ino):
+                    holders.append(int(name))
+                    break
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return holders
+
+
 def kill(invocation: Invocation) -> int:
     directory, record = load(invocation)
     signum = signals.parse(invocation.args[1] if len(invocation.args) > 1 else "")
