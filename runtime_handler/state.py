@@ -181,6 +181,10 @@ def load(directory: str | os.PathLike[str]) -> ContainerRecord:
 _TYPE_NAMES: dict[str, type] = {
     "str": str, "int": int, "bool": bool, "None": type(None), "dict[str, str]": dict,
 }  # fmt: skip
+_FIELD_TYPES = {
+    name: tuple(_TYPE_NAMES[part] for part in annotation.split(" | "))
+    for name, annotation in ContainerRecord.__annotations__.items()
+}
 _STATUSES = (STATUS_CREATED, STATUS_RUNNING, STATUS_STOPPED)
 
 
@@ -197,11 +201,10 @@ def record_problem(raw: object) -> str:
     missing = [name for name in fields if name not in raw and name not in defaults]
     if missing:
         return "missing fields " + ", ".join(repr(name) for name in missing)
-    annotations = ContainerRecord.__annotations__
     for name, value in raw.items():
-        expected = annotations[name]
         # type(), not isinstance(): true is no pid, nor 1.0 an exit code.
-        if type(value) not in [_TYPE_NAMES[part] for part in expected.split(" | ")]:
+        if type(value) not in _FIELD_TYPES[name]:
+            expected = ContainerRecord.__annotations__[name]
             return f"field {name!r} is a JSON {_json_kind(value)}, not {expected}"
     if any(type(value) is not str for value in raw.get("annotations", {}).values()):
         return "field 'annotations' has a value that is not a string"
