@@ -17,6 +17,7 @@ SmarterError                                 exit 1: refused, or failed while ru
 ├── cni.errors.CniError                      with the CNI spec's code
 ├── runtime_handler.errors.RuntimeCallError  what the runc shim shows the user
 │   ├── ContainerNotFoundError
+│   ├── ContainerStateError                  a record (state.json) that cannot be read
 │   ├── FirmwareRefusedError
 │   └── runtime_handler.settings.SettingsError
 └── sim: SimulatorError, QemuMissingError, FirmwareBuildError, ImageError, NodeImageError
