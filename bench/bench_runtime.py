@@ -12,7 +12,11 @@ prefix, as long as a node's /opt/smarter-edge give or take a byte, so that its #
 its launcher is bytecode as on a node) are the rows marked "bundle", beside its own floor.
 Firmware: create -> running (create + start) and kill -> supervisor exited, on the simulated
 gateway's Cortex-M4, with the simulator's own `start` and `stop` (what a board's kernel does in
-their place) timed apart.
+their place) timed apart. The runtime's `--root` for these rows is a tmpfs mounted for the run
+(and unmounted, even on failure): on a node containerd keeps runc's root under /run, a tmpfs,
+so the record's fsyncs cost there what they cost here, not what this machine's /tmp (ext4)
+makes them cost. Then the memory of a firmware container's supervisor, resident for the
+container's life: RSS and PSS (/proc/<pid>/smaps_rollup) once its core runs and it has said so.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.fixtures import build_bundle
+from bench.memory import Memory, memory_of
 from bench.report import Measurement, Summary
 
 TYPE_CHECKING = False
@@ -52,6 +57,13 @@ TARGET_BEYOND_FLOOR_MS = 3.0
 TARGET_KILL_TO_STOPPED_MS = 100.0
 BEFORE_CREATE_TO_RUNNING_MS = 231.0
 FIRMWARE_ROUNDS = 11
+# Containers whose supervisor's memory is read (one at a time, apart from the timed rounds,
+# so that reading it never sits between `start` and `kill`).
+SUPERVISOR_MEMORY_ROUNDS = 3
+# A running supervisor's RSS and PSS before it stopped importing structlog (asyncio) for its
+# log entries, measured on this machine at 946d4a1.
+BEFORE_SUPERVISOR_RSS_MB = 25.3
+BEFORE_SUPERVISOR_PSS_MB = 21.2
 COMMANDS = ("create", "start", "state", "kill", "delete")
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -249,7 +261,12 @@ def _firmware(workdir: Path, ours: Path) -> list[Measurement]:
     root = workdir / "fw-root"
     to_running: list[float] = []
     to_stopped: list[float] = []
-    with running_simulator(workdir / "gateway", ["cortex-m4"]) as simulator, _subreaper():
+    supervisor_memory: list[Memory] = []
+    with (
+        _tmpfs(root),
+        running_simulator(workdir / "gateway", ["cortex-m4"]) as simulator,
+        _subreaper(),
+    ):
         # Run by its `#!` line with the node's PATH, as containerd runs it.
         env = {**os.environ, **HOST_ENV, "SMARTER_RUNTIME_HOST_ROOT": str(simulator.root)}
         for round_number in range(FIRMWARE_ROUNDS):
@@ -295,6 +312,10 @@ def _firmware(workdir: Path, ours: Path) -> list[Measurement]:
                 if pid:
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
+        for round_number in range(SUPERVISOR_MEMORY_ROUNDS):
+            supervisor_memory.append(
+                _running_supervisor_memory(ours, root, bundle, env, f"fw-memory-{round_number}")
+            )
         simulator_starts, simulator_stops = _simulator_starts_and_stops(simulator, elf)
     running = Summary.of(to_running).median
     stopped = Summary.of(to_stopped).median
@@ -339,7 +360,82 @@ def _firmware(workdir: Path, ours: Path) -> list[Measurement]:
             stopped - simulator_share,
             "ms",
         ),
+        Measurement(
+            SUITE,
+            f"RSS of a running firmware container's supervisor (median of"
+            f" {len(supervisor_memory)})",
+            Summary.of([memory.rss_mb for memory in supervisor_memory]).median,
+            "MB",
+            target=f"one per firmware container, for its life (was {BEFORE_SUPERVISOR_RSS_MB:g})",
+        ),
+        Measurement(
+            SUITE,
+            f"PSS of a running firmware container's supervisor (median of"
+            f" {len(supervisor_memory)})",
+            Summary.of([memory.pss_mb for memory in supervisor_memory]).median,
+            "MB",
+            target=f"one per firmware container, for its life (was {BEFORE_SUPERVISOR_PSS_MB:g})",
+        ),
     ]
+
+
+@contextmanager
+def _tmpfs(mountpoint: Path) -> Iterator[None]:
+    """A tmpfs on `mountpoint` (made here) for the block; unmounted on the way out, whatever
+    happened, lazily if something still holds it."""
+    mountpoint.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0711", "tmpfs", str(mountpoint)],
+        check=True,
+    )
+    try:
+        yield
+    finally:
+        unmounted = subprocess.run(["umount", str(mountpoint)], capture_output=True, check=False)
+        if unmounted.returncode != 0:
+            subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
+
+
+def _running_supervisor_memory(
+    ours: Path, root: Path, bundle: Path, env: dict[str, str], container_id: str
+) -> Memory:
+    """The memory of a firmware container's supervisor once its core runs and its log entry
+    `core_started` is written, plus a moment for the console's copy to have started."""
+    base = [str(ours), "--root", str(root), "--log", str(bundle / "log.json")]
+    base += ["--log-format", "json"]
+    pid = 0
+    try:
+        _timed([*base, "create", "--bundle", str(bundle), "--pid-file", str(bundle / "init.pid"),
+                container_id], env)  # fmt: skip
+        pid = int((bundle / "init.pid").read_text())
+        _timed([*base, "start", container_id], env)
+        deadline = time.monotonic() + 10
+        while not _logged(bundle / "log.json", container_id, "core_started"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{container_id}'s supervisor never said core_started")
+            time.sleep(0.01)
+        time.sleep(0.3)
+        memory = memory_of(pid)
+        _timed([*base, "kill", container_id, "TERM"], env)
+        os.waitpid(pid, 0)
+        pid = 0
+        return memory
+    finally:
+        subprocess.run(
+            [*base, "delete", "--force", container_id], env=env, capture_output=True, check=False
+        )
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _logged(log: Path, container_id: str, event: str) -> bool:
+    """Whether the runtime log (runc's JSON entries) holds `event` for `container_id`."""
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("msg") == event and entry.get("container_id") == container_id:
+            return True
+    return False
 
 
 def _goal(value: float, limit: float, what: str = "") -> str:
