@@ -61,7 +61,7 @@ FIRMWARE_ROUNDS = 11
 # so that reading it never sits between `start` and `kill`).
 SUPERVISOR_MEMORY_ROUNDS = 3
 # A running supervisor's RSS and PSS before it stopped importing structlog (asyncio) for its
-# log entries, measured on this machine at 946d4a1.
+# log entries (before commit 8351fed), measured on this machine.
 BEFORE_SUPERVISOR_RSS_MB = 25.3
 BEFORE_SUPERVISOR_PSS_MB = 21.2
 COMMANDS = ("create", "start", "state", "kill", "delete")
