@@ -1,14 +1,12 @@
 """`create` -> core `running` (issue 16): what `start` and a waiting supervisor pay for.
 
 `start` runs between `create` and a running core, so it imports only what it needs; the
-supervisor sets up structlog at its first log entry, which for a container that starts well is
-after its core runs, not while `start` waits for it.
+supervisor says its first log entry once the record says running (its entries need no
+structlog at all: tests/runtime/test_supervisor_log.py).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -69,57 +67,6 @@ def test_start_of_a_firmware_container_imports_only_what_start_needs(
     assert shim.state(bundle, "lean")["status"] == "running"
     assert shim.call(bundle, "kill", "lean", "TERM").returncode == 0
     assert shim.wait_exit("lean") == 128 + signal.SIGTERM
-
-
-# A supervisor as create leaves it, in a process of its own: what has it imported?
-_WAITING_SUPERVISOR = """
-import sys
-from runtime_handler import state, supervisor
-record = state.ContainerRecord(
-    id="fw", bundle="/b", rootfs="/b/rootfs", entrypoint="/firmware.elf", core="remoteproc0",
-    firmware_name="smarter-fw.elf", firmware_dir="/lib/firmware", lock_path="/l.lock",
-    host_root="/", log=sys.argv[1], log_format="json",
-)
-log = supervisor._DeferredLogger(record)
-print("structlog" in sys.modules, flush=True)
-log.info("core_started", core="remoteproc0")
-print("structlog" in sys.modules, flush=True)
-"""
-
-
-def test_supervisor_imports_structlog_at_its_first_log_entry_not_before(tmp_path: Path) -> None:
-    log = tmp_path / "log.json"
-    probe = subprocess.run(
-        [sys.executable, "-c", _WAITING_SUPERVISOR, str(log)],
-        env={**os.environ, "SMARTER_LOG_LEVEL": "info"},
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-    assert probe.returncode == 0, probe.stderr
-    assert probe.stdout.split() == ["False", "True"]
-    entries = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [entry["msg"] for entry in entries] == ["core_started"]
-
-
-def test_supervisor_whose_log_cannot_be_opened_fails_before_its_first_entry(
-    tmp_path: Path,
-) -> None:
-    from runtime_handler import supervisor
-
-    record = state.ContainerRecord(
-        id="fw",
-        bundle=str(tmp_path),
-        rootfs=str(tmp_path / "rootfs"),
-        entrypoint="/firmware.elf",
-        core="remoteproc0",
-        firmware_name="smarter-fw.elf",
-        firmware_dir=str(tmp_path / "firmware"),
-        lock_path=str(tmp_path / "lock"),
-        host_root=str(tmp_path),
-        log=str(tmp_path / "no-such-directory" / "log.json"),
-        log_format="json",
-    )
-    with pytest.raises(FileNotFoundError):
-        supervisor._DeferredLogger(record)
 
 
 class _FirstEntrySpy:
