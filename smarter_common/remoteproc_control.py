@@ -82,7 +82,7 @@ _MEANINGS = {(refusal.attribute, refusal.errno): refusal.meaning for refusal in 
 
 
 class Log(Protocol):
-    """What this module says through a structlog logger."""
+    """What this module says through a logger (the supervisor's RuncLogger, or structlog's)."""
 
     def warning(self, event: str, **fields: object) -> object: ...
 
