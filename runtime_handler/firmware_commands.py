@@ -200,20 +200,25 @@ def _create_reserved(
         os.mkfifo(control, 0o600)
         # Read-write, so the FIFO never reports end-of-file while the supervisor waits on it.
         control_fd = os.open(control, os.O_RDWR | os.O_CLOEXEC)
-        pid = _fork_supervisor(record, directory, control_fd, host)
-        os.close(control_fd)
         try:
-            record.pid = pid
-            record.pid_start = _wait_start_time(pid)
-            state.save(directory, record)
-            pid_file = invocation.option("pid-file")
-            if pid_file:
-                write_atomic(Path(os.path.abspath(pid_file)), str(pid))
-            # Last: the pod's sidecars may be given this firmware's data channels from now on.
-            data_channels.mark_pod(invocation.root, record)
-        except BaseException:
-            os.kill(pid, signal.SIGKILL)
-            raise
+            pid = _fork_supervisor(record, directory, control_fd, host)
+            try:
+                record.pid = pid
+                record.pid_start = _wait_start_time(pid)
+                state.save(directory, record)
+                pid_file = invocation.option("pid-file")
+                if pid_file:
+                    write_atomic(Path(os.path.abspath(pid_file)), str(pid))
+                # The pod's sidecars may be given this firmware's data channels from now on.
+                data_channels.mark_pod(invocation.root, record)
+                # Last, once nothing here can fail or save the record again: the supervisor
+                # places the firmware while our caller execs `start` (issue 16).
+                os.write(control_fd, b"created\n")
+            except BaseException:
+                os.kill(pid, signal.SIGKILL)
+                raise
+        finally:
+            os.close(control_fd)
     except BaseException:
         data_channels.unmark_pod(invocation.root, record)
         _remove_tree(directory)

@@ -2,8 +2,10 @@
 
 `create` forks it; the shim reaps it and reports its exit status as the container's. It keeps
 the stdio it was given (the shim's log pipes) and holds the core's reservation lock for as long
-as it lives. It waits for `start` on the control FIFO, then puts the firmware in place, starts
-the core, copies the core's console to stdout line by line, and exits when the core stops:
+as it lives. Once `create` has its answer (`created` on the control FIFO), it gets the core ready
+while the caller execs `start`: the firmware in place, the core's recovery disabled. It then
+waits for `start`, starts the core, copies the core's console to stdout line by line, and exits
+when the core stops:
 128+signal when stopped by `kill`, 0 when stopped from outside, 1 when the core crashed,
 vanished or would not start.
 """
@@ -77,6 +79,9 @@ class Supervisor:
         self._signalled: int | None = None
         self._console: _ConsoleCopy | None = None
         self._log: Any = None
+        # The core made ready before `start`, or why it could not be: said at `start`, as
+        # the OCI runtime spec has `start` fail, not `create`'s answer that was already given.
+        self._ready: RemoteCore | RuntimeCallError | RemoteCoreError | None = None
 
     def run(self) -> int:
         """Supervise until the container ends; the exit status of the container."""
@@ -90,6 +95,8 @@ class Supervisor:
             if command[0] == "kill":
                 self._log.info("killed_before_start", signal=command[1])
                 return self._finish(128 + command[1])
+            if command[0] == "created" and self._ready is None:
+                self._ready = self._prepare()
             if command[0] == "start":
                 break
         try:
@@ -99,14 +106,30 @@ class Supervisor:
             return self._finish(EXIT_FAILED, error=str(error))
         return self._watch(core)
 
-    def _start(self) -> RemoteCore:
+    def _prepare(self) -> RemoteCore | RuntimeCallError | RemoteCoreError:
+        """What `create` sets up and `start` does not need to wait for (issue 16): the
+        firmware placed, the core's recovery disabled; the core, or why it cannot start."""
         record = self.record
         core = core_by_id(self.host, record.core)
         if core is None:
-            raise RemoteCoreError(f"{record.core} no longer exists")
-        self._place_firmware()
+            return RemoteCoreError(f"{record.core} no longer exists")
+        try:
+            self._place_firmware()
+        except RuntimeCallError as error:
+            return error
         # The crash must end the container, so that the kubelet's restart policy decides.
+        # `delete` puts the value back, whether the core ever ran or not.
         disable_recovery(core, recovery_saved_path(record), self._log)
+        return core
+
+    def _start(self) -> RemoteCore:
+        record = self.record
+        ready = self._ready if self._ready is not None else self._prepare()
+        if not isinstance(ready, RemoteCore):
+            raise ready
+        core = ready
+        if not core.exists():
+            raise RemoteCoreError(f"{record.core} no longer exists")
         start_core(core, record.firmware_name)
         # Crashed means it did run: like a process that dies right after exec, the start
         # succeeded and the exit status tells the rest.
@@ -229,7 +252,8 @@ class Supervisor:
         self._signalled = signum
 
     def _next_command(self, *, timeout: float | None) -> tuple[str, int] | None:
-        """The next `start` or `kill <signal>` from the FIFO (or a signal we received)."""
+        """The next `created`, `start` or `kill <signal>` from the FIFO (or a signal we
+        received)."""
         deadline = None if timeout is None else Deadline(timeout)
         while True:
             if self._signalled is not None:
@@ -238,8 +262,8 @@ class Supervisor:
             if newline:
                 self._pending = rest
                 words = line.decode(errors="replace").split()
-                if words == ["start"]:
-                    return ("start", 0)
+                if words == ["start"] or words == ["created"]:
+                    return (words[0], 0)
                 if len(words) == 2 and words[0] == "kill" and words[1].isdigit():
                     return ("kill", int(words[1]))
                 continue
@@ -256,7 +280,12 @@ class Supervisor:
 
 def recovery_saved_path(record: state.ContainerRecord) -> Path:
     """Where the core's `recovery` value from before any container is kept, beside its lock."""
-    return Path(record.lock_path).with_suffix(".recovery")
+    return recovery_saved_path_of(Path(record.lock_path))
+
+
+def recovery_saved_path_of(lock_file: Path) -> Path:
+    """Where the `recovery` value of the core whose lock is `lock_file` is kept."""
+    return lock_file.with_suffix(".recovery")
 
 
 def console_timeout() -> float:
