@@ -161,47 +161,10 @@ def _firmware_command(invocation: runc_cli.Invocation) -> int:
         from runtime_handler import firmware_commands
 
         handler = firmware_commands.COMMANDS[invocation.command or ""]
-        if invocation.command == "delete" and invocation.switch("force"):
-            handler = _delete_even_unreadable
     try:
         return handler(invocation)
     except (SmarterError, OSError) as error:
         return report(as_call_error(error), log=invocation.log, log_format=invocation.log_format)
-
-
-def _delete_even_unreadable(invocation: runc_cli.Invocation) -> int:
-    """`delete --force`, also of a container whose record cannot be read (runc refuses it, and
-    the kubelet would retry forever): its supervisor is ended through the control FIFO, which
-    frees the core; the supervisor's last save may make the record whole for an ordinary
-    delete, else the container's directory and its pod's mark of it are removed."""
-    import contextlib
-    import shutil
-    from pathlib import Path
-
-    from runtime_handler import firmware_commands, firmware_kill, state
-    from runtime_handler.errors import ContainerStateError
-    from smarter_common.remoteproc_control import STOP_TIMEOUT
-
-    try:
-        return firmware_commands.delete(invocation)
-    except ContainerStateError:
-        pass
-    container_id = invocation.container_id or ""
-    directory = state.container_dir(invocation.root, container_id)
-    firmware_kill.end_unrecorded(directory, STOP_TIMEOUT + 5.0)
-    try:
-        return firmware_commands.delete(invocation)
-    except ContainerStateError:
-        pass
-    pods = Path(state.containers_dir(invocation.root)) / route.PODS_DIRECTORY
-    for mark in pods.glob(f"*/{container_id}"):
-        mark.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # ENOTEMPTY: the pod has other firmware
-            mark.parent.rmdir()
-    with contextlib.suppress(OSError):
-        pods.rmdir()
-    shutil.rmtree(directory, ignore_errors=True)
-    return 0
 
 
 def _asks(words: list[str], flags: tuple[str, ...]) -> bool:

@@ -20,6 +20,7 @@ import sys
 from runtime_handler import settings, state
 from runtime_handler.errors import (
     ContainerNotFoundError,
+    ContainerStateError,
     FirmwareRefusedError,
     RuntimeCallError,
     append_log,
@@ -335,8 +336,6 @@ def show_state(invocation: Invocation) -> int:
 
 def delete(invocation: Invocation) -> int:
     """Stop the core if it still runs our firmware, release it, remove every file we made."""
-    from runtime_handler import data_channels
-
     container_id = invocation.container_id or ""
     directory = state.container_dir(invocation.root, container_id)
     try:
@@ -344,6 +343,17 @@ def delete(invocation: Invocation) -> int:
     except ContainerNotFoundError:
         _remove_tree(directory)
         return 0
+    except ContainerStateError:
+        if not invocation.switch("force"):
+            raise
+        return _delete_unreadable(invocation, directory)
+    return _delete_recorded(invocation, directory, record)
+
+
+def _delete_recorded(invocation: Invocation, directory: str, record: state.ContainerRecord) -> int:
+    from runtime_handler import data_channels
+
+    container_id = record.id
     if state.supervisor_alive(record):
         if record.status == state.STATUS_RUNNING and not invocation.switch("force"):
             raise RuntimeCallError(
@@ -358,6 +368,68 @@ def delete(invocation: Invocation) -> int:
     data_channels.unmark_pod(invocation.root, record)
     _remove_tree(directory)
     return 0
+
+
+def _delete_unreadable(invocation: Invocation, directory: str) -> int:
+    """`delete --force` of a container whose record cannot be read (runc refuses it, and the
+    kubelet would retry forever): its supervisor is ended through the control FIFO, which
+    frees the core; the supervisor's last save may make the record whole for an ordinary
+    delete, else the container's directory and its pod's mark of it are removed, and a core
+    still running its firmware (a supervisor killed by SIGKILL stops nothing) is stopped."""
+    from runtime_handler.firmware_kill import end_unrecorded
+    from smarter_common.remoteproc_control import STOP_TIMEOUT
+
+    container_id = invocation.container_id or ""
+    end_unrecorded(directory, STOP_TIMEOUT + 5.0)
+    try:
+        record = state.load(directory)
+    except (ContainerNotFoundError, ContainerStateError):
+        pass
+    else:
+        return _delete_recorded(invocation, directory, record)
+    _unmark_unrecorded(invocation.root, container_id)
+    _remove_tree(directory)
+    _stop_unrecorded_firmware(f"{FIRMWARE_PREFIX}{container_id}.elf")
+    return 0
+
+
+def _unmark_unrecorded(runtime_root: str, container_id: str) -> None:
+    """Remove the pod's mark of a container whose record (and so whose pod) is unknown."""
+    from pathlib import Path
+
+    from runtime_handler import route
+
+    pods = Path(state.containers_dir(runtime_root)) / route.PODS_DIRECTORY
+    for mark in pods.glob(f"*/{container_id}"):
+        mark.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # ENOTEMPTY: the pod has other firmware
+            mark.parent.rmdir()
+    with contextlib.suppress(OSError):
+        pods.rmdir()
+
+
+def _stop_unrecorded_firmware(firmware_name: str) -> None:
+    """Stop every core running (or crashed running) `firmware_name`, and put its recovery
+    back, as `delete` does for a container whose record says which core it has.
+
+    Which core a container created but never started had is not known: its supervisor may
+    have disabled that core's recovery before it was killed. So the recovery kept for every
+    other core that nobody holds is put back too, if the core is offline: recovery does
+    nothing on an offline core, and the next container on it keeps the value again.
+    """
+    from pathlib import Path
+
+    from runtime_handler.supervisor import recovery_saved_path_of
+    from smarter_common.hostroot import HostRoot
+    from smarter_common.remoteproc import STATE_CRASHED, STATE_RUNNING, discover_cores
+
+    host = HostRoot(Path(settings.current().host_root))
+    for core in discover_cores(host):
+        lock_file = lock_path(host, core.device_id)
+        if core.firmware() == firmware_name and core.state() in (STATE_RUNNING, STATE_CRASHED):
+            _free_core(host, core.device_id, firmware_name, lock_file)
+        elif recovery_saved_path_of(lock_file).exists():
+            _free_core(host, core.device_id, firmware_name, lock_file, wait=0)
 
 
 def _end_supervisor(directory: str, record: state.ContainerRecord) -> None:
@@ -379,27 +451,36 @@ def _release_core(record: state.ContainerRecord) -> None:
     """Stop the core when it still runs our firmware and nobody else holds it."""
     from pathlib import Path
 
-    from runtime_handler.supervisor import recovery_saved_path
-    from smarter_common.errors import LockBusyError
     from smarter_common.hostroot import HostRoot
+
+    host = HostRoot(Path(record.host_root))
+    _free_core(host, record.core, record.firmware_name, Path(record.lock_path))
+
+
+def _free_core(
+    host: HostRoot, device_id: str, firmware_name: str, lock_file: Path, *, wait: float = 1.0
+) -> None:
+    """Under the core's lock (unless someone else holds it after `wait` seconds): stop it if
+    it runs `firmware_name`, then put back the recovery value kept beside the lock."""
+    from runtime_handler.supervisor import recovery_saved_path_of
+    from smarter_common.errors import LockBusyError
     from smarter_common.locks import FileLock
     from smarter_common.remoteproc import STATE_CRASHED, STATE_RUNNING, core_by_id
     from smarter_common.remoteproc_control import RemoteCoreError, restore_recovery, stop_core
 
-    host = HostRoot(Path(record.host_root))
-    lock = FileLock(Path(record.lock_path))
+    lock = FileLock(lock_file)
     try:
-        lock.acquire(timeout=1.0)
+        lock.acquire(timeout=wait)
     except (LockBusyError, FileNotFoundError):
         return
     try:
-        core = core_by_id(host, record.core)
-        ours = core is not None and core.firmware() == record.firmware_name
+        core = core_by_id(host, device_id)
+        ours = core is not None and core.firmware() == firmware_name
         if core is not None and ours and core.state() in (STATE_RUNNING, STATE_CRASHED):
             with contextlib.suppress(RemoteCoreError):
                 stop_core(core)
         if core is not None:
-            restore_recovery(core, recovery_saved_path(record))
+            restore_recovery(core, recovery_saved_path_of(lock_file))
     finally:
         lock.release()
 

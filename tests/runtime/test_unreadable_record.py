@@ -159,3 +159,32 @@ def test_delete_force_ends_a_supervisor_that_no_longer_reads_its_fifo(
     assert shim.wait_exit("hung") == -signal.SIGKILL
     assert not is_locked(core_lock(shim.simulator, 0))
     assert not (shim.root / "smarter-hybrid" / "hung").exists()
+
+
+@pytest.mark.fuse
+@pytest.mark.qemu
+def test_delete_force_after_a_sigkilled_supervisor_stops_the_core_running_its_firmware(
+    shim: Shim, make_bundle: MakeBundle
+) -> None:
+    m3 = core(shim.simulator, 1)
+    recovery = m3.sysfs / "recovery"
+    recovery.write_text("enabled")
+    bundle = fw_bundle(
+        make_bundle, firmware("hello", "cortex-m3"), env=["SMARTER_RPROC=remoteproc1"]
+    )
+    assert shim.create(bundle, "orphan").returncode == 0
+    assert shim.call(bundle, "start", "orphan").returncode == 0
+    record = shim.root / "smarter-hybrid" / "orphan" / state.RECORD_FILE
+    record.write_text(record.read_text()[:40])
+    # A supervisor killed outright stops nothing: the core runs on, with recovery disabled.
+    os.kill(shim.supervisors["orphan"], signal.SIGKILL)
+    assert shim.wait_exit("orphan") == -signal.SIGKILL
+    assert (m3.state(), recovery.read_text().strip()) == ("running", "disabled")
+
+    deleted = shim.call(bundle, "delete", "--force", "orphan")
+
+    assert deleted.returncode == 0, deleted.stderr
+    assert (m3.state(), recovery.read_text().strip()) == ("offline", "enabled")
+    assert not list(core_lock(shim.simulator, 1).parent.glob("*.recovery"))
+    assert not is_locked(core_lock(shim.simulator, 1))
+    assert not record.parent.exists()
