@@ -84,7 +84,7 @@ def _built_launcher(zipapp: Path, bytecode: bool) -> IsRuncs:
         "runtime_handler/bundle.py" if bytecode else str(zipapp)
     )
     built_is_runcs = namespace["is_runcs"]
-    return lambda argv: built_is_runcs(argv, str(zipapp))  # type: ignore[operator,no-any-return]
+    return lambda argv: built_is_runcs(argv, str(zipapp))  # type: ignore[operator]
 
 
 @pytest.fixture(params=["imported", "built, bytecode", "built, source", "bundle's, bytecode head"])
