@@ -18,16 +18,16 @@ import pytest
 from runtime_handler import state
 from smarter_common.locks import is_locked
 
-from . import test_firmware_containers as firmware_containers
+from . import firmware_shim
 from .conftest import MakeBundle
-from .test_firmware_containers import Shim, core, core_lock, firmware, fw_bundle
+from .firmware_shim import Shim, core, core_lock, firmware, fw_bundle
 
 pytestmark = [pytest.mark.fuse, pytest.mark.qemu]
 
 # The firmware containers' fixtures: a simulated gateway, a subreaper, the shim's calls.
-simulator = firmware_containers.simulator
-subreaper = firmware_containers.subreaper
-shim = firmware_containers.shim
+simulator = firmware_shim.simulator
+subreaper = firmware_shim.subreaper
+shim = firmware_shim.shim
 
 
 def _created(shim: Shim, make_bundle: MakeBundle, container_id: str) -> tuple[Path, Path]:

@@ -18,7 +18,7 @@ import pytest
 from runtime_handler import state
 
 from .conftest import MakeBundle, log_messages
-from .test_firmware_containers import (  # noqa: F401 (fixtures)
+from .firmware_shim import (  # noqa: F401 (fixtures)
     Shim,
     firmware,
     fw_bundle,

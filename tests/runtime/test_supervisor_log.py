@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import MakeBundle
-from .test_firmware_containers import (  # noqa: F401 (fixtures)
+from .firmware_shim import (  # noqa: F401 (fixtures)
     Shim,
     firmware,
     fw_bundle,

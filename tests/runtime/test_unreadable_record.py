@@ -18,14 +18,14 @@ import pytest
 from runtime_handler import state
 from smarter_common.locks import is_locked
 
-from . import test_firmware_containers as firmware_containers
+from . import firmware_shim
 from .conftest import MakeBundle, log_messages, runtime
-from .test_firmware_containers import Shim, core, core_lock, firmware, fw_bundle
+from .firmware_shim import Shim, core, core_lock, firmware, fw_bundle
 
 # The firmware containers' fixtures: a simulated gateway, a subreaper, the shim's calls.
-simulator = firmware_containers.simulator
-subreaper = firmware_containers.subreaper
-shim = firmware_containers.shim
+simulator = firmware_shim.simulator
+subreaper = firmware_shim.subreaper
+shim = firmware_shim.shim
 
 HINT = "(`delete --force` ends the container and removes it)"
 CUT_SHORT = '{"id": "fw", "bund'
