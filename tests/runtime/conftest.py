@@ -13,6 +13,7 @@ import pytest
 
 RUNTIME = Path(sys.executable).parent / "smarter-hybrid-runtime"
 RUNC = "/usr/sbin/runc"
+REPO = Path(__file__).resolve().parents[2]
 
 MakeBundle = Callable[..., Path]
 BuildElf = Callable[..., Path]
@@ -145,3 +146,15 @@ def main_execs_runc(argv: list[str]) -> bool:
         check=False,
     )
     return result.stdout == " ".join(argv) + "\n"
+
+
+@pytest.fixture(scope="module")
+def zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The runtime's zipapp as scripts/build_zipapps.py builds it for a node."""
+    out = tmp_path_factory.mktemp("zipapp")
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts/build_zipapps.py"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out / "smarter-hybrid-runtime"

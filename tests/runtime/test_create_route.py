@@ -16,7 +16,6 @@ import marshal
 import os
 import posixpath
 import re
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,16 +33,6 @@ LINUX_PROGRAM = Path(os.path.realpath("/bin/true"))
 CRI_CONTAINER = {"io.kubernetes.cri.container-type": "container"}
 IsRuncs = Callable[[list[str]], bool]
 
-
-@pytest.fixture(scope="module")
-def zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("zipapp")
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts/build_zipapps.py"), "--out", str(out)],
-        check=True,
-        capture_output=True,
-    )
-    return out / "smarter-hybrid-runtime"
 
 
 @pytest.fixture(scope="module")

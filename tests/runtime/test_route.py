@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from runtime_handler.route import LAUNCHER_VALUE_OPTIONS, is_runcs
 
 from .conftest import HOST_ENV, log_messages, main_execs_runc
 
-REPO = Path(__file__).resolve().parents[2]
 HOST_PYTHON = "/usr/bin/python3"
 
 
@@ -68,16 +66,6 @@ def test_launcher_takes_the_commonest_calls_itself(root: Path) -> None:
     for command in (["state", "s1"], ["kill", "--all", "s1", "9"], ["delete", "-f", "s1"]):
         assert is_runcs(["--root", str(root), "--log", "/l", *command]), command
 
-
-@pytest.fixture(scope="module")
-def zipapp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("zipapp")
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts/build_zipapps.py"), "--out", str(out)],
-        check=True,
-        capture_output=True,
-    )
-    return out / "smarter-hybrid-runtime"
 
 
 def test_zipapp_through_its_shebang_routes_each_call(zipapp: Path, root: Path) -> None:
