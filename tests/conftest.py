@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def _markers(item: pytest.Item) -> frozenset[str]:
     return frozenset(mark.name for mark in item.iter_markers()) & MARKERS
+
+
+@pytest.fixture(autouse=True)
+def _logging_set_up_by_a_test_ends_with_it() -> Iterator[None]:
+    """Each test starts from structlog's defaults. Code under test sets structlog up for the
+    whole process with the stream it is given (sys.stderr by default, which during a test is
+    pytest's capture of that test, closed when it ends): a later test logging through it would
+    fail with `I/O operation on closed file`."""
+    yield
+    structlog = sys.modules.get("structlog")
+    if structlog is not None:
+        structlog.reset_defaults()
+    logs = sys.modules.get("smarter_common.logs")
+    if logs is not None:
+        setattr(logs, "_lazily_configured", False)  # noqa: B010 (a private flag)
