@@ -10,6 +10,17 @@ import pytest
 from smarter_common.errors import SmarterError
 from testbed.gateway import Gateway, GatewayConfig
 
+# What a module of tests on the whole simulated gateway needs from the machine (tests/conftest.py
+# skips, or in CI fails, a test without it): `pytestmark = WHOLE_GATEWAY`.
+WHOLE_GATEWAY = [
+    pytest.mark.netns,
+    pytest.mark.containerd,
+    pytest.mark.fuse,
+    pytest.mark.qemu,
+    pytest.mark.dnsmasq,
+    pytest.mark.slow,
+]
+
 
 @pytest.fixture(scope="module")
 def simulated_gateway() -> Iterator[Gateway]:

@@ -18,14 +18,9 @@ from testbed.gateway import REPO, Gateway, GatewayConfig
 from testbed.images import BUSYBOX_IMAGE, firmware_image
 from testbed.pods import Pod
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.containerd,
-    pytest.mark.fuse,
-    pytest.mark.qemu,
-    pytest.mark.dnsmasq,
-    pytest.mark.slow,
-]
+from .conftest import WHOLE_GATEWAY
+
+pytestmark = WHOLE_GATEWAY
 
 RPROC0 = "smarter-devices/rproc0"
 RPROC1 = "smarter-devices/rproc1"

@@ -10,19 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from sim.mounts import mounts_under
 from smarter_common.procfs import command_line, pids_with
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.containerd,
-    pytest.mark.fuse,
-    pytest.mark.qemu,
-    pytest.mark.dnsmasq,
-    pytest.mark.slow,
-]
+from .conftest import WHOLE_GATEWAY
+
+pytestmark = WHOLE_GATEWAY
 
 REPO = Path(__file__).resolve().parents[2]
 

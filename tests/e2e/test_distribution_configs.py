@@ -16,14 +16,9 @@ import pytest
 from sim.mounts import mounts_under
 from testbed.gateway import REPO, Gateway, GatewayConfig, GatewayError
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.containerd,
-    pytest.mark.fuse,
-    pytest.mark.qemu,
-    pytest.mark.dnsmasq,
-    pytest.mark.slow,
-]
+from .conftest import WHOLE_GATEWAY
+
+pytestmark = WHOLE_GATEWAY
 
 FIXTURES = REPO / "tests" / "fixtures" / "containerd"
 

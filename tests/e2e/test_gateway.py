@@ -19,14 +19,9 @@ from testbed.cri.client import CriError
 from testbed.gateway import PRODUCTION_CONFLIST, REPO, Allocation, Gateway, Pod
 from testbed.images import BUSYBOX_IMAGE
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.containerd,
-    pytest.mark.fuse,
-    pytest.mark.qemu,
-    pytest.mark.dnsmasq,
-    pytest.mark.slow,
-]
+from .conftest import WHOLE_GATEWAY
+
+pytestmark = WHOLE_GATEWAY
 
 RPROC0 = "smarter-devices/rproc0"
 EXAMPLES = REPO / "deploy" / "examples"

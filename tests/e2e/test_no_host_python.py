@@ -11,22 +11,15 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from sim.mounts import mount_points
 from smarter_common.deadline import wait_until
 from smarter_common.procfs import command_line
 from testbed.gateway import REPO, Gateway
 from testbed.hidden_python import PREFIX, pythons
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.containerd,
-    pytest.mark.fuse,
-    pytest.mark.qemu,
-    pytest.mark.dnsmasq,
-    pytest.mark.slow,
-]
+from .conftest import WHOLE_GATEWAY
+
+pytestmark = WHOLE_GATEWAY
 
 BUNDLED_PYTHON = str(PREFIX / "bin/python3")
 

@@ -20,14 +20,9 @@ import pytest
 from smarter_common.errors import SmarterError
 from testbed.gateway import Gateway, GatewayConfig
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.containerd,
-    pytest.mark.fuse,
-    pytest.mark.qemu,
-    pytest.mark.dnsmasq,
-    pytest.mark.slow,
-]
+from .conftest import WHOLE_GATEWAY
+
+pytestmark = WHOLE_GATEWAY
 
 
 @pytest.fixture(scope="module")

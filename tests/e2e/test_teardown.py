@@ -6,20 +6,13 @@ import os
 import signal
 from pathlib import Path
 
-import pytest
-
 from sim.mounts import mounts_under
 from smarter_common.procfs import command_line, pids_with, process_alive
 from testbed.gateway import Gateway, GatewayConfig
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.containerd,
-    pytest.mark.fuse,
-    pytest.mark.qemu,
-    pytest.mark.dnsmasq,
-    pytest.mark.slow,
-]
+from .conftest import WHOLE_GATEWAY
+
+pytestmark = WHOLE_GATEWAY
 
 
 def _processes_mentioning(text: str) -> list[str]:
