@@ -145,7 +145,33 @@ def _logfmt_value(value: Any) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-class RuncLogger:
+class _LevelledLogger:
+    """A structlog-style logger's level methods (`log.info("core_started", core=...)`): an entry
+    below `_level` (a number, as `resolve_level` gives) is dropped, the others are `_write`'s."""
+
+    _level: int
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._entry(10, "debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._entry(20, "info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._entry(30, "warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._entry(40, "error", event, fields)
+
+    def _entry(self, number: int, level: str, event: str, fields: Mapping[str, Any]) -> None:
+        if number >= self._level:
+            self._write(level, event, fields)
+
+    def _write(self, level: str, event: str, fields: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class RuncLogger(_LevelledLogger):
     """The runtime's logger: runc's entries (`runc_entry`) on `stream`, one write each.
 
     Called as a structlog logger is (`log.info("core_started", core=...)`): the event is runc's
@@ -181,28 +207,14 @@ class RuncLogger:
             context={**self._context, **context},
         )
 
-    def debug(self, event: str, **fields: Any) -> None:
-        self._write(10, "debug", event, fields)
-
-    def info(self, event: str, **fields: Any) -> None:
-        self._write(20, "info", event, fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self._write(30, "warning", event, fields)
-
-    def error(self, event: str, **fields: Any) -> None:
-        self._write(40, "error", event, fields)
-
-    def _write(self, number: int, level: str, event: str, fields: Mapping[str, Any]) -> None:
-        if number < self._level:
-            return
+    def _write(self, level: str, event: str, fields: Mapping[str, Any]) -> None:
         merged = {**self._context, **fields}
         # The level is the method's, whatever the fields say: the shim looks for `error`.
         merged.pop("level", None)
         self._stream.write(runc_entry(event, level=level, log_format=self._format, fields=merged))
 
 
-class LazyLogger:
+class LazyLogger(_LevelledLogger):
     """A logger for an exec'd program: the level is read once, at construction (a bad
     SMARTER_LOG_LEVEL is refused before any work), and structlog is imported and set up only
     when an entry passes it. `default_level` applies when SMARTER_LOG_LEVEL is unset."""
@@ -219,21 +231,7 @@ class LazyLogger:
         bound._context = {**self._context, **context}
         return bound
 
-    def debug(self, event: str, **fields: Any) -> None:
-        self._emit(10, "debug", event, fields)
-
-    def info(self, event: str, **fields: Any) -> None:
-        self._emit(20, "info", event, fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self._emit(30, "warning", event, fields)
-
-    def error(self, event: str, **fields: Any) -> None:
-        self._emit(40, "error", event, fields)
-
-    def _emit(self, number: int, method: str, event: str, fields: dict[str, Any]) -> None:
-        if number < self._level:
-            return
+    def _write(self, level: str, event: str, fields: Mapping[str, Any]) -> None:
         global _lazily_configured
         if not _lazily_configured:
             import structlog
@@ -241,7 +239,7 @@ class LazyLogger:
             if not structlog.is_configured():
                 configure(level=self._level)
             _lazily_configured = True
-        getattr(get_logger(self._name, **self._context), method)(event, **fields)
+        getattr(get_logger(self._name, **self._context), level)(event, **fields)
 
 
 _lazily_configured = False
